@@ -1,0 +1,34 @@
+"""Shared fixtures: a seeded scratch network, its torch mirror, and data to train them on."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+from hypothesis import HealthCheck, settings
+
+from torch_ref import TorchMLP
+
+settings.register_profile("dev", deadline=None, max_examples=30)
+# CI: the same examples on every run, so a red build is reproducible.
+settings.register_profile(
+    "ci",
+    deadline=None,
+    max_examples=30,
+    derandomize=True,
+    print_blob=True,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+# The long sweep: `HYPOTHESIS_PROFILE=sweep pytest -m slow -n 2`.
+settings.register_profile(
+    "sweep", deadline=None, max_examples=1000, suppress_health_check=[HealthCheck.too_slow]
+)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci" if os.environ.get("CI") else "dev"))
+
+
+@pytest.fixture
+def exam_pair():
+    from scratch.data import exam_network
+
+    net = exam_network()
+    return net, TorchMLP.from_scratch(net)

@@ -1,0 +1,21 @@
+"""nn-parity's PyTorch side: the mirror module, weights across both worlds, and the lockstep."""
+
+from .compare import TOLERANCES, Tolerance, assert_parity, tolerance
+from .engine import Divergence, LockstepResult, lockstep, torch_loss
+from .model import TorchMLP, torch_dtype
+from .weights import scratch_to_torch, torch_to_scratch
+
+__all__ = [
+    "TOLERANCES",
+    "Divergence",
+    "LockstepResult",
+    "Tolerance",
+    "TorchMLP",
+    "assert_parity",
+    "lockstep",
+    "scratch_to_torch",
+    "tolerance",
+    "torch_dtype",
+    "torch_loss",
+    "torch_to_scratch",
+]

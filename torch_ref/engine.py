@@ -1,0 +1,473 @@
+"""The lockstep engine: the one place that sees both worlds.
+
+From identical weights, a scratch network and its torch mirror take the same gradient-descent
+steps on the same data. After every step each quantity is compared, in the order the step
+computes it:
+
+    z[l], a[l]   every layer's pre-activation and (hidden) activation      forward
+    prob         the output probabilities                                  forward
+    loss         the scalar loss                                           loss
+    grad ...     every parameter's gradient, last layer first              backward
+    param ...    every parameter after the update, last layer first        update
+
+so the first failing (step, quantity, layer, index) is where the two first part: backward runs
+from the last layer down, and an error made in one layer spreads to the layers below it.
+
+Per step only small summaries are recorded (largest absolute difference and normwise relative
+error of each quantity); full tensors are kept for the step of the first divergence alone, so a
+run of any length stays in bounded memory.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+import scratch
+from scratch.gradcheck import loss_fn, numerical_gradient
+from scratch.optim import check_lr
+
+from .compare import Mismatch, compare_segments, first_mismatch, segment_starts, tolerance
+from .model import TorchMLP
+
+__all__ = ["Divergence", "Item", "LockstepResult", "lockstep", "torch_loss"]
+
+# Quantities this small are packed into one buffer per side and compared in one pass, which
+# saves a dozen NumPy calls per step on small nets; larger ones are compared where they lie.
+_PACK_LIMIT = 1 << 16
+
+
+@dataclass(frozen=True)
+class Item:
+    """One compared quantity: e.g. z of layer 0, or the gradient of layers.1.weight."""
+
+    quantity: str
+    layer: int | None
+    param: str | None
+    shape: tuple[int, ...]
+
+    @property
+    def label(self) -> str:
+        if self.param is not None:
+            return f"{self.quantity} layers.{self.layer}.{self.param}"
+        if self.quantity in ("z", "a"):
+            return f"{self.quantity}[{self.layer}]"
+        return self.quantity
+
+    @property
+    def size(self) -> int:
+        return math.prod(self.shape)
+
+
+@dataclass
+class Divergence:
+    """Where scratch and torch first part."""
+
+    step: int
+    quantity: str
+    layer: int | None
+    param: str | None
+    label: str
+    index: tuple[int, ...]
+    scratch: float
+    torch: float
+    abs_err: float
+    rel_err: float
+    rtol: float
+    atol: float
+    mismatches: int
+    total: int
+    fd: float | None = None  # the finite-difference gradient at that element, in float64
+    fd_agrees_with: str | None = None  # "scratch", "torch", "both", "neither", or None
+
+    def as_dict(self) -> dict:
+        return {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(self).items()}
+
+    def __str__(self) -> str:
+        s = (
+            f"step {self.step}, {self.label}, index {list(self.index)}: "
+            f"scratch {self.scratch!r} vs torch {self.torch!r} "
+            f"(|diff| {self.abs_err:.3g}, rel {self.rel_err:.3g}; "
+            f"{self.mismatches}/{self.total} elements outside rtol={self.rtol:.3g}, "
+            f"atol={self.atol:.3g})"
+        )
+        if self.fd is not None:
+            s += f"; finite differences give {self.fd!r}: agrees with {self.fd_agrees_with}"
+        return s
+
+
+@dataclass
+class LockstepResult:
+    passed: bool
+    steps: int  # steps run
+    items: list[Item]
+    max_abs: np.ndarray  # (steps, items)
+    rel_err: np.ndarray  # (steps, items), normwise ||scratch - torch|| / ||torch||
+    within: np.ndarray  # (steps, items) bool: every element within tolerance
+    loss_scratch: np.ndarray  # (steps,)
+    loss_torch: np.ndarray  # (steps,)
+    tolerances: dict[str, dict]  # item label -> {rtol, atol, reason}
+    first_divergence: Divergence | None
+    # Steps where a relu-family pre-activation fell on opposite sides of 0 in the two
+    # implementations; see `_kink_explained`.
+    kink_steps: list[int] = field(default_factory=list)
+    probs_first: tuple[np.ndarray, np.ndarray] | None = None  # (scratch, torch) at step 0
+    probs_last: tuple[np.ndarray, np.ndarray] | None = None
+    snapshot: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
+
+    @property
+    def labels(self) -> list[str]:
+        return [it.label for it in self.items]
+
+    def worst(self) -> dict[str, dict]:
+        """Per item, the largest absolute and relative error over all steps, and the verdict."""
+        return {
+            it.label: {
+                "max_abs": float(np.max(self.max_abs[:, k])) if self.steps else 0.0,
+                "max_rel": float(np.max(self.rel_err[:, k])) if self.steps else 0.0,
+                "passed": bool(self.within[:, k].all()),
+            }
+            for k, it in enumerate(self.items)
+        }
+
+
+def torch_loss(loss: scratch.Loss) -> torch.nn.Module:
+    """The torch loss module with the scratch loss's semantics."""
+    modules = {"bce": torch.nn.BCELoss, "bce-logits": torch.nn.BCEWithLogitsLoss}
+    return modules[loss.name](reduction=loss.reduction)
+
+
+def _items(net: scratch.MLP, n: int) -> list[Item]:
+    L = len(net.layers)
+    items = []
+    for l, layer in enumerate(net.layers):
+        items.append(Item("z", l, None, (n, layer.fan_out)))
+        if l < L - 1:
+            items.append(Item("a", l, None, (n, layer.fan_out)))
+    items.append(Item("prob", L - 1, None, (n, net.sizes[-1])))
+    items.append(Item("loss", None, None, ()))
+    for quantity in ("grad", "param"):
+        for l in range(L - 1, -1, -1):
+            for p in ("weight", "bias") if net.bias else ("weight",):
+                items.append(Item(quantity, l, p, net.shapes[f"layers.{l}.{p}"]))
+    return items
+
+
+class _Group:
+    """Consecutive items compared together, packed into one buffer per side when small."""
+
+    def __init__(self, idx: list[int], items: list[Item], dtype: np.dtype):
+        self.idx = np.array(idx)
+        sizes = [max(items[i].size, 1) for i in idx]
+        self.starts = segment_starts(sizes)
+        tols = [tolerance(items[i].quantity, dtype) for i in idx]
+        self.rtol = np.array([t.rtol for t in tols])
+        self.atol = np.array([t.atol for t in tols])
+        self.packed = len(idx) > 1
+        if self.packed:
+            self.sbuf = np.empty(sum(sizes), dtype)
+            self.tbuf_t = torch.empty(sum(sizes), dtype=_TORCH[dtype.name])
+            self.tbuf = self.tbuf_t.numpy()
+
+    def flat(self, svals: list, tvals: list) -> tuple[np.ndarray, np.ndarray]:
+        if not self.packed:
+            i = self.idx[0]
+            return np.ravel(svals[i]), tvals[i].numpy().reshape(-1)
+        np.concatenate([np.ravel(svals[i]) for i in self.idx], out=self.sbuf)
+        torch.cat([tvals[i].reshape(-1) for i in self.idx], out=self.tbuf_t)
+        return self.sbuf, self.tbuf
+
+
+_TORCH = {"float64": torch.float64, "float32": torch.float32}
+
+
+def _groups(items: list[Item], dtype: np.dtype) -> list[_Group]:
+    groups, current, filled = [], [], 0
+    for i, it in enumerate(items):
+        if it.size > _PACK_LIMIT:
+            groups.append([i])
+            continue
+        if filled + it.size > _PACK_LIMIT:
+            groups.append(current)
+            current, filled = [], 0
+        current.append(i)
+        filled += it.size
+    if current:
+        groups.append(current)
+    return [_Group(sorted(g), items, dtype) for g in groups]
+
+
+def _check_data(net: scratch.MLP, X, y) -> tuple[np.ndarray, np.ndarray]:
+    X = np.asarray(X)
+    y = np.asarray(y)
+    if X.ndim != 2 or X.shape[1] != net.sizes[0]:
+        raise ValueError(
+            f"X must have shape (N, {net.sizes[0]}) for sizes {net.sizes}, got {X.shape}"
+        )
+    if y.ndim == 2 and y.shape[1] == 1:
+        y = y[:, 0]
+    if y.ndim != 1 or len(y) != len(X):
+        raise ValueError(f"y must have shape ({len(X)},) to match X {X.shape}, got {y.shape}")
+    if net.sizes[-1] != 1:
+        raise ValueError(f"binary cross-entropy needs one output, got sizes {net.sizes}")
+    X = np.ascontiguousarray(X, dtype=net.dtype)
+    Y = np.ascontiguousarray(y, dtype=net.dtype).reshape(-1, 1)
+    return X, Y
+
+
+def lockstep(
+    net: scratch.MLP,
+    ref: TorchMLP,
+    X: np.ndarray,
+    y: np.ndarray,
+    *,
+    steps: int = 100,
+    lr: float = 0.1,
+    loss: str | scratch.Loss = "bce",
+    stop_at_divergence: bool = False,
+    progress: Callable[[int], None] | None = None,
+) -> LockstepResult:
+    """Train `net` and `ref` side by side for `steps` full-batch SGD steps, comparing each step.
+
+    Both are trained in place. `loss` is `bce` (the network must end in a sigmoid) or
+    `bce-logits` (the network must end in identity). `progress(step)` is called after each step.
+    """
+    loss_s = scratch.get_loss(loss)
+    if net.layers[-1].activation.name != loss_s.output_activation:
+        raise ValueError(
+            f"loss {loss_s.name!r} needs the last layer's activation to be "
+            f"{loss_s.output_activation!r}, got {net.layers[-1].activation.name!r}"
+        )
+    if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 1:
+        raise ValueError(f"steps must be a positive integer, got {steps!r}")
+    lr = check_lr(lr)
+    X, Y = _check_data(net, X, y)
+    n = len(X)
+
+    items = _items(net, n)
+    groups = _groups(items, net.dtype)
+    opt_s = scratch.SGD(net, lr)
+    loss_t_fn = torch_loss(loss_s)
+    opt_t = torch.optim.SGD(ref.parameters(), lr=lr)
+    tparams = list(dict(ref.named_parameters()).items())
+    by_name = dict(tparams)
+    order = [f"layers.{it.layer}.{it.param}" for it in items if it.quantity == "grad"]
+    Xt, Yt = torch.from_numpy(X), torch.from_numpy(Y)
+    logits = loss_s.name == "bce-logits"
+    p_idx = next(k for k, it in enumerate(items) if it.quantity == "prob")
+    relu_layers = any(_has_kink(layer.activation) for layer in net.layers)
+
+    max_abs = np.zeros((steps, len(items)))
+    rel_err = np.zeros((steps, len(items)))
+    within = np.zeros((steps, len(items)), dtype=bool)
+    loss_hist = np.zeros((2, steps))
+    params_before = np.empty_like(net.flat_params)
+    first: Divergence | None = None
+    kinks: list[int] = []
+    snapshot: dict = {}
+    probs_first = None
+    ran = 0
+
+    for step in range(steps):
+        # scratch step
+        out, cache = net.forward(X)
+        L_s, lcache = loss_s.forward(out, Y)
+        net.backward(loss_s.backward(lcache), cache)
+        np.copyto(params_before, net.flat_params)
+        opt_s.step()
+
+        # torch step
+        opt_t.zero_grad(set_to_none=True)
+        out_t, cache_t = ref.forward_cache(Xt)
+        L_t = loss_t_fn(out_t, Yt)
+        L_t.backward()
+        opt_t.step()
+
+        with torch.no_grad():
+            svals: list = []
+            tvals: list = []
+            for l, ((_, z, a), (z_t, a_t)) in enumerate(zip(cache, cache_t)):
+                svals.append(z)
+                tvals.append(z_t)
+                if l < len(cache) - 1:
+                    svals.append(a)
+                    tvals.append(a_t)
+            svals.append(loss_s.probabilities(out))
+            tvals.append(torch.sigmoid(out_t) if logits else out_t.detach())
+            svals.append(np.asarray(L_s, net.dtype))
+            tvals.append(L_t.detach())
+            svals.extend(net.grads[k] for k in order)
+            tvals.extend(by_name[k].grad for k in order)
+            svals.extend(net.params[k] for k in order)
+            tvals.extend(by_name[k].detach() for k in order)
+
+            for g in groups:
+                s, t = g.flat(svals, tvals)
+                m, r, ok = compare_segments(s, t, g.starts, g.rtol, g.atol)
+                max_abs[step, g.idx] = m
+                rel_err[step, g.idx] = r
+                within[step, g.idx] = ok
+            loss_hist[0, step] = L_s
+            loss_hist[1, step] = float(L_t)
+
+            if step == 0:
+                probs_first = (np.array(svals[p_idx]), _np(tvals[p_idx]).copy())
+            flips = _kink_flips(net, cache, cache_t) if relu_layers else {}
+            if flips and (
+                within[step].all()
+                or _kink_explained(
+                    net,
+                    params_before,
+                    cache,
+                    cache_t,
+                    flips,
+                    loss_s,
+                    lcache,
+                    items,
+                    within[step],
+                    by_name,
+                )
+            ):
+                kinks.append(step)
+                _resync(net, by_name)
+            elif first is None and not within[step].all():
+                k = int(np.argmin(within[step]))
+                first = _divergence(step, items, k, svals, tvals, net, loss_s, params_before, X, Y)
+                snapshot = {
+                    it.label: (np.array(sv), _np(tv).copy())
+                    for it, sv, tv in zip(items, svals, tvals)
+                }
+                snapshot["params before the step"] = (params_before.copy(), np.empty(0))
+        ran = step + 1
+        if progress is not None:
+            progress(step)
+        if first is not None and stop_at_divergence:
+            break
+
+    probs_last = (np.array(svals[p_idx]), _np(tvals[p_idx]).copy())
+    return LockstepResult(
+        passed=first is None,
+        steps=ran,
+        items=items,
+        max_abs=max_abs[:ran],
+        rel_err=rel_err[:ran],
+        within=within[:ran],
+        loss_scratch=loss_hist[0, :ran],
+        loss_torch=loss_hist[1, :ran],
+        tolerances={it.label: tolerance(it.quantity, net.dtype).as_dict() for it in items},
+        first_divergence=first,
+        kink_steps=kinks,
+        probs_first=probs_first,
+        probs_last=probs_last,
+        snapshot=snapshot,
+    )
+
+
+def _np(t) -> np.ndarray:
+    return t.detach().cpu().numpy() if isinstance(t, torch.Tensor) else np.asarray(t)
+
+
+def _divergence(step, items, k, svals, tvals, net, loss_s, params_before, X, Y) -> Divergence:
+    it = items[k]
+    tol = tolerance(it.quantity, net.dtype)
+    m: Mismatch | None = first_mismatch(np.asarray(svals[k]), _np(tvals[k]), tol.rtol, tol.atol)
+    assert m is not None, "the packed and the elementwise comparison disagree"
+    div = Divergence(
+        step=step,
+        quantity=it.quantity,
+        layer=it.layer,
+        param=it.param,
+        label=it.label,
+        index=m.index,
+        scratch=m.scratch,
+        torch=m.torch,
+        abs_err=abs(m.scratch - m.torch),
+        rel_err=abs(m.scratch - m.torch) / abs(m.torch) if m.torch else math.inf,
+        rtol=tol.rtol,
+        atol=tol.atol,
+        mismatches=m.count,
+        total=m.total,
+    )
+    if it.quantity == "grad":
+        div.fd, div.fd_agrees_with = _fd_verdict(net, loss_s, params_before, X, Y, it, m)
+    return div
+
+
+def _fd_verdict(net, loss_s, params_before, X, Y, it: Item, m: Mismatch) -> tuple[float, str]:
+    """Which side the float64 central-difference gradient agrees with at the failing element."""
+    oracle = scratch.MLP(net.sizes, net.activations, bias=net.bias, dtype="float64")
+    oracle.flat_params[...] = params_before
+    f = loss_fn(oracle, type(loss_s)(loss_s.reduction), X.astype(np.float64), Y.astype(np.float64))
+    fd = float(
+        numerical_gradient(f, oracle.params[f"layers.{it.layer}.{it.param}"], [m.index])[m.index]
+    )
+    # Central differences with eps = 1e-6 are good to about 1e-8 relative here; a float32
+    # gradient carries its own rounding of about 1e-7 relative on top.
+    resolution = (1e-7 if net.dtype == np.float64 else 1e-4) * max(abs(fd), abs(m.torch), 1e-3)
+    s_ok = abs(m.scratch - fd) <= resolution
+    t_ok = abs(m.torch - fd) <= resolution
+    verdict = {(True, True): "both", (True, False): "scratch", (False, True): "torch"}.get(
+        (s_ok, t_ok), "neither"
+    )
+    return fd, verdict
+
+
+def _has_kink(act) -> bool:
+    return act.name.partition(":")[0] in ("relu", "leaky_relu")
+
+
+def _kink_flips(net, cache, cache_t) -> dict[int, np.ndarray]:
+    """Per relu-family layer, where the two sides put z on opposite sides of 0."""
+    flips = {}
+    for l, layer in enumerate(net.layers):
+        if _has_kink(layer.activation):
+            flip = (cache[l][1] > 0) != (_np(cache_t[l][0]) > 0)  # (N, H)
+            if flip.any():
+                flips[l] = flip
+    return flips
+
+
+def _resync(net, by_name) -> None:
+    """Scratch takes torch's parameters (plain SGD carries no other state to copy)."""
+    for name, p in net.params.items():
+        np.copyto(p, _np(by_name[name]))
+
+
+def _kink_explained(
+    net, params_before, cache, cache_t, flips, loss_s, lcache, items, within, by_name
+) -> bool:
+    """Whether a mismatch at this step is a relu kink crossed by rounding, and not a bug.
+
+    When a relu (or leaky relu) pre-activation lies within rounding of 0, the two sides can put
+    it on opposite sides of the kink and so take different, equally valid, derivatives there.
+    The trajectories then legitimately part: the caller hands scratch torch's updated parameters
+    so the run goes on from identical weights. A mismatch at such a step is explained when every
+    forward quantity and the loss agree, and scratch's own backward, rerun with torch's z and a
+    at just the flipped elements, reproduces torch's gradients within tolerance; a wrong
+    backward still fails that rerun.
+    """
+    backward_start = next(k for k, it in enumerate(items) if it.quantity == "grad")
+    if not within[:backward_start].all():
+        return False
+    patched = list(cache)
+    for l, flip in flips.items():
+        x, z, a = patched[l]
+        z_t, a_t = (_np(v) for v in cache_t[l])
+        a2 = np.where(flip, a_t, a)
+        patched[l] = (x, np.where(flip, z_t, z), a2)
+        if l + 1 < len(patched):
+            _, z1, a1 = patched[l + 1]
+            patched[l + 1] = (a2, z1, a1)
+    updated = net.flat_params.copy()
+    net.flat_params[...] = params_before  # backward multiplies by the weights of this step
+    net.backward(loss_s.backward(lcache), patched)
+    net.flat_params[...] = updated
+    tol = tolerance("grad", net.dtype)
+    return all(
+        first_mismatch(g, _np(by_name[name].grad), tol.rtol, tol.atol) is None
+        for name, g in net.grads.items()
+    )

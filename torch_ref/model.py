@@ -1,0 +1,104 @@
+"""The PyTorch mirror: an `nn.Module` built from a scratch network's architecture.
+
+`TorchMLP` is `nn.Linear` layers with the same activations, parameter names equal to the scratch
+network's (`layers.0.weight`, ...), and a `forward_cache` that also returns every layer's
+pre-activation z and activation a, so the lockstep can compare them layer by layer.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+import scratch
+from scratch.activations import Activation, get_activation
+
+from .weights import scratch_to_torch
+
+__all__ = ["TorchMLP", "torch_activation", "torch_dtype"]
+
+TORCH_DTYPES = {"float64": torch.float64, "float32": torch.float32}
+
+
+def torch_dtype(dtype) -> torch.dtype:
+    """The torch dtype matching a NumPy dtype or name (float64 or float32)."""
+    return TORCH_DTYPES[scratch.resolve_dtype(dtype).name]
+
+
+def torch_activation(act: Activation) -> nn.Module:
+    """The torch module computing the same function as a scratch activation."""
+    name = type(act).__name__
+    if name == "LeakyReLU":
+        return nn.LeakyReLU(act.slope)
+    modules = {"Sigmoid": nn.Sigmoid, "Tanh": nn.Tanh, "ReLU": nn.ReLU, "Identity": nn.Identity}
+    if name not in modules:
+        raise ValueError(f"no torch mirror for activation {act!r}")
+    return modules[name]()
+
+
+class TorchMLP(nn.Module):
+    def __init__(
+        self,
+        sizes: Sequence[int],
+        activations: Sequence[str | Activation],
+        *,
+        bias: bool = True,
+        dtype="float64",
+    ):
+        super().__init__()
+        dt = torch_dtype(dtype)
+        self.sizes = list(sizes)
+        self.layers = nn.ModuleList(
+            nn.Linear(d, h, bias=bias, dtype=dt) for d, h in itertools.pairwise(sizes)
+        )
+        self.acts = nn.ModuleList(torch_activation(get_activation(a)) for a in activations)
+        if len(self.acts) != len(self.layers):
+            raise ValueError(
+                f"{len(self.layers)} layers need as many activations, got {activations}"
+            )
+
+    @classmethod
+    def from_scratch(cls, net: scratch.MLP) -> TorchMLP:
+        """A mirror of `net`: same architecture, dtype and bit-identical weights."""
+        ref = cls(net.sizes, net.activations, bias=net.bias, dtype=net.dtype)
+        scratch_to_torch(net, ref)
+        return ref
+
+    def to_scratch(self) -> scratch.MLP:
+        """A scratch network with this module's architecture and weights."""
+        from .weights import torch_to_scratch
+
+        dtype = {torch.float64: np.float64, torch.float32: np.float32}[self.layers[0].weight.dtype]
+        acts = [_scratch_activation(m) for m in self.acts]
+        net = scratch.MLP(self.sizes, acts, bias=self.layers[0].bias is not None, dtype=dtype)
+        torch_to_scratch(self, net)
+        return net
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for linear, act in zip(self.layers, self.acts):
+            x = act(linear(x))
+        return x
+
+    def forward_cache(
+        self, x: torch.Tensor
+    ) -> tuple[torch.Tensor, list[tuple[torch.Tensor, torch.Tensor]]]:
+        """The output and every layer's `(z, a)`, in one pass."""
+        cache = []
+        for linear, act in zip(self.layers, self.acts):
+            z = linear(x)  # (N, H_l)
+            x = act(z)  # (N, H_l)
+            cache.append((z, x))
+        return x, cache
+
+
+def _scratch_activation(module: nn.Module) -> Activation:
+    if isinstance(module, nn.LeakyReLU):
+        return get_activation(f"leaky_relu:{module.negative_slope}")
+    names = {nn.Sigmoid: "sigmoid", nn.Tanh: "tanh", nn.ReLU: "relu", nn.Identity: "identity"}
+    if type(module) not in names:
+        raise ValueError(f"no scratch activation for torch module {module!r}")
+    return get_activation(names[type(module)])
