@@ -16,7 +16,7 @@ run: $(STAMP)  ## the main job on the seed article's example
 	$(BIN)/nn-parity run $(ARGS)
 
 test: $(STAMP)  ## the parity suite
-	$(BIN)/python -m pytest -n 2 $(PYTEST_ARGS)
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_step.py

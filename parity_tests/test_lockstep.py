@@ -6,10 +6,9 @@ import numpy as np
 import pytest
 
 import scratch
+from parity_tests.helpers import make_data, make_pair
 from scratch.data import exam
 from torch_ref import TorchMLP, lockstep
-
-from parity_tests.helpers import make_data, make_pair
 
 
 def grads_of(result, quantity="grad"):

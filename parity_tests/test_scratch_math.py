@@ -10,11 +10,10 @@ import pytest
 import torch
 
 import scratch
+from parity_tests.helpers import make_data, make_pair
 from scratch.activations import ACTIVATIONS
 from scratch.init import INITS
 from torch_ref import TorchMLP, assert_parity, scratch_to_torch, torch_to_scratch
-
-from parity_tests.helpers import make_data, make_pair
 
 SMOOTH = ["sigmoid", "tanh", "identity"]
 
@@ -140,7 +139,7 @@ def test_weight_copy_names_the_mismatch():
         ValueError, match=r"layers.0.weight: scratch shape \(4, 3\), torch shape \(5, 3\)"
     ):
         scratch_to_torch(net, TorchMLP([3, 5, 1], ["tanh", "sigmoid"]))
-    with pytest.raises(ValueError, match="torch lacks \\['layers.0.bias'"):
+    with pytest.raises(ValueError, match=r"torch lacks \['layers.0.bias'"):
         scratch_to_torch(net, TorchMLP([3, 4, 1], ["tanh", "sigmoid"], bias=False))
     with pytest.raises(TypeError, match="dtype"):
         scratch_to_torch(net, TorchMLP([3, 4, 1], ["tanh", "sigmoid"], dtype="float32"))

@@ -112,11 +112,15 @@ def compare_segments(
         ref_sq = np.array([np.dot(t, t)])
     else:
         max_abs = np.maximum.reduceat(d, starts)
-        diff_sq = np.add.reduceat(d * d, starts)
-        ref_sq = np.add.reduceat(t * t, starts)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        rel = np.sqrt(diff_sq) / np.sqrt(ref_sq)
-    rel[(diff_sq == 0) & (ref_sq == 0)] = 0.0
+        sq = d * d
+        diff_sq = np.add.reduceat(sq, starts)
+        np.multiply(t, t, out=sq)
+        ref_sq = np.add.reduceat(sq, starts)
+    if ref_sq.all():
+        rel = np.sqrt(diff_sq / ref_sq)
+    else:  # a quantity that is exactly zero on the torch side
+        rel = np.where(diff_sq == 0, 0.0, np.inf)
+        np.sqrt(np.divide(diff_sq, ref_sq, out=rel, where=ref_sq > 0), out=rel)
     ok = max_abs <= atol  # cheap pass: no element can fail its bound
     if not ok.all():
         ends = np.append(starts[1:], len(d))

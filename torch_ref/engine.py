@@ -21,11 +21,14 @@ run of any length stays in bounded memory.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
+from threadpoolctl import threadpool_limits
 
 import scratch
 from scratch.gradcheck import loss_fn, numerical_gradient
@@ -161,7 +164,8 @@ class _Group:
     """Consecutive items compared together, packed into one buffer per side when small."""
 
     def __init__(self, idx: list[int], items: list[Item], dtype: np.dtype):
-        self.idx = np.array(idx)
+        self.idx = idx
+        self.slice = slice(idx[0], idx[-1] + 1)
         sizes = [max(items[i].size, 1) for i in idx]
         self.starts = segment_starts(sizes)
         tols = [tolerance(items[i].quantity, dtype) for i in idx]
@@ -170,35 +174,27 @@ class _Group:
         self.packed = len(idx) > 1
         if self.packed:
             self.sbuf = np.empty(sum(sizes), dtype)
-            self.tbuf_t = torch.empty(sum(sizes), dtype=_TORCH[dtype.name])
-            self.tbuf = self.tbuf_t.numpy()
+            self.tbuf = np.empty(sum(sizes), dtype)
 
     def flat(self, svals: list, tvals: list) -> tuple[np.ndarray, np.ndarray]:
         if not self.packed:
             i = self.idx[0]
-            return np.ravel(svals[i]), tvals[i].numpy().reshape(-1)
+            return np.ravel(svals[i]), np.ravel(tvals[i])
         np.concatenate([np.ravel(svals[i]) for i in self.idx], out=self.sbuf)
-        torch.cat([tvals[i].reshape(-1) for i in self.idx], out=self.tbuf_t)
+        np.concatenate([np.ravel(tvals[i]) for i in self.idx], out=self.tbuf)
         return self.sbuf, self.tbuf
 
 
-_TORCH = {"float64": torch.float64, "float32": torch.float32}
-
-
 def _groups(items: list[Item], dtype: np.dtype) -> list[_Group]:
-    groups, current, filled = [], [], 0
+    groups: list[list[int]] = [[]]
+    filled = 0
     for i, it in enumerate(items):
-        if it.size > _PACK_LIMIT:
-            groups.append([i])
-            continue
-        if filled + it.size > _PACK_LIMIT:
-            groups.append(current)
-            current, filled = [], 0
-        current.append(i)
+        if filled + it.size > _PACK_LIMIT:  # a large item, or a full group: start a new one
+            groups.append([])
+            filled = 0
+        groups[-1].append(i)
         filled += it.size
-    if current:
-        groups.append(current)
-    return [_Group(sorted(g), items, dtype) for g in groups]
+    return [_Group(g, items, dtype) for g in groups if g]
 
 
 def _check_data(net: scratch.MLP, X, y) -> tuple[np.ndarray, np.ndarray]:
@@ -217,6 +213,102 @@ def _check_data(net: scratch.MLP, X, y) -> tuple[np.ndarray, np.ndarray]:
     X = np.ascontiguousarray(X, dtype=net.dtype)
     Y = np.ascontiguousarray(y, dtype=net.dtype).reshape(-1, 1)
     return X, Y
+
+
+# Above this much work per step (batch x parameters), the torch step runs in a worker thread
+# while scratch steps in the caller's, each library on one core. Run one after the other, the
+# two thread pools contend: OpenBLAS's idle workers spin while torch's OpenMP team runs, and
+# the other way round (measured at 2.7-3.5x the two steps alone for 784-256-128-1 x 256).
+# Below it, Python overhead dominates and a thread hand-off would cost more than it saves.
+_CONCURRENT_WORK = 1 << 20
+
+
+@contextmanager
+def _side_by_side(concurrent: bool) -> Iterator[ThreadPoolExecutor | None]:
+    if not concurrent:
+        yield None
+        return
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with threadpool_limits(1, user_api="blas"), ThreadPoolExecutor(1) as pool:
+            yield pool
+    finally:
+        torch.set_num_threads(threads)
+
+
+class _ScratchSide:
+    """One scratch training step; `step()` returns its values in item order."""
+
+    def __init__(self, net: scratch.MLP, loss: scratch.Loss, lr: float, X, Y):
+        self.net, self.loss, self.X, self.Y = net, loss, X, Y
+        self.opt = scratch.SGD(net, lr)
+        self.params_before = np.empty_like(net.flat_params)
+        self.order = [  # the items' order: last layer first, weight before bias
+            f"layers.{l}.{p}"
+            for l in range(len(net.layers) - 1, -1, -1)
+            for p in (("weight", "bias") if net.bias else ("weight",))
+        ]
+        # views into the flat gradient and parameter buffers: stable across steps
+        self.fixed = [net.grads[k] for k in self.order] + [net.params[k] for k in self.order]
+
+    def step(self) -> list:
+        net = self.net
+        out, self.cache = net.forward(self.X)
+        self.loss_value, self.lcache = self.loss.forward(out, self.Y)
+        net.backward(self.loss.backward(self.lcache), self.cache)
+        np.copyto(self.params_before, net.flat_params)
+        self.opt.step()
+
+        vals: list = []
+        for l, (_, z, a) in enumerate(self.cache):
+            vals.append(z)
+            if l < len(self.cache) - 1:
+                vals.append(a)
+        vals.append(self.loss.probabilities(out))
+        vals.append(np.asarray(self.loss_value, net.dtype))
+        return vals + self.fixed
+
+
+class _TorchSide:
+    """One torch training step; `step()` returns its tensors in item order."""
+
+    def __init__(self, ref: TorchMLP, loss: scratch.Loss, lr: float, X, Y):
+        self.ref = ref
+        self.loss_fn = torch_loss(loss)
+        self.logits = loss.name == "bce-logits"
+        self.opt = torch.optim.SGD(ref.parameters(), lr=lr)
+        self.by_name = dict(ref.named_parameters())
+        self.Xt, self.Yt = torch.from_numpy(X), torch.from_numpy(Y)
+        self.fixed: list | None = None  # NumPy views of gradients and parameters
+        self.order = [
+            f"layers.{l}.{p}"
+            for l in range(len(ref.layers) - 1, -1, -1)
+            for p in (("weight", "bias") if ref.layers[0].bias is not None else ("weight",))
+        ]
+
+    def step(self) -> list:
+        # Gradients are zeroed in place, not set to None, so that .grad keeps its storage and
+        # the NumPy views of gradients and parameters are made once, not every step.
+        self.opt.zero_grad(set_to_none=False)
+        out, self.cache = self.ref.forward_cache(self.Xt)
+        loss = self.loss_fn(out, self.Yt)
+        loss.backward()
+        self.opt.step()
+        if self.fixed is None:
+            grads = [self.by_name[k].grad.numpy() for k in self.order]
+            self.fixed = grads + [self.by_name[k].detach().numpy() for k in self.order]
+        last = len(self.cache) - 1
+        vals: list = []
+        for l, (z, a) in enumerate(self.cache):
+            vals.append(z.detach().numpy())
+            if l < last:
+                vals.append(a.detach().numpy())
+        out = out.detach()
+        vals.append((torch.sigmoid(out) if self.logits else out).numpy())
+        vals.append(loss.detach().numpy())
+        self.loss_value = float(vals[-1])
+        return vals + self.fixed
 
 
 def lockstep(
@@ -250,14 +342,9 @@ def lockstep(
 
     items = _items(net, n)
     groups = _groups(items, net.dtype)
-    opt_s = scratch.SGD(net, lr)
-    loss_t_fn = torch_loss(loss_s)
-    opt_t = torch.optim.SGD(ref.parameters(), lr=lr)
-    tparams = list(dict(ref.named_parameters()).items())
-    by_name = dict(tparams)
-    order = [f"layers.{it.layer}.{it.param}" for it in items if it.quantity == "grad"]
-    Xt, Yt = torch.from_numpy(X), torch.from_numpy(Y)
-    logits = loss_s.name == "bce-logits"
+    sside = _ScratchSide(net, loss_s, lr, X, Y)
+    tside = _TorchSide(ref, loss_s, lr, X, Y)
+    by_name = tside.by_name
     p_idx = next(k for k, it in enumerate(items) if it.quantity == "prob")
     relu_layers = any(_has_kink(layer.activation) for layer in net.layers)
 
@@ -265,88 +352,48 @@ def lockstep(
     rel_err = np.zeros((steps, len(items)))
     within = np.zeros((steps, len(items)), dtype=bool)
     loss_hist = np.zeros((2, steps))
-    params_before = np.empty_like(net.flat_params)
     first: Divergence | None = None
     kinks: list[int] = []
     snapshot: dict = {}
     probs_first = None
     ran = 0
 
-    for step in range(steps):
-        # scratch step
-        out, cache = net.forward(X)
-        L_s, lcache = loss_s.forward(out, Y)
-        net.backward(loss_s.backward(lcache), cache)
-        np.copyto(params_before, net.flat_params)
-        opt_s.step()
-
-        # torch step
-        opt_t.zero_grad(set_to_none=True)
-        out_t, cache_t = ref.forward_cache(Xt)
-        L_t = loss_t_fn(out_t, Yt)
-        L_t.backward()
-        opt_t.step()
-
-        with torch.no_grad():
-            svals: list = []
-            tvals: list = []
-            for l, ((_, z, a), (z_t, a_t)) in enumerate(zip(cache, cache_t)):
-                svals.append(z)
-                tvals.append(z_t)
-                if l < len(cache) - 1:
-                    svals.append(a)
-                    tvals.append(a_t)
-            svals.append(loss_s.probabilities(out))
-            tvals.append(torch.sigmoid(out_t) if logits else out_t.detach())
-            svals.append(np.asarray(L_s, net.dtype))
-            tvals.append(L_t.detach())
-            svals.extend(net.grads[k] for k in order)
-            tvals.extend(by_name[k].grad for k in order)
-            svals.extend(net.params[k] for k in order)
-            tvals.extend(by_name[k].detach() for k in order)
+    with _side_by_side(n * net.num_params >= _CONCURRENT_WORK) as pool:
+        for step in range(steps):
+            pending = pool.submit(tside.step) if pool else None
+            svals = sside.step()
+            tvals = pending.result() if pending else tside.step()
 
             for g in groups:
                 s, t = g.flat(svals, tvals)
                 m, r, ok = compare_segments(s, t, g.starts, g.rtol, g.atol)
-                max_abs[step, g.idx] = m
-                rel_err[step, g.idx] = r
-                within[step, g.idx] = ok
-            loss_hist[0, step] = L_s
-            loss_hist[1, step] = float(L_t)
-
+                max_abs[step, g.slice] = m
+                rel_err[step, g.slice] = r
+                within[step, g.slice] = ok
+            loss_hist[0, step] = sside.loss_value
+            loss_hist[1, step] = tside.loss_value
             if step == 0:
                 probs_first = (np.array(svals[p_idx]), _np(tvals[p_idx]).copy())
-            flips = _kink_flips(net, cache, cache_t) if relu_layers else {}
+
+            flips = _kink_flips(net, sside.cache, tside.cache) if relu_layers else {}
             if flips and (
-                within[step].all()
-                or _kink_explained(
-                    net,
-                    params_before,
-                    cache,
-                    cache_t,
-                    flips,
-                    loss_s,
-                    lcache,
-                    items,
-                    within[step],
-                    by_name,
-                )
+                within[step].all() or _kink_explained(sside, tside, flips, items, within[step])
             ):
                 kinks.append(step)
                 _resync(net, by_name)
             elif first is None and not within[step].all():
                 k = int(np.argmin(within[step]))
-                first = _divergence(step, items, k, svals, tvals, net, loss_s, params_before, X, Y)
+                first = _divergence(step, items, k, svals, tvals, sside)
                 snapshot = {
                     it.label: (np.array(sv), _np(tv).copy())
                     for it, sv, tv in zip(items, svals, tvals)
                 }
-                snapshot["params before the step"] = (params_before.copy(), np.empty(0))
-        ran = step + 1
-        if progress is not None:
-            progress(step)
-        if first is not None and stop_at_divergence:
-            break
+                snapshot["params before the step"] = (sside.params_before.copy(), np.empty(0))
+            ran = step + 1
+            if progress is not None:
+                progress(step)
+            if first is not None and stop_at_divergence:
+                break
 
     probs_last = (np.array(svals[p_idx]), _np(tvals[p_idx]).copy())
     return LockstepResult(
@@ -371,8 +418,9 @@ def _np(t) -> np.ndarray:
     return t.detach().cpu().numpy() if isinstance(t, torch.Tensor) else np.asarray(t)
 
 
-def _divergence(step, items, k, svals, tvals, net, loss_s, params_before, X, Y) -> Divergence:
+def _divergence(step, items, k, svals, tvals, sside: _ScratchSide) -> Divergence:
     it = items[k]
+    net = sside.net
     tol = tolerance(it.quantity, net.dtype)
     m: Mismatch | None = first_mismatch(np.asarray(svals[k]), _np(tvals[k]), tol.rtol, tol.atol)
     assert m is not None, "the packed and the elementwise comparison disagree"
@@ -393,14 +441,15 @@ def _divergence(step, items, k, svals, tvals, net, loss_s, params_before, X, Y) 
         total=m.total,
     )
     if it.quantity == "grad":
-        div.fd, div.fd_agrees_with = _fd_verdict(net, loss_s, params_before, X, Y, it, m)
+        div.fd, div.fd_agrees_with = _fd_verdict(sside, it, m)
     return div
 
 
-def _fd_verdict(net, loss_s, params_before, X, Y, it: Item, m: Mismatch) -> tuple[float, str]:
+def _fd_verdict(sside: _ScratchSide, it: Item, m: Mismatch) -> tuple[float, str]:
     """Which side the float64 central-difference gradient agrees with at the failing element."""
+    net, loss_s, X, Y = sside.net, sside.loss, sside.X, sside.Y
     oracle = scratch.MLP(net.sizes, net.activations, bias=net.bias, dtype="float64")
-    oracle.flat_params[...] = params_before
+    oracle.flat_params[...] = sside.params_before
     f = loss_fn(oracle, type(loss_s)(loss_s.reduction), X.astype(np.float64), Y.astype(np.float64))
     fd = float(
         numerical_gradient(f, oracle.params[f"layers.{it.layer}.{it.param}"], [m.index])[m.index]
@@ -438,7 +487,7 @@ def _resync(net, by_name) -> None:
 
 
 def _kink_explained(
-    net, params_before, cache, cache_t, flips, loss_s, lcache, items, within, by_name
+    sside: _ScratchSide, tside: _TorchSide, flips: dict, items: list[Item], within: np.ndarray
 ) -> bool:
     """Whether a mismatch at this step is a relu kink crossed by rounding, and not a bug.
 
@@ -453,6 +502,7 @@ def _kink_explained(
     backward_start = next(k for k, it in enumerate(items) if it.quantity == "grad")
     if not within[:backward_start].all():
         return False
+    net, cache, cache_t = sside.net, sside.cache, tside.cache
     patched = list(cache)
     for l, flip in flips.items():
         x, z, a = patched[l]
@@ -463,11 +513,11 @@ def _kink_explained(
             _, z1, a1 = patched[l + 1]
             patched[l + 1] = (a2, z1, a1)
     updated = net.flat_params.copy()
-    net.flat_params[...] = params_before  # backward multiplies by the weights of this step
-    net.backward(loss_s.backward(lcache), patched)
+    net.flat_params[...] = sside.params_before  # backward multiplies by this step's weights
+    net.backward(sside.loss.backward(sside.lcache), patched)
     net.flat_params[...] = updated
     tol = tolerance("grad", net.dtype)
     return all(
-        first_mismatch(g, _np(by_name[name].grad), tol.rtol, tol.atol) is None
+        first_mismatch(g, _np(tside.by_name[name].grad), tol.rtol, tol.atol) is None
         for name, g in net.grads.items()
     )
