@@ -1,0 +1,7 @@
+"""`python -m torch_ref` is the `nn-parity` command."""
+
+import sys
+
+from .cli import main
+
+sys.exit(main())

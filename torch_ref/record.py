@@ -1,0 +1,215 @@
+"""A run's record: the numbers a lockstep run produced, written once (see docs/record.md).
+
+Everything shown afterwards (terminal summary, figures, report.html) is drawn from these files.
+The folder is written under a temporary name beside its destination and renamed into place
+only when complete, so an interrupted run never leaves a half-written report.
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime as dt
+import io
+import json
+import os
+import platform
+import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from importlib import metadata
+from pathlib import Path
+
+import numpy as np
+import torch
+
+import scratch
+from scratch.gradcheck import loss_fn, numerical_gradient
+
+from .compare import TOLERANCES
+from .engine import LockstepResult, torch_loss
+from .model import TorchMLP
+
+__all__ = ["atomic_dir", "boundary", "gradient_slice", "summary_dict", "write_record"]
+
+
+def versions() -> dict[str, str]:
+    try:
+        ours = metadata.version("nn-parity")
+    except metadata.PackageNotFoundError:
+        ours = "unknown (not installed)"
+    return {
+        "python": platform.python_version(),
+        "numpy": np.__version__,
+        "torch": torch.__version__,
+        "nn_parity": ours,
+    }
+
+
+def summary_dict(result: LockstepResult, config: dict, extras: dict) -> dict:
+    """The summary.json object: config, verdict, tolerances, errors, first divergence."""
+    worst = result.worst()
+    quantities = {}
+    for k, item in enumerate(result.items):
+        failing = np.flatnonzero(~result.within[:, k])
+        quantities[item.label] = {
+            "quantity": item.quantity,
+            "layer": item.layer,
+            **worst[item.label],
+            "first_failing_step": int(failing[0]) if failing.size else None,
+        }
+    dtype = config["dtype"]
+    return {
+        "passed": result.passed,
+        "steps": result.steps,
+        "steps_requested": config["steps"],
+        "dtype": dtype,
+        "architecture": config["architecture"],
+        "data": config["data"],
+        "loss": config["loss"],
+        "reduction": config["reduction"],
+        "lr": config["lr"],
+        "seed": config["seed"],
+        "tolerances": {q: by_dtype[dtype].as_dict() for q, by_dtype in TOLERANCES.items()},
+        "quantities": quantities,
+        "first_divergence": (
+            result.first_divergence.as_dict() if result.first_divergence is not None else None
+        ),
+        "kink_steps": list(result.kink_steps),
+        "loss_first": {
+            "scratch": float(result.loss_scratch[0]),
+            "torch": float(result.loss_torch[0]),
+        },
+        "loss_last": {
+            "scratch": float(result.loss_scratch[-1]),
+            "torch": float(result.loss_torch[-1]),
+        },
+        **extras.get("summary", {}),
+        "versions": versions(),
+        "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+def metrics_csv(result: LockstepResult) -> str:
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    header = ["step", "loss_scratch", "loss_torch"]
+    for label in result.labels:
+        header += [f"{label}:max_abs", f"{label}:rel_err"]
+    writer.writerow(header)
+    cols = np.empty((result.steps, 2 * len(result.items)))
+    cols[:, 0::2] = result.max_abs
+    cols[:, 1::2] = result.rel_err
+    for step in range(result.steps):
+        writer.writerow(
+            [step, repr(float(result.loss_scratch[step])), repr(float(result.loss_torch[step]))]
+            + [repr(float(v)) for v in cols[step]]
+        )
+    return buf.getvalue()
+
+
+def write_record(folder: Path, result: LockstepResult, config: dict, extras: dict) -> dict:
+    """Write summary.json, metrics.csv and record.npz into `folder`; returns the summary."""
+    summary = summary_dict(result, config, extras)
+    (folder / "summary.json").write_text(json.dumps(summary, indent=2, allow_nan=True) + "\n")
+    (folder / "metrics.csv").write_text(metrics_csv(result))
+    arrays = {"y": config["y"]}
+    for when, pair in (("first", result.probs_first), ("last", result.probs_last)):
+        if pair is not None:
+            arrays[f"probs_{when}_scratch"] = np.ravel(pair[0])
+            arrays[f"probs_{when}_torch"] = np.ravel(pair[1])
+    arrays.update(extras.get("arrays", {}))
+    np.savez(folder / "record.npz", **arrays)
+    return summary
+
+
+@contextmanager
+def atomic_dir(final: Path, *, overwrite: bool = False) -> Iterator[Path]:
+    """A temporary folder beside `final`, renamed to `final` when the block completes.
+
+    On any exception, KeyboardInterrupt included, the temporary folder is removed and `final`
+    is left as it was.
+    """
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.partial-", dir=final.parent))
+    try:
+        yield tmp
+        os.chmod(tmp, 0o755)  # mkdtemp makes it 0700
+        if final.exists() and overwrite:
+            old = final.with_name(f".{final.name}.old-{os.getpid()}")
+            os.rename(final, old)
+            os.rename(tmp, final)
+            shutil.rmtree(old)
+        else:
+            os.rename(tmp, final)  # fails if final appeared meanwhile: never clobber
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def gradient_slice(
+    net: scratch.MLP, ref: TorchMLP, loss: scratch.Loss, X: np.ndarray, Y: np.ndarray
+) -> dict:
+    """Figure 4's data: the loss along one weight, and each side's slope there, at step 0.
+
+    The weight is the first layer's entry with the steepest scratch gradient. Neither network's
+    parameters change.
+    """
+    name = "layers.0.weight"
+    Xd, Yd = X.astype(net.dtype), Y.astype(net.dtype)
+    out, cache = net.forward(Xd)
+    _, lcache = loss.forward(out, Yd)
+    g_s = net.backward(loss.backward(lcache), cache)[name].copy()
+    ref.zero_grad(set_to_none=True)
+    torch_loss(loss)(ref(torch.from_numpy(Xd)), torch.from_numpy(Yd)).backward()
+    g_t = ref.layers[0].weight.grad.detach().numpy().copy()
+    ref.zero_grad(set_to_none=True)
+    index = tuple(int(i) for i in np.unravel_index(np.argmax(np.abs(g_s)), g_s.shape))
+
+    oracle = scratch.MLP(net.sizes, net.activations, bias=net.bias, dtype="float64")
+    oracle.flat_params[...] = net.flat_params
+    f = loss_fn(oracle, type(loss)(loss.reduction), X.astype(np.float64), Y.astype(np.float64))
+    fd = float(numerical_gradient(f, oracle.params[name], [index])[index])
+    w = oracle.params[name]
+    w0 = float(w[index])
+    span = max(1.0, 2 * abs(w0))
+    points = 81 if X.shape[0] * net.num_params < 10**7 else 21  # big nets: fewer forwards
+    ws = np.linspace(w0 - span, w0 + span, points)
+    losses = np.empty_like(ws)
+    for k, value in enumerate(ws):
+        w[index] = value
+        losses[k] = f()
+    w[index] = w0
+    summary = {
+        "param": name,
+        "index": list(index),
+        "value": w0,
+        "loss": f(),
+        "grad_scratch": float(g_s[index]),
+        "grad_torch": float(g_t[index]),
+        "grad_fd": fd,
+    }
+    return {"summary": {"gradient_slice": summary}, "arrays": {"slice_w": ws, "slice_loss": losses}}
+
+
+def boundary(
+    net: scratch.MLP, ref: TorchMLP, loss: scratch.Loss, X: np.ndarray, when: str, grid=100
+) -> dict:
+    """P(class 1) of both networks over a grid spanning two-feature data."""
+    lo, hi = X.min(axis=0), X.max(axis=0)
+    pad = 0.15 * (hi - lo) + 1e-9
+    gx = np.linspace(lo[0] - pad[0], hi[0] + pad[0], grid)
+    gy = np.linspace(lo[1] - pad[1], hi[1] + pad[1], grid)
+    xx, yy = np.meshgrid(gx, gy)  # (G, G), row i at gy[i]
+    P = np.stack([xx.ravel(), yy.ravel()], 1).astype(net.dtype)  # (G*G, 2)
+    p_s = loss.probabilities(net.forward(P)[0]).reshape(grid, grid)
+    with torch.no_grad():
+        out = ref(torch.from_numpy(P))
+        p_t = (torch.sigmoid(out) if loss.name == "bce-logits" else out).numpy().reshape(grid, grid)
+    return {
+        "X": X,
+        "grid_x": gx,
+        "grid_y": gy,
+        f"boundary_{when}_scratch": p_s.astype(np.float64),
+        f"boundary_{when}_torch": p_t.astype(np.float64),
+    }
