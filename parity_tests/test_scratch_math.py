@@ -196,3 +196,23 @@ def test_network_refuses_bad_architecture():
         scratch.MLP([2, 1], ["sigmoid"], init="glorot")
     with pytest.raises(ValueError, match=r"input must have shape \(N, 2\)"):
         scratch.MLP([2, 1], ["sigmoid"]).forward(np.zeros((3, 5)))
+
+
+def test_finite_differences_across_a_relu_kink_go_one_sided():
+    # A unit whose pre-activation sits at z = 1e-8 on one sample: a central probe of eps = 1e-6
+    # crosses the kink and averages two slopes; the kink-aware gradient must not.
+    net = scratch.MLP([1, 1, 1], ["relu", "sigmoid"], rng=0)
+    net.params["layers.0.weight"][...] = 1.0
+    net.params["layers.0.bias"][...] = 0.0
+    net.params["layers.1.weight"][...] = 2.0
+    X = np.array([[1e-8], [1.0]])
+    Y = np.array([[1.0], [0.0]])
+    loss = scratch.BCELoss()
+    out, cache = net.forward(X)
+    _, lcache = loss.forward(out, Y)
+    analytic = net.backward(loss.backward(lcache), cache)["layers.0.bias"].copy()
+
+    central = scratch.numerical_gradient(scratch.loss_fn(net, loss, X, Y), net.params["layers.0.bias"])
+    fd, kinks = scratch.gradcheck.network_gradient(net, loss, X, Y, "layers.0.bias")
+    assert abs(central[0] - analytic[0]) > 1e-3  # the naive probe is fooled
+    assert fd[0] == pytest.approx(analytic[0], rel=1e-6) and kinks == []

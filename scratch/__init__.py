@@ -3,9 +3,10 @@
 Nothing here imports torch.
 """
 
+from . import gradcheck
 from .activations import ACTIVATIONS, Activation, get_activation, sigmoid
 from .data import exam
-from .gradcheck import loss_fn, numerical_gradient
+from .gradcheck import loss_fn, network_gradient, numerical_gradient
 from .losses import LOSSES, BCELoss, BCEWithLogitsLoss, Loss, get_loss
 from .network import MLP, resolve_dtype
 from .optim import SGD
@@ -22,7 +23,9 @@ __all__ = [
     "exam",
     "get_activation",
     "get_loss",
+    "gradcheck",
     "loss_fn",
+    "network_gradient",
     "numerical_gradient",
     "resolve_dtype",
     "sigmoid",

@@ -16,7 +16,7 @@ import numpy as np
 from .losses import Loss
 from .network import MLP
 
-__all__ = ["loss_fn", "numerical_gradient"]
+__all__ = ["loss_fn", "network_gradient", "numerical_gradient"]
 
 
 def loss_fn(net: MLP, loss: Loss, X: np.ndarray, y: np.ndarray) -> Callable[[], float]:
@@ -52,3 +52,58 @@ def numerical_gradient(
         param[idx] = old
         grad[idx] = (up - down) / (2 * eps)
     return grad
+
+
+def _kink_signs(net: MLP, X: np.ndarray) -> list[np.ndarray]:
+    """For every relu-family layer, which side of 0 each pre-activation lies on."""
+    signs = []
+    _, cache = net.forward(X)
+    for layer, (_, z, _) in zip(net.layers, cache):
+        if layer.activation.name.partition(":")[0] in ("relu", "leaky_relu"):
+            signs.append(z > 0)
+    return signs
+
+
+def network_gradient(
+    net: MLP,
+    loss: Loss,
+    X: np.ndarray,
+    Y: np.ndarray,
+    name: str,
+    indices: Iterable[tuple[int, ...]] | None = None,
+    eps: float = 1e-6,
+) -> tuple[np.ndarray, list[tuple[int, ...]]]:
+    """Finite-difference gradient of one parameter, aware of relu kinks.
+
+    Central differences average the slopes on both sides of a kink, which is neither side's
+    derivative. Where the probe theta + eps (or - eps) moves some relu pre-activation across 0,
+    the one-sided difference on the other side is used; where both probes cross, the entry is
+    NaN and its index is reported as a kink. Entries not in `indices` (default: all) are NaN.
+    """
+    param = net.params[name]
+    f = loss_fn(net, loss, X, Y)
+    grad = np.full(param.shape, np.nan)
+    kinks = []
+    base_signs = _kink_signs(net, X)
+    L0 = f()
+    for idx in np.ndindex(param.shape) if indices is None else indices:
+        idx = tuple(idx)
+        old = param[idx]
+        param[idx] = old + eps
+        up, up_same = f(), _same(base_signs, _kink_signs(net, X))
+        param[idx] = old - eps
+        down, down_same = f(), _same(base_signs, _kink_signs(net, X))
+        param[idx] = old
+        if up_same and down_same:
+            grad[idx] = (up - down) / (2 * eps)
+        elif down_same:
+            grad[idx] = (L0 - down) / eps
+        elif up_same:
+            grad[idx] = (up - L0) / eps
+        else:
+            kinks.append(idx)
+    return grad, kinks
+
+
+def _same(a: list[np.ndarray], b: list[np.ndarray]) -> bool:
+    return all(np.array_equal(x, y) for x, y in zip(a, b))

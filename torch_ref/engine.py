@@ -31,10 +31,12 @@ import torch
 from threadpoolctl import threadpool_limits
 
 import scratch
-from scratch.gradcheck import loss_fn, numerical_gradient
+from scratch.gradcheck import network_gradient
 from scratch.optim import check_lr
+from scratch.validate import check_xy
 
 from .compare import Mismatch, compare_segments, first_mismatch, segment_starts, tolerance
+from .diagnose import Context, diagnose
 from .model import TorchMLP
 
 __all__ = ["Divergence", "Item", "LockstepResult", "lockstep", "torch_loss"]
@@ -86,6 +88,7 @@ class Divergence:
     total: int
     fd: float | None = None  # the finite-difference gradient at that element, in float64
     fd_agrees_with: str | None = None  # "scratch", "torch", "both", "neither", or None
+    diagnosis: dict | None = None  # {"cause", "explanation"}: the likely bug, if recognised
 
     def as_dict(self) -> dict:
         return {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(self).items()}
@@ -100,6 +103,8 @@ class Divergence:
         )
         if self.fd is not None:
             s += f"; finite differences give {self.fd!r}: agrees with {self.fd_agrees_with}"
+        if self.diagnosis:
+            s += f"; likely cause ({self.diagnosis['cause']}): {self.diagnosis['explanation']}"
         return s
 
 
@@ -198,16 +203,7 @@ def _groups(items: list[Item], dtype: np.dtype) -> list[_Group]:
 
 
 def _check_data(net: scratch.MLP, X, y) -> tuple[np.ndarray, np.ndarray]:
-    X = np.asarray(X)
-    y = np.asarray(y)
-    if X.ndim != 2 or X.shape[1] != net.sizes[0]:
-        raise ValueError(
-            f"X must have shape (N, {net.sizes[0]}) for sizes {net.sizes}, got {X.shape}"
-        )
-    if y.ndim == 2 and y.shape[1] == 1:
-        y = y[:, 0]
-    if y.ndim != 1 or len(y) != len(X):
-        raise ValueError(f"y must have shape ({len(X)},) to match X {X.shape}, got {y.shape}")
+    X, y = check_xy(X, y, width=net.sizes[0])
     if net.sizes[-1] != 1:
         raise ValueError(f"binary cross-entropy needs one output, got sizes {net.sizes}")
     X = np.ascontiguousarray(X, dtype=net.dtype)
@@ -240,9 +236,8 @@ def _side_by_side(concurrent: bool) -> Iterator[ThreadPoolExecutor | None]:
 class _ScratchSide:
     """One scratch training step; `step()` returns its values in item order."""
 
-    def __init__(self, net: scratch.MLP, loss: scratch.Loss, lr: float, X, Y):
-        self.net, self.loss, self.X, self.Y = net, loss, X, Y
-        self.opt = scratch.SGD(net, lr)
+    def __init__(self, net: scratch.MLP, loss: scratch.Loss, opt: scratch.SGD, X, Y):
+        self.net, self.loss, self.opt, self.X, self.Y = net, loss, opt, X, Y
         self.params_before = np.empty_like(net.flat_params)
         self.order = [  # the items' order: last layer first, weight before bias
             f"layers.{l}.{p}"
@@ -320,13 +315,20 @@ def lockstep(
     steps: int = 100,
     lr: float = 0.1,
     loss: str | scratch.Loss = "bce",
+    optimizer: scratch.SGD | None = None,
+    resync: bool = False,
     stop_at_divergence: bool = False,
     progress: Callable[[int], None] | None = None,
 ) -> LockstepResult:
     """Train `net` and `ref` side by side for `steps` full-batch SGD steps, comparing each step.
 
     Both are trained in place. `loss` is `bce` (the network must end in a sigmoid) or
-    `bce-logits` (the network must end in identity). `progress(step)` is called after each step.
+    `bce-logits` (the network must end in identity), or a `scratch.Loss` of either kind.
+    `optimizer` is the scratch optimiser, bound to `net` (default `scratch.SGD(net, lr)`); torch
+    always takes `torch.optim.SGD(lr)`. With `resync`, scratch takes torch's updated parameters
+    after every step, so each step is judged from identical weights: an error made within one
+    step is told apart from rounding differences that accumulate over many.
+    `progress(step)` is called after each step.
     """
     loss_s = scratch.get_loss(loss)
     if net.layers[-1].activation.name != loss_s.output_activation:
@@ -342,7 +344,9 @@ def lockstep(
 
     items = _items(net, n)
     groups = _groups(items, net.dtype)
-    sside = _ScratchSide(net, loss_s, lr, X, Y)
+    if optimizer is not None and optimizer.net is not net:
+        raise ValueError("optimizer must be bound to the scratch network being trained")
+    sside = _ScratchSide(net, loss_s, optimizer or scratch.SGD(net, lr), X, Y)
     tside = _TorchSide(ref, loss_s, lr, X, Y)
     by_name = tside.by_name
     p_idx = next(k for k, it in enumerate(items) if it.quantity == "prob")
@@ -376,19 +380,21 @@ def lockstep(
                 probs_first = (np.array(svals[p_idx]), _np(tvals[p_idx]).copy())
 
             flips = _kink_flips(net, sside.cache, tside.cache) if relu_layers else {}
-            if flips and (
+            explained = bool(flips) and (
                 within[step].all() or _kink_explained(sside, tside, flips, items, within[step])
-            ):
+            )
+            if explained:
                 kinks.append(step)
-                _resync(net, by_name)
             elif first is None and not within[step].all():
                 k = int(np.argmin(within[step]))
-                first = _divergence(step, items, k, svals, tvals, sside)
+                first = _divergence(step, items, k, svals, tvals, sside, tside)
                 snapshot = {
                     it.label: (np.array(sv), _np(tv).copy())
                     for it, sv, tv in zip(items, svals, tvals)
                 }
                 snapshot["params before the step"] = (sside.params_before.copy(), np.empty(0))
+            if explained or resync:
+                _resync(net, by_name)
             ran = step + 1
             if progress is not None:
                 progress(step)
@@ -418,7 +424,7 @@ def _np(t) -> np.ndarray:
     return t.detach().cpu().numpy() if isinstance(t, torch.Tensor) else np.asarray(t)
 
 
-def _divergence(step, items, k, svals, tvals, sside: _ScratchSide) -> Divergence:
+def _divergence(step, items, k, svals, tvals, sside: _ScratchSide, tside: _TorchSide) -> Divergence:
     it = items[k]
     net = sside.net
     tol = tolerance(it.quantity, net.dtype)
@@ -442,7 +448,23 @@ def _divergence(step, items, k, svals, tvals, sside: _ScratchSide) -> Divergence
     )
     if it.quantity == "grad":
         div.fd, div.fd_agrees_with = _fd_verdict(sside, it, m)
+    before = sside.params_before.astype(np.float64)
+    params_before = {name: before[at].reshape(shape) for name, (at, shape) in _layout(net).items()}
+    ctx = Context(
+        net, sside.loss, sside.X, sside.Y, sside.cache, tside.cache, params_before, sside.opt.lr
+    )
+    div.diagnosis = diagnose(div, svals[k], tvals[k], ctx)
     return div
+
+
+def _layout(net: scratch.MLP) -> dict[str, tuple[slice, tuple[int, ...]]]:
+    """Where each parameter lies in the flat buffer."""
+    out, start = {}, 0
+    for name, shape in net.shapes.items():
+        size = math.prod(shape)
+        out[name] = (slice(start, start + size), shape)
+        start += size
+    return out
 
 
 def _fd_verdict(sside: _ScratchSide, it: Item, m: Mismatch) -> tuple[float, str]:
@@ -450,10 +472,13 @@ def _fd_verdict(sside: _ScratchSide, it: Item, m: Mismatch) -> tuple[float, str]
     net, loss_s, X, Y = sside.net, sside.loss, sside.X, sside.Y
     oracle = scratch.MLP(net.sizes, net.activations, bias=net.bias, dtype="float64")
     oracle.flat_params[...] = sside.params_before
-    f = loss_fn(oracle, type(loss_s)(loss_s.reduction), X.astype(np.float64), Y.astype(np.float64))
-    fd = float(
-        numerical_gradient(f, oracle.params[f"layers.{it.layer}.{it.param}"], [m.index])[m.index]
-    )
+    name = f"layers.{it.layer}.{it.param}"
+    X64, Y64 = X.astype(np.float64), Y.astype(np.float64)
+    fresh_loss = type(loss_s)(loss_s.reduction)
+    grad, kinks = network_gradient(oracle, fresh_loss, X64, Y64, name, [m.index])
+    if kinks:
+        return math.nan, "undecided: the element sits on a relu kink"
+    fd = float(grad[m.index])
     # Central differences with eps = 1e-6 are good to about 1e-8 relative here; a float32
     # gradient carries its own rounding of about 1e-7 relative on top.
     resolution = (1e-7 if net.dtype == np.float64 else 1e-4) * max(abs(fd), abs(m.torch), 1e-3)

@@ -1,0 +1,487 @@
+"""A catalogue of real hand-derivation bugs, to measure what the parity check catches.
+
+Each mutant is a small, named change to the scratch side's backward pass, loss or update,
+applied to one network instance (a swapped method or a subclass instance), never to the shipped
+code. `score()` runs the lockstep on every mutant and reports whether it was caught, and whether
+the first divergence sits at the step, quantity and layer where the bug lives.
+
+    python -m torch_ref mutants          # the score table
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+import scratch
+from scratch.losses import BCELoss, BCEWithLogitsLoss
+
+from .engine import LockstepResult, lockstep
+from .model import TorchMLP
+
+__all__ = ["MUTANTS", "Case", "Config", "Mutant", "Score", "make_case", "run_mutant", "score"]
+
+
+@dataclass
+class Case:
+    """A network, its mirror, data and training settings, for one mutant to break."""
+
+    net: scratch.MLP
+    ref: TorchMLP | None
+    X: np.ndarray
+    y: np.ndarray
+    loss: scratch.Loss
+    lr: float
+    steps: int
+    optimizer: scratch.SGD
+
+
+@dataclass(frozen=True)
+class Config:
+    sizes: tuple[int, ...] = (5, 5, 5, 1)  # square hidden layers, so layout bugs keep shapes
+    hidden: str = "tanh"
+    loss: str = "bce"
+    bias: bool = True
+    n: int = 16
+    lr: float = 0.5
+    steps: int = 4
+    weight_scale: float = 1.0
+    seed: int = 3
+    zero_unit: bool = False  # unit 0 of layer 0 gets zero weights: its z is exactly 0
+
+
+@dataclass(frozen=True)
+class Mutant:
+    name: str
+    bug: str  # what the hand derivation got wrong
+    expect: tuple[int, str, int | None]  # where the bug lives: (step, quantity, layer)
+    apply: Callable[[Case], None]
+    config: Config = field(default_factory=Config)
+
+
+def make_case(cfg: Config) -> Case:
+    rng = np.random.default_rng(cfg.seed)
+    loss = scratch.get_loss(cfg.loss)
+    acts = [cfg.hidden] * (len(cfg.sizes) - 2) + [loss.output_activation]
+    net = scratch.MLP(cfg.sizes, acts, bias=cfg.bias, rng=rng, init="xavier_normal")
+    net.flat_params *= cfg.weight_scale
+    if cfg.zero_unit:
+        net.layers[0].weight[0] = 0
+    X = rng.standard_normal((cfg.n, cfg.sizes[0]))
+    y = (X[:, 0] + 0.5 * rng.standard_normal(cfg.n) > 0).astype(float)
+    return Case(net, None, X, y, loss, cfg.lr, cfg.steps, scratch.SGD(net, cfg.lr))
+
+
+# --- building blocks: swap one method on one instance ----------------------------------------
+
+
+def _layer_backward(case: Case, l: int, fn) -> None:
+    """Replace layer l's backward with fn(layer, da, cache, need_dx) -> dx."""
+    layer = case.net.layers[l]
+    layer.backward = lambda da, cache, need_dx=True: fn(layer, da, cache, need_dx)
+
+
+def _activation(case: Case, l: int, backward) -> None:
+    """Replace layer l's activation derivative: backward(da, z, a) -> dz."""
+    base = case.net.layers[l].activation
+
+    class Mutated(type(base)):  # type: ignore[misc]
+        pass
+
+    act = Mutated.__new__(Mutated)
+    act.__dict__.update(base.__dict__)
+    act.backward = backward  # type: ignore[method-assign]
+    case.net.layers[l].activation = act
+
+
+def _after_backward(case: Case, fn) -> None:
+    """Run fn(net, grads, call_number) after every backward, to corrupt gradients."""
+    net, backward, calls = case.net, case.net.backward, [0]
+
+    def wrapped(dout, cache):
+        grads = backward(dout, cache)
+        fn(net, grads, calls[0])
+        calls[0] += 1
+        return grads
+
+    net.backward = wrapped
+
+
+def _update(case: Case, rule) -> None:
+    """Replace the optimiser's step with rule(opt)."""
+
+    class Mutated(scratch.SGD):
+        def step(self):
+            rule(self)
+
+    case.optimizer = Mutated(case.net, case.lr)
+
+
+def _loss(case: Case, cls) -> None:
+    case.loss = cls(case.loss.reduction)
+
+
+# --- the bugs ----------------------------------------------------------------------------------
+
+
+def _standard(layer, da, cache, need_dx):
+    x, z, a = cache
+    dz = layer.activation.backward(da, z, a)
+    np.matmul(dz.T, x, out=layer.dweight)
+    if layer.dbias is not None:
+        layer.dbias[...] = dz.sum(axis=0)
+    return dz, (dz @ layer.weight if need_dx else None)
+
+
+def missing_mean(case):
+    class Sum(BCELoss):
+        def _scale(self, dout):
+            return dout
+
+    _loss(case, Sum)
+
+
+def mean_twice(case):
+    class Twice(BCELoss):
+        def _scale(self, dout):
+            return dout / dout.size / dout.size
+
+    _loss(case, Twice)
+
+
+def transposed_weight_grad(case):
+    def fn(layer, da, cache, need_dx):
+        _, dx = _standard(layer, da, cache, need_dx)
+        layer.dweight[...] = layer.dweight.T.copy()  # x^T dz instead of dz^T x
+        return dx
+
+    _layer_backward(case, 1, fn)
+
+
+def sigmoid_derivative_at_z(case):
+    _activation(case, 1, lambda da, z, a: da * (1 - z) * z)  # sigma'(z) = z (1 - z): at z
+
+
+def tanh_derivative_from_z(case):
+    _activation(case, 0, lambda da, z, a: da * (1 - z * z))  # 1 - z^2 instead of 1 - tanh^2
+
+
+def derivative_dropped(case):
+    _activation(case, 1, lambda da, z, a: da)  # dz = da: the layer's f' forgotten
+
+
+def bias_not_summed(case):
+    def fn(layer, da, cache, need_dx):
+        dz, dx = _standard(layer, da, cache, need_dx)
+        layer.dbias[...] = dz[0]  # the first sample's, not the sum over the batch
+        return dx
+
+    _layer_backward(case, 1, fn)
+
+
+def bias_grad_missing(case):
+    def fn(layer, da, cache, need_dx):
+        _, dx = _standard(layer, da, cache, need_dx)
+        layer.dbias[...] = 0
+        return dx
+
+    _layer_backward(case, 0, fn)
+
+
+def update_sign(case):
+    def rule(opt):
+        opt.net.flat_params += opt.lr * opt.net.flat_grads
+
+    _update(case, rule)
+
+
+def lr_twice(case):
+    def rule(opt):
+        opt.net.flat_params -= opt.lr * (opt.lr * opt.net.flat_grads)
+
+    _update(case, rule)
+
+
+def weight_decay(case):
+    def rule(opt):
+        net = opt.net
+        net.flat_params -= opt.lr * (net.flat_grads + 1e-4 * net.flat_params)
+
+    _update(case, rule)
+
+
+def momentum_left_in(case):
+    velocity = np.zeros_like(case.net.flat_params)
+
+    def rule(opt):
+        velocity[...] = 0.9 * velocity + opt.net.flat_grads
+        opt.net.flat_params -= opt.lr * velocity
+
+    _update(case, rule)
+
+
+def wrong_layer_cache(case):
+    net = case.net
+
+    def backward(dout, cache):
+        da = dout
+        for i in range(len(net.layers) - 1, -1, -1):
+            c = cache[i - 1] if i == 1 else cache[i]  # layer 1 handed layer 0's cache
+            da = net.layers[i].backward(da, c, need_dx=i > 0)
+        return net.grads
+
+    net.backward = backward
+
+
+def grads_after_update(case):
+    net, lr = case.net, case.lr
+
+    def backward(dout, cache):
+        da = dout
+        for i in range(len(net.layers) - 1, -1, -1):
+            layer = net.layers[i]
+            x, z, a = cache[i]
+            dz = layer.activation.backward(da, z, a)
+            np.matmul(dz.T, x, out=layer.dweight)
+            if layer.dbias is not None:
+                dz.sum(axis=0, out=layer.dbias)
+            da = dz @ (layer.weight - lr * layer.dweight)  # propagated through updated weights
+        return net.grads
+
+    net.backward = backward
+
+
+def bce_clipped(case):
+    class Clipped(BCELoss):
+        def forward(self, out, y):
+            p = np.clip(out, 1e-7, 1 - 1e-7)
+            per_sample = -(y * np.log(p) + (1 - y) * np.log(1 - p))
+            return self._reduce(per_sample), (p, y)
+
+    _loss(case, Clipped)
+
+
+def relu_derivative_at_zero(case):
+    for l in (0, 1):
+        _activation(case, l, lambda da, z, a: np.where(z >= 0, da, 0))  # 1 at z = 0
+
+
+def dx_transposed_weight(case):
+    def fn(layer, da, cache, need_dx):
+        dz, _ = _standard(layer, da, cache, False)
+        return dz @ layer.weight.T if need_dx else None  # dz W^T instead of dz W
+
+    _layer_backward(case, 1, fn)
+
+
+def bce_grad_sign(case):
+    class Flipped(BCELoss):
+        def backward(self, cache):
+            return -super().backward(cache)
+
+    _loss(case, Flipped)
+
+
+def logits_sigmoid_twice(case):
+    class Twice(BCEWithLogitsLoss):
+        def backward(self, cache):
+            z, y = cache
+            return self._scale(scratch.sigmoid(scratch.sigmoid(z)) - y)
+
+    _loss(case, Twice)
+
+
+def grads_accumulate(case):
+    previous = np.zeros_like(case.net.flat_grads)
+
+    def fn(net, grads, call):
+        net.flat_grads += previous  # no zeroing between steps
+        previous[...] = net.flat_grads
+
+    _after_backward(case, fn)
+
+
+def last_sample_dropped(case):
+    def fn(layer, da, cache, need_dx):
+        x, z, a = cache
+        dz = layer.activation.backward(da, z, a)
+        np.matmul(dz[:-1].T, x[:-1], out=layer.dweight)  # off by one in the batch slice
+        if layer.dbias is not None:
+            layer.dbias[...] = dz.sum(axis=0)
+        return dz @ layer.weight if need_dx else None
+
+    _layer_backward(case, 2, fn)
+
+
+MUTANTS: list[Mutant] = [
+    Mutant(
+        "missing-1/N",
+        "mean reduction, but the 1/N factor left out of dL/dp",
+        (0, "grad", 2),
+        missing_mean,
+    ),
+    Mutant(
+        "1/N-twice",
+        "the 1/N factor applied in the loss and again in the gradient",
+        (0, "grad", 2),
+        mean_twice,
+    ),
+    Mutant(
+        "dW-transposed",
+        "dW = x^T dz: a missing transpose in a weight gradient",
+        (0, "grad", 1),
+        transposed_weight_grad,
+    ),
+    Mutant(
+        "sigmoid'-at-z",
+        "the sigmoid derivative a(1 - a) evaluated at z",
+        (0, "grad", 1),
+        sigmoid_derivative_at_z,
+        Config(hidden="sigmoid"),
+    ),
+    Mutant(
+        "tanh'-at-z",
+        "the tanh derivative 1 - a^2 evaluated at z",
+        (0, "grad", 0),
+        tanh_derivative_from_z,
+    ),
+    Mutant(
+        "f'-dropped",
+        "one layer's activation derivative left out",
+        (0, "grad", 1),
+        derivative_dropped,
+    ),
+    Mutant(
+        "db-not-summed",
+        "the bias gradient of one sample, not summed over the batch",
+        (0, "grad", 1),
+        bias_not_summed,
+    ),
+    Mutant(
+        "db-missing",
+        "the bias gradient never written (left at zero)",
+        (0, "grad", 0),
+        bias_grad_missing,
+    ),
+    Mutant(
+        "update-sign", "theta + lr * g: a sign error in the update", (0, "param", 2), update_sign
+    ),
+    Mutant("lr-twice", "the learning rate applied twice", (0, "param", 2), lr_twice),
+    Mutant(
+        "weight-decay",
+        "an L2 term slipped into the plain SGD update",
+        (0, "param", 2),
+        weight_decay,
+    ),
+    Mutant("momentum", "a velocity buffer left in plain SGD", (1, "param", 2), momentum_left_in),
+    Mutant(
+        "wrong-cache",
+        "layer 1's backward handed layer 0's cache",
+        (0, "grad", 1),
+        wrong_layer_cache,
+    ),
+    Mutant(
+        "updated-weights",
+        "gradients propagated through weights already updated",
+        (0, "grad", 1),
+        grads_after_update,
+    ),
+    Mutant(
+        "bce-clip-1e-7",
+        "BCE with p clipped to [1e-7, 1 - 1e-7], not torch's log clamp at -100",
+        (0, "loss", None),
+        bce_clipped,
+        Config(weight_scale=12.0),
+    ),
+    Mutant(
+        "relu'(0)=1",
+        "the relu derivative taken as 1 at exactly z = 0",
+        (0, "grad", 0),
+        relu_derivative_at_zero,
+        Config(hidden="relu", bias=False, zero_unit=True),
+    ),
+    Mutant(
+        "dx-transposed",
+        "dx = dz W^T: the wrong weight layout passing the gradient down",
+        (0, "grad", 0),
+        dx_transposed_weight,
+    ),
+    Mutant("bce-grad-sign", "dL/dp with its sign flipped", (0, "grad", 2), bce_grad_sign),
+    Mutant(
+        "sigmoid-twice",
+        "bce-logits gradient sigmoid(sigmoid(z)) - y",
+        (0, "grad", 2),
+        logits_sigmoid_twice,
+        Config(loss="bce-logits"),
+    ),
+    Mutant(
+        "no-zero-grad",
+        "gradients accumulated across steps, never reset",
+        (1, "grad", 2),
+        grads_accumulate,
+    ),
+    Mutant(
+        "last-sample-dropped",
+        "an off-by-one slice drops a sample from dW",
+        (0, "grad", 2),
+        last_sample_dropped,
+    ),
+]
+
+
+def run_mutant(mutant: Mutant, **lockstep_kwargs) -> LockstepResult:
+    case = make_case(mutant.config)
+    case.ref = TorchMLP.from_scratch(case.net)  # mirrors the correct weights, before any bug
+    mutant.apply(case)
+    return lockstep(
+        case.net, case.ref, case.X, case.y, steps=case.steps, lr=case.lr, loss=case.loss,
+        optimizer=case.optimizer, **lockstep_kwargs,
+    )  # fmt: skip
+
+
+@dataclass
+class Score:
+    rows: list[dict]
+
+    @property
+    def caught(self) -> int:
+        return sum(r["caught"] for r in self.rows)
+
+    @property
+    def located(self) -> int:
+        return sum(r["located"] for r in self.rows)
+
+    def table(self) -> str:
+        lines = [f"{'mutant':<20} {'caught':<7} {'located':<8} first divergence"]
+        for r in self.rows:
+            lines.append(
+                f"{r['name']:<20} {'yes' if r['caught'] else 'NO':<7} "
+                f"{'yes' if r['located'] else 'NO':<8} {r['where']}"
+            )
+        n = len(self.rows)
+        lines.append(
+            f"caught {self.caught}/{n} ({100 * self.caught / n:.0f}%), "
+            f"located {self.located}/{n} ({100 * self.located / n:.0f}%)"
+        )
+        return "\n".join(lines)
+
+
+def score(mutants: list[Mutant] | None = None) -> Score:
+    rows = []
+    for m in mutants or MUTANTS:
+        div = run_mutant(m).first_divergence
+        where = "-" if div is None else f"step {div.step}, {div.label}"
+        got = None if div is None else (div.step, div.quantity, div.layer)
+        diagnosis = getattr(div, "diagnosis", None) if div is not None else None
+        rows.append(
+            {
+                "name": m.name,
+                "caught": div is not None,
+                "located": got == m.expect,
+                "where": where + (f" [{diagnosis}]" if diagnosis else ""),
+                "expect": m.expect,
+            }
+        )
+    return Score(rows)
