@@ -23,6 +23,14 @@ settings.register_profile(
 settings.register_profile(
     "sweep", deadline=None, max_examples=1000, suppress_health_check=[HealthCheck.too_slow]
 )
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # One core per worker: two workers' thread pools on two cores would only contend.
+    import torch
+    from threadpoolctl import threadpool_limits
+
+    torch.set_num_threads(1)
+    threadpool_limits(1)
+
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci" if os.environ.get("CI") else "dev"))
 
 

@@ -75,6 +75,13 @@ class BCELoss(Loss):
         return out
 
     def forward(self, out, y):
+        outside = (out < 0) | (out > 1)  # NaN passes: a blow-up is the lockstep's to report
+        if outside.any():
+            at = tuple(int(i) for i in np.argwhere(outside)[0])
+            raise ValueError(
+                f"BCELoss takes probabilities in [0, 1]; got {float(out[at])} at index {at} "
+                "(use bce-logits for unbounded outputs)"
+            )
         with np.errstate(divide="ignore"):  # ln 0 = -inf, then clamped to -100
             log_p = np.maximum(np.log(out), _LOG_CLAMP)  # (N, 1)
             log_1mp = np.maximum(np.log1p(-out), _LOG_CLAMP)  # (N, 1)

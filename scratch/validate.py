@@ -37,7 +37,7 @@ def check_xy(X, y, *, width: int | None = None) -> tuple[np.ndarray, np.ndarray]
     bad = np.flatnonzero((y != 0) & (y != 1))
     if bad.size:
         raise ValueError(
-            f"binary cross-entropy needs labels 0 or 1; y[{bad[0]}] = {y[bad[0]]!r} "
+            f"binary cross-entropy needs labels 0 or 1; y[{bad[0]}] = {float(y[bad[0]])} "
             f"({bad.size} label(s) outside {{0, 1}})"
         )
     return X, y
@@ -62,4 +62,6 @@ def _numeric(a, name: str) -> np.ndarray:
 def _finite(a: np.ndarray, name: str) -> None:
     if np.issubdtype(a.dtype, np.floating) and not np.isfinite(a).all():
         where = tuple(int(i) for i in np.argwhere(~np.isfinite(a))[0])
-        raise ValueError(f"{name} holds a non-finite value: {name}{list(where)} = {a[where]!r}")
+        raise ValueError(
+            f"{name} holds a non-finite value: {name}{list(where)} = {float(a[where])}"
+        )

@@ -1,6 +1,7 @@
 """The `nn-parity` command.
 
     nn-parity run [options]     train scratch and torch in lockstep, write a report, give a verdict
+    nn-parity mutants           the mutation score: the catalogued bugs caught and located
 
 Exit codes: 0 every quantity agreed at every step; 1 they diverged; 2 bad usage or bad input
 (one line on stderr, no traceback); 130 interrupted (no report written).
@@ -99,11 +100,23 @@ def build_parser() -> argparse.ArgumentParser:
         type=Path,
         help=f"report folder (default: ./{DEFAULT_OUT}, or -2, -3, ... beside an existing one)",
     )
+    run.add_argument(
+        "--weights",
+        type=Path,
+        help="start from these weights: a .npz (scratch.weights.save_npz) or a torch state dict "
+        ".pt; names and shapes must fit --layers",
+    )
     run.add_argument("--overwrite", action="store_true", help="replace an existing --out folder")
     run.add_argument(
         "--stop-at-divergence", action="store_true", help="stop at the first divergence"
     )
     run.add_argument("--quiet", action="store_true", help="print only the verdict line")
+    sub.add_parser(
+        "mutants",
+        help="run the lockstep on the catalogue of hand-derivation bugs and print the score",
+        description="Run the lockstep on every catalogued hand-derivation bug; exit 1 unless "
+        "every one is caught.",
+    )
     return parser
 
 
@@ -166,7 +179,11 @@ def plan(args: argparse.Namespace) -> dict:
     loss = scratch.get_loss(args.loss, args.reduction)
     acts = [*acts, loss.output_activation]
     article = exam and sizes == EXAM_SIZES and acts == EXAM_ACTIVATIONS and args.bias
-    init = args.init or ("article" if article else "xavier_uniform")
+    init = args.init or ("article" if article and args.weights is None else "xavier_uniform")
+    if args.weights is not None:
+        if args.init is not None:
+            raise UsageError("give --weights or --init, not both")
+        init = f"file {args.weights}"
     if init == "article" and not (exam and sizes == EXAM_SIZES and args.bias):
         raise UsageError(
             "--init article sets the article's weights: only with --data exam and --layers 2,3,1"
@@ -178,6 +195,16 @@ def build_network(p: dict, args: argparse.Namespace) -> scratch.MLP:
     if p["init"] == "article":
         return scratch.MLP.from_weights(exam_weights(), p["activations"], dtype=args.dtype)
     rng = np.random.default_rng(args.seed)
+    if args.weights is not None:
+        from .weights import load_weights
+
+        net = scratch.MLP(p["sizes"], p["activations"], bias=args.bias, dtype=args.dtype)
+        state = load_weights(args.weights)  # its errors name the file
+        try:
+            net.load_state_dict(state)
+        except (ValueError, TypeError) as err:
+            raise UsageError(f"--weights {args.weights}: {err}") from None
+        return net
     return scratch.MLP(
         p["sizes"], p["activations"], bias=args.bias, dtype=args.dtype, init=p["init"], rng=rng
     )
@@ -205,11 +232,14 @@ def out_dir(args: argparse.Namespace) -> tuple[Path, str]:
 
 
 def check_writable(folder: Path) -> None:
+    """Fail before the run, not after it, when the report cannot be written."""
     import os
 
-    parent = folder.resolve().parent
+    parent = folder.absolute().parent
     while not parent.exists():
         parent = parent.parent
+    if not parent.is_dir():
+        raise UsageError(f"cannot write the report under {str(parent)!r}: it is a file")
     if not os.access(parent, os.W_OK | os.X_OK):
         raise UsageError(f"cannot write the report: {str(parent)!r} is not writable")
 
@@ -290,9 +320,14 @@ def run(args: argparse.Namespace) -> int:
         "seed": args.seed,
         "y": ds.y,
     }
-    with atomic_dir(out, overwrite=args.overwrite) as tmp:
-        summary = write_record(tmp, result, config, extras)
-        reports.render(tmp)
+    try:
+        with atomic_dir(out, overwrite=args.overwrite) as tmp:
+            summary = write_record(tmp, result, config, extras)
+            reports.render(tmp)
+    except OSError as err:
+        raise UsageError(
+            f"cannot write the report to {str(out)!r}: {err.strerror or err}"
+        ) from None
     if args.quiet:
         verdict = "PASS" if summary["passed"] else "DIVERGED"
         print(f"{verdict}: {summary['steps']} steps, report in {out}{note}")
@@ -302,11 +337,19 @@ def run(args: argparse.Namespace) -> int:
     return EXIT_PASS if summary["passed"] else EXIT_DIVERGED
 
 
+def mutants() -> int:
+    from .mutants import MUTANTS, score
+
+    result = score()
+    print(result.table())
+    return EXIT_PASS if result.caught == len(MUTANTS) else EXIT_DIVERGED
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
-        return run(args)
+        return run(args) if args.command == "run" else mutants()
     except UsageError as err:
         print(f"nn-parity: error: {err}", file=sys.stderr)
         return EXIT_USAGE

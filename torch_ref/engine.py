@@ -89,6 +89,7 @@ class Divergence:
     fd: float | None = None  # the finite-difference gradient at that element, in float64
     fd_agrees_with: str | None = None  # "scratch", "torch", "both", "neither", or None
     diagnosis: dict | None = None  # {"cause", "explanation"}: the likely bug, if recognised
+    nonfinite: str | None = None  # "scratch", "torch" or "both" when NaN/Inf appeared
 
     def as_dict(self) -> dict:
         return {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(self).items()}
@@ -287,9 +288,16 @@ class _TorchSide:
         # the NumPy views of gradients and parameters are made once, not every step.
         self.opt.zero_grad(set_to_none=False)
         out, self.cache = self.ref.forward_cache(self.Xt)
-        loss = self.loss_fn(out, self.Yt)
-        loss.backward()
-        self.opt.step()
+        try:
+            loss = self.loss_fn(out, self.Yt)
+        except RuntimeError:
+            if bool(torch.isfinite(out).all()):
+                raise
+            # BCELoss refuses NaN input; the lockstep reports where the NaN came from
+            loss = torch.tensor(math.nan, dtype=out.dtype)
+        else:
+            loss.backward()
+            self.opt.step()
         if self.fixed is None:
             grads = [self.by_name[k].grad.numpy() for k in self.order]
             self.fixed = grads + [self.by_name[k].detach().numpy() for k in self.order]
@@ -362,7 +370,11 @@ def lockstep(
     probs_first = None
     ran = 0
 
-    with _side_by_side(n * net.num_params >= _CONCURRENT_WORK) as pool:
+    # Overflow and NaN are detected and reported as a blow-up below, not warned about.
+    with (
+        _side_by_side(n * net.num_params >= _CONCURRENT_WORK) as pool,
+        np.errstate(over="ignore", invalid="ignore"),
+    ):
         for step in range(steps):
             pending = pool.submit(tside.step) if pool else None
             svals = sside.step()
@@ -379,6 +391,19 @@ def lockstep(
             if step == 0:
                 probs_first = (np.array(svals[p_idx]), _np(tvals[p_idx]).copy())
 
+            blowup = None
+            if not (np.isfinite(max_abs[step]).all() and np.isfinite(rel_err[step]).all()):
+                blowup = _nonfinite(step, items, svals, tvals)
+            if blowup is not None:
+                # Training has blown up: every later step would compare NaN with NaN.
+                first = first or blowup
+                if not snapshot:
+                    snapshot = _snapshot(items, svals, tvals, sside)
+                ran = step + 1
+                if progress is not None:
+                    progress(step)
+                break
+
             flips = _kink_flips(net, sside.cache, tside.cache) if relu_layers else {}
             explained = bool(flips) and (
                 within[step].all() or _kink_explained(sside, tside, flips, items, within[step])
@@ -388,11 +413,7 @@ def lockstep(
             elif first is None and not within[step].all():
                 k = int(np.argmin(within[step]))
                 first = _divergence(step, items, k, svals, tvals, sside, tside)
-                snapshot = {
-                    it.label: (np.array(sv), _np(tv).copy())
-                    for it, sv, tv in zip(items, svals, tvals)
-                }
-                snapshot["params before the step"] = (sside.params_before.copy(), np.empty(0))
+                snapshot = _snapshot(items, svals, tvals, sside)
             if explained or resync:
                 _resync(net, by_name)
             ran = step + 1
@@ -422,6 +443,40 @@ def lockstep(
 
 def _np(t) -> np.ndarray:
     return t.detach().cpu().numpy() if isinstance(t, torch.Tensor) else np.asarray(t)
+
+
+def _snapshot(items, svals, tvals, sside) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Copies of both sides' full tensors at one step."""
+    snap = {it.label: (np.array(sv), _np(tv).copy()) for it, sv, tv in zip(items, svals, tvals)}
+    snap["params before the step"] = (sside.params_before.copy(), np.empty(0))
+    return snap
+
+
+def _nonfinite(step, items, svals, tvals) -> Divergence | None:
+    """The first quantity, in step order, where either side holds NaN or Inf."""
+    for it, sv, tv in zip(items, svals, tvals):
+        s_bad = ~np.isfinite(np.asarray(sv))
+        t_bad = ~np.isfinite(_np(tv))
+        if not (s_bad.any() or t_bad.any()):
+            continue
+        side = "both" if s_bad.any() and t_bad.any() else "scratch" if s_bad.any() else "torch"
+        bad = s_bad | t_bad
+        flat = int(np.argmax(bad.ravel()))
+        index = tuple(int(i) for i in np.unravel_index(flat, bad.shape)) if bad.shape else ()
+        sval, tval = float(np.ravel(sv)[flat]), float(np.ravel(_np(tv))[flat])
+        return Divergence(
+            step=step, quantity=it.quantity, layer=it.layer, param=it.param, label=it.label,
+            index=index, scratch=sval, torch=tval, abs_err=math.nan, rel_err=math.nan,
+            rtol=math.nan, atol=math.nan, mismatches=int(bad.sum()), total=int(bad.size),
+            nonfinite=side,
+            diagnosis={
+                "cause": "non-finite",
+                "explanation": f"NaN or Inf first appears at step {step} in {it.label} on "
+                f"{'both sides' if side == 'both' else side + ' only'}: training blew up "
+                "(a learning rate far too large?) and the run stopped",
+            },
+        )  # fmt: skip
+    return None
 
 
 def _divergence(step, items, k, svals, tvals, sside: _ScratchSide, tside: _TorchSide) -> Divergence:

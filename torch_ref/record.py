@@ -49,6 +49,8 @@ def versions() -> dict[str, str]:
 def summary_dict(result: LockstepResult, config: dict, extras: dict) -> dict:
     """The summary.json object: config, verdict, tolerances, errors, first divergence."""
     worst = result.worst()
+    dtype = config["dtype"]
+    eps = float(np.finfo(dtype).eps)
     quantities = {}
     for k, item in enumerate(result.items):
         failing = np.flatnonzero(~result.within[:, k])
@@ -56,9 +58,10 @@ def summary_dict(result: LockstepResult, config: dict, extras: dict) -> dict:
             "quantity": item.quantity,
             "layer": item.layer,
             **worst[item.label],
+            # the smallest pure atol (rtol = 0) that would have passed, in units of epsilon
+            "max_abs_eps": worst[item.label]["max_abs"] / eps,
             "first_failing_step": int(failing[0]) if failing.size else None,
         }
-    dtype = config["dtype"]
     return {
         "passed": result.passed,
         "steps": result.steps,
@@ -74,6 +77,9 @@ def summary_dict(result: LockstepResult, config: dict, extras: dict) -> dict:
         "quantities": quantities,
         "first_divergence": (
             result.first_divergence.as_dict() if result.first_divergence is not None else None
+        ),
+        "diagnosis": (
+            result.first_divergence.diagnosis if result.first_divergence is not None else None
         ),
         "kink_steps": list(result.kink_steps),
         "loss_first": {

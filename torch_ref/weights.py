@@ -12,7 +12,7 @@ from torch import nn
 
 import scratch
 
-__all__ = ["scratch_to_torch", "torch_to_scratch"]
+__all__ = ["load_pt", "load_weights", "save_pt", "scratch_to_torch", "torch_to_scratch"]
 
 
 def _check_names(net: scratch.MLP, module: nn.Module) -> dict[str, torch.nn.Parameter]:
@@ -45,3 +45,44 @@ def torch_to_scratch(module: nn.Module, net: scratch.MLP) -> None:
     """Copy every torch parameter into the scratch parameter of the same name."""
     for name, t in _check_names(net, module).items():
         np.copyto(net.params[name], t.detach().cpu().numpy())
+
+
+def save_pt(net: scratch.MLP, path) -> None:
+    """Scratch weights as a torch state dict (`torch.load`-able into a `TorchMLP`)."""
+    torch.save({name: torch.from_numpy(p.copy()) for name, p in net.params.items()}, path)
+
+
+def load_pt(path) -> dict[str, np.ndarray]:
+    """A torch state dict, loaded with `weights_only=True`: a pickled payload is refused."""
+    import pickle
+    from pathlib import Path
+
+    path = Path(path)
+    if not path.exists():
+        raise ValueError(f"weights file {str(path)!r} does not exist")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        # torch's message opens with advice to disable the check; keep only what it found
+        found = [line for line in str(err).splitlines() if "GLOBAL" in line or "global" in line]
+        what = found[0].strip() if found else "it is not a plain state dict of tensors"
+        raise ValueError(f"{path}: refused, it carries a pickled object: {what}") from None
+    except (RuntimeError, EOFError, OSError) as err:
+        raise ValueError(f"{path}: not a readable torch file ({err})") from None
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ValueError(f"{path}: expected a dict of tensors, got {type(state).__name__}")
+    return {name: t.detach().cpu().numpy() for name, t in state.items()}
+
+
+def load_weights(path) -> dict[str, np.ndarray]:
+    """A state dict from `.npz` or `.pt`/`.pth`, by the file's suffix."""
+    from pathlib import Path
+
+    from scratch.weights import load_npz
+
+    suffix = Path(path).suffix.lower()
+    if suffix == ".npz":
+        return load_npz(path)
+    if suffix in (".pt", ".pth"):
+        return load_pt(path)
+    raise ValueError(f"weights file {str(path)!r}: expected a .npz, .pt or .pth file")

@@ -1,0 +1,93 @@
+"""Runs every row of docs/bad-inputs.md: the table stays true because this test reads it."""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import scratch
+import scratch.weights
+from torch_ref import TorchMLP, lockstep
+from torch_ref.cli import main
+from torch_ref.weights import load_weights
+
+DOC = Path(__file__).parents[1] / "docs" / "bad-inputs.md"
+ROW = re.compile(r"^\| (\d+) \| (.+?) \| `(.+)` \| (.+) \|$")
+
+CSV_FILES = {
+    "empty.csv": b"",
+    "header.csv": b"hours,gpa,passed\n",
+    "ragged.csv": b"hours,gpa,passed\n4,3.5,1\n1,2\n",
+    "text.csv": b"hours,gpa,passed\n4,high,1\n1,2.0,0\n",
+    "nan.csv": b"hours,gpa,passed\n4,3.5,1\nnan,2.0,0\n",
+    "labels.csv": b"hours,gpa,passed\n4,3.5,1\n1,2.0,3\n",
+    "one.csv": b"passed\n1\n0\n",
+    "binary.csv": b"\xff\xfe\x00\x01hours",
+    "students.csv": b"hours,gpa,passed\n4,3.5,1\n1,2.0,0\n3,3.0,1\n0.5,1.5,0\n",
+}
+
+
+class Payload:
+    """Unpickling this runs os.system: a loader that executes it creates the marker file."""
+
+    marker = ""
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def rows() -> list:
+    out = []
+    for line in DOC.read_text().splitlines():
+        m = ROW.match(line)
+        if m:
+            n, case, call, message = m.groups()
+            out.append(pytest.param(call, message.strip(), id=f"{n}-{case}"))
+    return out
+
+
+@pytest.fixture
+def files(tmp_path):
+    for name, content in CSV_FILES.items():
+        (tmp_path / name).write_bytes(content)
+    Payload.marker = str(tmp_path / "pwned")
+    np.savez(tmp_path / "evil.npz", w=np.array([Payload()], dtype=object))
+    torch.save({"layers.0.weight": Payload()}, tmp_path / "evil.pt")
+    scratch.weights.save_npz(scratch.MLP([2, 3, 1], ["tanh", "sigmoid"]), tmp_path / "w231.npz")
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "keep.txt").write_text("an earlier report\n")
+    return tmp_path
+
+
+def test_the_table_has_at_least_30_cases():
+    assert len(rows()) >= 30
+
+
+@pytest.mark.parametrize("call,message", rows())
+def test_bad_input_gets_a_clear_message(call, message, files, capsys, monkeypatch):
+    call = re.sub(r"\{([\w.]+)\}", lambda m: str(files / m.group(1)), call)
+    monkeypatch.chdir(files)
+    if call.startswith("nn-parity"):
+        code = main(shlex.split(call)[1:] + ["--quiet"] * ("run" in call))
+        err = capsys.readouterr().err
+        assert code == 2, err
+        assert err.count("\n") == 1 and "Traceback" not in err
+        assert message in err, err
+    else:
+        net = scratch.MLP([2, 3, 1], ["tanh", "sigmoid"], rng=0)
+        env = {
+            "np": np, "torch": torch, "scratch": scratch, "lockstep": lockstep,
+            "TorchMLP": TorchMLP, "load_weights": load_weights, "net": net,
+            "ref": TorchMLP.from_scratch(net), "X": np.random.default_rng(0).normal(size=(8, 2)),
+            "y": np.array([0.0, 1.0] * 4),
+        }  # fmt: skip
+        with pytest.raises((ValueError, TypeError)) as err:
+            eval(call, env)
+        assert message in str(err.value)
+    assert not (files / "pwned").exists(), "a pickled payload ran"
