@@ -1,0 +1,247 @@
+"""The short terminal summary of a run, drawn from its summary.json."""
+
+from __future__ import annotations
+
+import json
+import math
+import textwrap
+from typing import Any
+
+__all__ = [
+    "diagnosis_of",
+    "diagnosis_parts",
+    "fd_verdict",
+    "fmt",
+    "quantity_rows",
+    "run_description",
+    "summary_text",
+    "verdict",
+]
+
+# The order quantities flow through a step; anything unknown goes after them.
+QUANTITY_ORDER = ("z", "a", "prob", "loss", "grad", "param")
+
+_GREEN, _RED, _RESET = "\033[32;1m", "\033[31;1m", "\033[0m"
+# The whole summary should fit on a screen; a long diagnosis is cut here and shown whole in HTML.
+_DIAGNOSIS_LINES = 4
+_WIDTH = 100
+
+
+def fmt(x: Any, spec: str = ".3g") -> str:
+    """A number for people: `spec` for floats, "-" for missing, nan/inf spelled out."""
+    if x is None:
+        return "-"
+    if isinstance(x, bool):
+        return "yes" if x else "no"
+    if isinstance(x, int):
+        return str(x)
+    try:
+        return format(float(x), spec)
+    except (TypeError, ValueError):
+        return str(x)
+
+
+def _num(x: Any) -> float:
+    """A summary number as a float; a missing one (null) as NaN."""
+    try:
+        return float(x)
+    except (TypeError, ValueError):
+        return math.nan
+
+
+def _max(values: list[float]) -> float:
+    # NaN wins: in this project a NaN error means a mismatch, not a value to skip.
+    if any(math.isnan(v) for v in values):
+        return math.nan
+    return max(values, default=math.nan)
+
+
+def verdict(summary: dict) -> str:
+    """PASS or DIVERGED."""
+    return "PASS" if summary.get("passed") else "DIVERGED"
+
+
+def index_text(index: Any) -> str:
+    """An element index as `[1, 0]`; a scalar's empty index as `[]`."""
+    if index is None:
+        return "-"
+    return "[" + ", ".join(str(i) for i in index) + "]"
+
+
+def divergence_where(div: dict) -> str:
+    """The diverging item and, spelled out, its quantity / layer / param."""
+    parts = [f"quantity {div.get('quantity', '?')}"]
+    if div.get("layer") is not None:
+        parts.append(f"layer {div['layer']}")
+    if div.get("param") is not None:
+        parts.append(f"param {div['param']}")
+    return f"{div.get('label', '?')} ({', '.join(parts)})"
+
+
+def fd_verdict(div: dict) -> str | None:
+    """What the finite-difference gradient says about who is wrong, or None without one."""
+    if div.get("fd") is None:
+        return None
+    fd = fmt(div["fd"], ".17g")
+    who = div.get("fd_agrees_with")
+    meaning = {
+        "torch": "finite differences agree with torch: the scratch gradient is wrong",
+        "scratch": "finite differences agree with scratch: the torch side is the one that is off",
+        "both": ("finite differences agree with both: the gap is rounding, not a wrong gradient"),
+        "neither": (
+            "finite differences agree with neither: suspect a kink or a too-coarse difference"
+        ),
+    }.get(who or "", "finite differences gave no verdict")
+    return f"{meaning} (fd = {fd})"
+
+
+def run_description(summary: dict) -> list[str]:
+    """Three short lines: the data, the network, the training setup."""
+    data = summary.get("data") or {}
+    d = f"data: {data.get('name', '?')}, {fmt(data.get('samples'))} samples x "
+    d += f"{fmt(data.get('features'))} features"
+    if data.get("source"):
+        d += f" ({data['source']})"
+
+    arch = summary.get("architecture") or {}
+    sizes = arch.get("sizes") or []
+    a = "network: " + ("-".join(str(s) for s in sizes) or "?")
+    if arch.get("activations"):
+        a += " (" + ", ".join(str(x) for x in arch["activations"]) + ")"
+    extras = []
+    if "bias" in arch:
+        extras.append("bias" if arch["bias"] else "no bias")
+    if arch.get("init"):
+        extras.append(f"init {arch['init']}")
+    if arch.get("parameters") is not None:
+        extras.append(f"{arch['parameters']} parameters")
+    if extras:
+        a += ", " + ", ".join(extras)
+
+    t = f"training: {summary.get('dtype', '?')}, loss {summary.get('loss', '?')}"
+    if summary.get("reduction"):
+        t += f" ({summary['reduction']})"
+    t += f", lr {fmt(summary.get('lr'), 'g')}, {fmt(summary.get('steps'))} steps"
+    requested = summary.get("steps_requested")
+    if requested is not None and requested != summary.get("steps"):
+        t += f" of {requested} requested (stopped early)"
+    if summary.get("seed") is not None:
+        t += f", seed {summary['seed']}"
+    return [d, a, t]
+
+
+def quantity_rows(summary: dict) -> list[dict]:
+    """One row per quantity kind, aggregating its items: passed, max |diff|, max rel, ..."""
+    groups: dict[str, list[dict]] = {}
+    for item in (summary.get("quantities") or {}).values():
+        groups.setdefault(str(item.get("quantity", "?")), []).append(item)
+    order = [q for q in QUANTITY_ORDER if q in groups] + [
+        q for q in groups if q not in QUANTITY_ORDER
+    ]
+    tolerances = summary.get("tolerances") or {}
+    rows = []
+    for q in order:
+        items = groups[q]
+        failing = [s for i in items if (s := i.get("first_failing_step")) is not None]
+        rows.append(
+            {
+                "quantity": q,
+                "items": len(items),
+                "passed": all(bool(i.get("passed")) for i in items),
+                "max_abs": _max([_num(i.get("max_abs")) for i in items]),
+                "max_rel": _max([_num(i.get("max_rel")) for i in items]),
+                "rtol": (tolerances.get(q) or {}).get("rtol"),
+                "first_failing_step": min(failing) if failing else None,
+            }
+        )
+    return rows
+
+
+def diagnosis_of(summary: dict) -> str | dict | None:
+    """The run's diagnosis (a string, or `cause` and `explanation`), or None without one.
+
+    Read from the summary's top level, else from inside `first_divergence`.
+    """
+    for d in (summary.get("diagnosis"), (summary.get("first_divergence") or {}).get("diagnosis")):
+        if isinstance(d, (str, dict)) and d:
+            return d
+    return None
+
+
+def diagnosis_parts(diagnosis: str | dict) -> tuple[str | None, list[str]]:
+    """A headline (the cause, if named) and the lines of text under it."""
+    if isinstance(diagnosis, str):
+        return None, diagnosis.splitlines()
+    rest = {k: v for k, v in diagnosis.items() if k not in ("cause", "explanation")}
+    cause = diagnosis.get("cause")
+    lines = [str(diagnosis["explanation"])] if diagnosis.get("explanation") else []
+    lines += [
+        f"{k}: {v if isinstance(v, str) else json.dumps(v, default=str)}" for k, v in rest.items()
+    ]
+    return (f"likely cause: {cause}" if cause else None), lines
+
+
+def _diagnosis_lines(diagnosis: str | dict) -> list[str]:
+    headline, raw = diagnosis_parts(diagnosis)
+    lines = []
+    for line in raw:
+        lines += textwrap.wrap(line, _WIDTH - 2, subsequent_indent="  ") or [""]
+    if len(lines) > _DIAGNOSIS_LINES:
+        lines = [*lines[: _DIAGNOSIS_LINES - 1], "... (the full diagnosis is in report.html)"]
+    return [f"Diagnosis: {headline}" if headline else "Diagnosis:"] + ["  " + x for x in lines]
+
+
+def summary_text(summary: dict, *, color: bool = False) -> str:
+    """The terminal summary: verdict, run, per-quantity table, and where the run diverged."""
+    word = verdict(summary)
+    if color:
+        word = f"{_GREEN if word == 'PASS' else _RED}{word}{_RESET}"
+    steps = summary.get("steps")
+    div = summary.get("first_divergence")
+    if summary.get("passed"):
+        head = f"{word}: scratch and torch agree within tolerance at every step ({steps} steps)"
+    elif div:
+        head = f"{word}: scratch and torch part at step {div.get('step')} ({div.get('label')})"
+    else:
+        head = f"{word}: scratch and torch disagree beyond tolerance"
+    lines = [head, *("  " + line for line in run_description(summary)), ""]
+
+    rows = quantity_rows(summary)
+    if rows:
+        lines.append(
+            f"  {'quantity':<9}{'result':<8}{'max |diff|':>11}{'max rel':>11}{'rtol':>11}"
+            f"{'first fail':>12}"
+        )
+        for r in rows:
+            lines.append(
+                f"  {r['quantity']:<9}{'ok' if r['passed'] else 'FAIL':<8}"
+                f"{fmt(r['max_abs']):>11}{fmt(r['max_rel']):>11}{fmt(r['rtol']):>11}"
+                f"{fmt(r['first_failing_step']):>12}"
+            )
+
+    kinks = summary.get("kink_steps") or []
+    if kinks:
+        lines.append(
+            f"  relu kinks crossed by rounding at {len(kinks)} step{'s' * (len(kinks) != 1)}; "
+            "resynchronised"
+        )
+
+    if div:
+        lines += [
+            "",
+            f"First divergence at step {div.get('step')}: {divergence_where(div)}",
+            f"  element  {index_text(div.get('index'))}",
+            f"  scratch  {fmt(div.get('scratch'), '.17g')}",
+            f"  torch    {fmt(div.get('torch'), '.17g')}",
+            f"  |diff|   {fmt(div.get('abs_err'))} (relative {fmt(div.get('rel_err'))}); "
+            f"tolerance rtol {fmt(div.get('rtol'))}, atol {fmt(div.get('atol'))}",
+            f"  {fmt(div.get('mismatches'))} of {fmt(div.get('total'))} elements outside tolerance",
+        ]
+        fd = fd_verdict(div)
+        if fd:
+            lines.append(f"  {fd}")
+
+    diagnosis = diagnosis_of(summary)
+    if diagnosis is not None:
+        lines += ["", *_diagnosis_lines(diagnosis)]
+    return "\n".join(lines)
