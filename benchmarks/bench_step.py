@@ -101,12 +101,10 @@ def main(argv=None):
     parser.add_argument("--json", type=Path, help="also write the rows here")
     args = parser.parse_args(argv)
 
-    print(
-        f"numpy {np.__version__}, torch {torch.__version__}, torch threads {torch.get_num_threads()}"
-    )
-    print(
-        f"{'network':>22} {'batch':>5} {'dtype':>7} {'scratch/torch':>13} {'torch/scratch':>13} {'lockstep/(s+t)':>14}"
-    )
+    threads = torch.get_num_threads()
+    print(f"numpy {np.__version__}, torch {torch.__version__}, torch threads {threads}")
+    head = ("network", "batch", "dtype", "scratch/torch", "torch/scratch", "lockstep/(s+t)")
+    print(f"{head[0]:>22} {head[1]:>5} {head[2]:>7} {head[3]:>13} {head[4]:>13} {head[5]:>14}")
     rows = []
     for sizes, n in CONFIGS[:-1] if args.quick else CONFIGS:
         for dtype in ("float64", "float32"):

@@ -75,7 +75,9 @@ def test_default_run_writes_the_whole_report(tmp_path):
 def test_a_wrong_backward_gives_exit_1_and_the_right_first_divergence(tmp_path, monkeypatch):
     # tanh's derivative taken as 1 - z^2 instead of 1 - a^2: a classic hand-derivation slip
     monkeypatch.setattr(Tanh, "backward", lambda self, da, z, a: da * (1 - z * z))
-    code, out = run_cli(tmp_path, "--data", "xor", "--layers", "2,4,1", "--activation", "tanh", "--steps", "20")
+    code, out = run_cli(
+        tmp_path, "--data", "xor", "--layers", "2,4,1", "--activation", "tanh", "--steps", "20"
+    )
     assert code == 1
     div = json.loads((out / "summary.json").read_text())["first_divergence"]
     assert (div["step"], div["quantity"], div["layer"]) == (0, "grad", 0)
@@ -87,7 +89,15 @@ def test_a_wrong_backward_gives_exit_1_and_the_right_first_divergence(tmp_path, 
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
 def test_breast_cancer_30_16_1_passes_500_steps(tmp_path, dtype):
     code, out = run_cli(
-        tmp_path, "--data", "breast-cancer", "--layers", "30,16,1", "--steps", "500", "--dtype", dtype
+        tmp_path,
+        "--data",
+        "breast-cancer",
+        "--layers",
+        "30,16,1",
+        "--steps",
+        "500",
+        "--dtype",
+        dtype,
     )
     summary = json.loads((out / "summary.json").read_text())
     assert code == 0, summary["first_divergence"]
@@ -126,8 +136,19 @@ def test_interrupted_run_leaves_no_partial_report(tmp_path, monkeypatch, capsys)
 
 def test_console_entry_point_runs_as_a_module(tmp_path):
     proc = subprocess.run(
-        [sys.executable, "-m", "torch_ref", "run", "--steps", "3", "--out", str(tmp_path / "r"), "--quiet"],
-        capture_output=True, text=True,
+        [
+            sys.executable,
+            "-m",
+            "torch_ref",
+            "run",
+            "--steps",
+            "3",
+            "--out",
+            str(tmp_path / "r"),
+            "--quiet",
+        ],
+        capture_output=True,
+        text=True,
     )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.startswith("PASS: 3 steps")

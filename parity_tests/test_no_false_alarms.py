@@ -13,9 +13,8 @@ import pytest
 from hypothesis import given, settings
 
 import scratch
-from torch_ref import TorchMLP, lockstep
-
 from parity_tests.strategies import NetConfig, net_configs
+from torch_ref import TorchMLP, lockstep
 
 STEPS = 15
 

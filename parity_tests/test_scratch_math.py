@@ -212,7 +212,9 @@ def test_finite_differences_across_a_relu_kink_go_one_sided():
     _, lcache = loss.forward(out, Y)
     analytic = net.backward(loss.backward(lcache), cache)["layers.0.bias"].copy()
 
-    central = scratch.numerical_gradient(scratch.loss_fn(net, loss, X, Y), net.params["layers.0.bias"])
+    central = scratch.numerical_gradient(
+        scratch.loss_fn(net, loss, X, Y), net.params["layers.0.bias"]
+    )
     fd, kinks = scratch.gradcheck.network_gradient(net, loss, X, Y, "layers.0.bias")
     assert abs(central[0] - analytic[0]) > 1e-3  # the naive probe is fooled
     assert fd[0] == pytest.approx(analytic[0], rel=1e-6) and kinks == []

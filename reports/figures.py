@@ -551,7 +551,8 @@ def boundary_figure(record: Record, path: Path | str) -> Path:
                 ax.set_ylabel("x2")
     handles = [Line2D([], [], color="black", linewidth=1.5, label="P = 0.5")]
     handles += axes[0, 0].get_legend_handles_labels()[0]
-    axes[0, 0].legend(handles=handles, loc="upper right", fontsize="small")
+    # Below the panels: inside one, the legend would hide data points.
+    fig.legend(handles=handles, loc="outside lower center", ncol=len(handles), fontsize="small")
     if filled is not None:
         fig.colorbar(filled, ax=axes, label="P(class 1)", ticks=np.linspace(0, 1, 6))
     fig.suptitle("Decision boundary, before and after training")
