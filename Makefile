@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test sweep bench lint clean
+.PHONY: run test sweep mutants bench tolerances lint clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -18,8 +18,18 @@ run: $(STAMP)  ## the main job on the seed article's example
 test: $(STAMP)  ## the parity suite
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
-bench: $(STAMP)
+sweep: $(STAMP)  ## 1,000 random configurations, no false alarm allowed, over both cores
+	HYPOTHESIS_PROFILE=sweep $(BIN)/python -m pytest -m slow -n 2 -p no:cacheprovider \
+		parity_tests/test_no_false_alarms.py
+
+mutants: $(STAMP)  ## the mutation score
+	$(BIN)/nn-parity mutants
+
+bench: $(STAMP)  ## step-time ratios, scratch vs torch and lockstep vs both steps
 	$(BIN)/python benchmarks/bench_step.py
+
+tolerances: $(STAMP)  ## the measurements behind the tolerance table
+	$(BIN)/python benchmarks/tolerance_survey.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check . && $(BIN)/mypy

@@ -90,12 +90,12 @@ class MLP:
         self.dtype = resolve_dtype(dtype)
         self.bias = bool(bias)
 
-        shapes = {}
+        shapes: dict[str, tuple[int, ...]] = {}
         for i, (d, h) in enumerate(itertools.pairwise(self.sizes)):
             shapes[f"layers.{i}.weight"] = (h, d)
             if self.bias:
                 shapes[f"layers.{i}.bias"] = (h,)
-        self.shapes: dict[str, tuple[int, ...]] = shapes
+        self.shapes = shapes
         total = sum(int(np.prod(s)) for s in shapes.values())
         self.flat_params = np.zeros(total, self.dtype)
         self.flat_grads = np.zeros(total, self.dtype)
@@ -147,8 +147,8 @@ class MLP:
             raise ValueError("give a bias on every layer or on none")
         net = cls(sizes, activations, bias=has_bias.pop(), dtype=dtype, init="uniform")
         state = {}
-        for i, (W, b) in enumerate(weights):
-            state[f"layers.{i}.weight"] = np.asarray(W, dtype=np.float64)
+        for i, (w, b) in enumerate(weights):
+            state[f"layers.{i}.weight"] = np.asarray(w, dtype=np.float64)
             if b is not None:
                 state[f"layers.{i}.bias"] = np.asarray(b, dtype=np.float64)
         net.load_state_dict(state)
@@ -174,8 +174,9 @@ class MLP:
 
         The returned arrays are views into `flat_grads`, overwritten by the next backward.
         """
-        da = dout
+        da: np.ndarray | None = dout
         for i in range(len(self.layers) - 1, -1, -1):
+            assert da is not None  # every layer but the first returns dx
             da = self.layers[i].backward(da, cache[i], need_dx=i > 0)
         return self.grads
 

@@ -21,7 +21,7 @@ __all__ = ["load_npz", "save_npz"]
 
 def save_npz(net: MLP, path: str | Path) -> None:
     """Every parameter under its name (`layers.0.weight`, ...)."""
-    np.savez(Path(path), **net.state_dict())
+    np.savez(Path(path), **net.state_dict())  # type: ignore[arg-type]
 
 
 def load_npz(path: str | Path) -> dict[str, np.ndarray]:

@@ -196,7 +196,7 @@ def assert_parity(
     if (rtol is None) != (atol is None):
         raise ValueError("set rtol and atol together, or neither")
     if not isinstance(actual, Mapping):
-        actual, expected = {"": actual}, {"": expected}
+        actual, expected = {"": np.asarray(actual)}, {"": expected}  # type: ignore[dict-item]
     assert isinstance(expected, Mapping)
     if set(actual) != set(expected):
         raise AssertionError(
@@ -211,7 +211,7 @@ def assert_parity(
             raise AssertionError(f"{name}: shape {a.shape} (scratch) != {e.shape} (torch)")
         if a.dtype != e.dtype:
             raise AssertionError(f"{name}: dtype {a.dtype} (scratch) != {e.dtype} (torch)")
-        if rtol is None:
+        if rtol is None or atol is None:
             tol = tolerance(quantity, dtype if dtype is not None else a.dtype)
             r, at = tol.rtol, tol.atol
         else:

@@ -162,7 +162,7 @@ def _reference_grads(ctx, at_z_layer: int | None) -> dict[str, np.ndarray]:
         W = params[f"layers.{l}.weight"]
         z = x @ W.T + (params[f"layers.{l}.bias"] if net.bias else 0)
         name = layer.activation.name
-        a = {"sigmoid": lambda v: 1 / (1 + np.exp(-v)), "tanh": np.tanh}.get(name, lambda v: v)(z)
+        a = 1 / (1 + np.exp(-z)) if name == "sigmoid" else np.tanh(z) if name == "tanh" else z
         cache.append((x, z, a))
         x = a
     y = ctx.Y.astype(np.float64)

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 import scratch
-from scratch.activations import Activation, get_activation
+from scratch.activations import Activation, Identity, LeakyReLU, ReLU, Sigmoid, Tanh, get_activation
 
 from .weights import scratch_to_torch
 
@@ -31,13 +31,17 @@ def torch_dtype(dtype) -> torch.dtype:
 
 def torch_activation(act: Activation) -> nn.Module:
     """The torch module computing the same function as a scratch activation."""
-    name = type(act).__name__
-    if name == "LeakyReLU":
+    if isinstance(act, LeakyReLU):
         return nn.LeakyReLU(act.slope)
-    modules = {"Sigmoid": nn.Sigmoid, "Tanh": nn.Tanh, "ReLU": nn.ReLU, "Identity": nn.Identity}
-    if name not in modules:
-        raise ValueError(f"no torch mirror for activation {act!r}")
-    return modules[name]()
+    for cls, module in (
+        (Sigmoid, nn.Sigmoid),
+        (Tanh, nn.Tanh),
+        (ReLU, nn.ReLU),
+        (Identity, nn.Identity),
+    ):
+        if isinstance(act, cls):
+            return module()
+    raise ValueError(f"no torch mirror for activation {act!r}")
 
 
 class TorchMLP(nn.Module):
@@ -72,9 +76,11 @@ class TorchMLP(nn.Module):
         """A scratch network with this module's architecture and weights."""
         from .weights import torch_to_scratch
 
-        dtype = {torch.float64: np.float64, torch.float32: np.float32}[self.layers[0].weight.dtype]
+        first = self.layers[0]
+        assert isinstance(first, nn.Linear)
+        dtype = {torch.float64: np.float64, torch.float32: np.float32}[first.weight.dtype]
         acts = [_scratch_activation(m) for m in self.acts]
-        net = scratch.MLP(self.sizes, acts, bias=self.layers[0].bias is not None, dtype=dtype)
+        net = scratch.MLP(self.sizes, acts, bias=first.bias is not None, dtype=dtype)
         torch_to_scratch(self, net)
         return net
 

@@ -80,7 +80,7 @@ def make_case(cfg: Config) -> Case:
 def _layer_backward(case: Case, l: int, fn) -> None:
     """Replace layer l's backward with fn(layer, da, cache, need_dx) -> dx."""
     layer = case.net.layers[l]
-    layer.backward = lambda da, cache, need_dx=True: fn(layer, da, cache, need_dx)
+    layer.backward = lambda da, cache, need_dx=True: fn(layer, da, cache, need_dx)  # type: ignore[method-assign]
 
 
 def _activation(case: Case, l: int, backward) -> None:
@@ -106,7 +106,7 @@ def _after_backward(case: Case, fn) -> None:
         calls[0] += 1
         return grads
 
-    net.backward = wrapped
+    net.backward = wrapped  # type: ignore[method-assign]
 
 
 def _update(case: Case, rule) -> None:

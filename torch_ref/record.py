@@ -168,7 +168,9 @@ def gradient_slice(
     g_s = net.backward(loss.backward(lcache), cache)[name].copy()
     ref.zero_grad(set_to_none=True)
     torch_loss(loss)(ref(torch.from_numpy(Xd)), torch.from_numpy(Yd)).backward()
-    g_t = ref.layers[0].weight.grad.detach().numpy().copy()
+    grad_t = dict(ref.named_parameters())[name].grad
+    assert grad_t is not None
+    g_t = grad_t.detach().numpy().copy()
     ref.zero_grad(set_to_none=True)
     index = tuple(int(i) for i in np.unravel_index(np.argmax(np.abs(g_s)), g_s.shape))
 
