@@ -17,7 +17,8 @@ from torch_ref.cli import main
 SUMMARY_KEYS = {
     "passed", "steps", "steps_requested", "dtype", "architecture", "data", "loss", "reduction",
     "lr", "seed", "tolerances", "quantities", "first_divergence", "kink_steps", "loss_first",
-    "loss_last", "gradient_slice", "versions", "created", "diagnosis",
+    "loss_last", "gradient_slice", "versions", "created", "diagnosis", "drift_steps",
+    "saturation_steps",
 }  # fmt: skip
 
 

@@ -10,13 +10,20 @@ configurations over both cores:
 from __future__ import annotations
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 
 import scratch
 from parity_tests.strategies import NetConfig, net_configs
 from torch_ref import TorchMLP, lockstep
 
 STEPS = 15
+
+
+def blew_up_on_both_sides(result) -> bool:
+    """Training that overflows on both sides at once (a deep linear chain at a large learning
+    rate) is reported as a blow-up by design: the two implementations agree it diverged."""
+    div = result.first_divergence
+    return div is not None and div.nonfinite == "both"
 
 
 def run(cfg: NetConfig):
@@ -27,9 +34,28 @@ def run(cfg: NetConfig):
     return lockstep(net, TorchMLP.from_scratch(net), X, y, steps=STEPS, lr=cfg.lr, loss=loss)
 
 
+# Configurations the sweep once flagged, before the lockstep learned to tell amplified
+# rounding from error (see torch_ref.engine._explained): kept as regressions.
+FOUND = [
+    NetConfig((1, 1, 1, 1, 1), ("leaky_relu:0.3", "identity", "leaky_relu:0.3"), "bce", False,
+              "float64", 10, 4.0, 0.3, "he_normal", 3),
+    NetConfig((4, 2, 2, 3, 1), ("identity", "identity", "identity"), "bce", False, "float64", 3,
+              4.0, 0.3, "xavier_uniform", 0),
+    NetConfig((1, 1, 1), ("relu",), "bce", False, "float32", 10, 4.0, 0.3, "he_normal", 3),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("cfg", FOUND, ids=["drift-f64", "saturation-f64", "saturation-f32"])
+def test_configurations_the_sweep_found(cfg):
+    result = run(cfg)
+    assert result.passed, f"{cfg}\n{result.first_divergence}"
+    assert result.drift_steps or result.saturation_steps  # explained, not merely lucky
+
+
 @given(net_configs())
 def test_unmutated_pair_never_diverges(cfg):
     result = run(cfg)
+    assume(not blew_up_on_both_sides(result))
     assert result.passed, f"{cfg}\n{result.first_divergence}"
 
 
@@ -39,4 +65,5 @@ def test_unmutated_pair_never_diverges(cfg):
 @given(cfg=net_configs())
 def test_unmutated_pair_never_diverges_sweep(shard, cfg):
     result = run(cfg)
+    assume(not blew_up_on_both_sides(result))
     assert result.passed, f"{cfg}\n{result.first_divergence}"

@@ -131,6 +131,15 @@ def _description(summary: dict) -> str:
             f"<dt>relu kinks</dt><dd>crossed by rounding at {len(kinks)} "
             f"step{'s' * (len(kinks) != 1)} ({_e(shown)}); resynchronised</dd>"
         )
+    for key, what in (("saturation_steps", "saturated outputs"), ("drift_steps", "rounding drift")):
+        steps = summary.get(key) or []
+        if steps:
+            shown = ", ".join(str(k) for k in steps[:20]) + (", ..." if len(steps) > 20 else "")
+            items.append(
+                f"<dt>{what}</dt><dd>past tolerance at {len(steps)} "
+                f"step{'s' * (len(steps) != 1)} ({_e(shown)}); every stage of scratch's step, "
+                "fed torch's inputs, agreed; resynchronised</dd>"
+            )
     lf, ll = summary.get("loss_first") or {}, summary.get("loss_last") or {}
     if lf or ll:
         items.append(

@@ -225,6 +225,13 @@ def summary_text(summary: dict, *, color: bool = False) -> str:
             f"  relu kinks crossed by rounding at {len(kinks)} step{'s' * (len(kinks) != 1)}; "
             "resynchronised"
         )
+    for key, what in (("saturation_steps", "saturated outputs"), ("drift_steps", "rounding drift")):
+        steps = summary.get(key) or []
+        if steps:
+            lines.append(
+                f"  {what} past tolerance at {len(steps)} step{'s' * (len(steps) != 1)}; "
+                "every stage agreed on torch's inputs; resynchronised"
+            )
 
     if div:
         lines += [

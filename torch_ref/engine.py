@@ -121,9 +121,12 @@ class LockstepResult:
     loss_torch: np.ndarray  # (steps,)
     tolerances: dict[str, dict]  # item label -> {rtol, atol, reason}
     first_divergence: Divergence | None
-    # Steps where a relu-family pre-activation fell on opposite sides of 0 in the two
-    # implementations; see `_kink_explained`.
+    # Steps whose mismatch `_explained` traced to the conditioning of the computation, not to
+    # an error: a relu kink crossed by rounding, an output probability within rounding of 0 or
+    # 1, or rounding amplified past tolerance (drift). The run resynchronised after each.
     kink_steps: list[int] = field(default_factory=list)
+    saturation_steps: list[int] = field(default_factory=list)
+    drift_steps: list[int] = field(default_factory=list)
     probs_first: tuple[np.ndarray, np.ndarray] | None = None  # (scratch, torch) at step 0
     probs_last: tuple[np.ndarray, np.ndarray] | None = None
     snapshot: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
@@ -255,15 +258,19 @@ class _ScratchSide:
         net.backward(self.loss.backward(self.lcache), self.cache)
         np.copyto(self.params_before, net.flat_params)
         self.opt.step()
+        return self.values(net, self.cache, out, self.loss_value, self.loss) + self.fixed
 
+    @staticmethod
+    def values(net: scratch.MLP, cache: list, out, loss_value: float, loss: scratch.Loss) -> list:
+        """The forward quantities in item order: z and hidden a per layer, prob, loss."""
         vals: list = []
-        for l, (_, z, a) in enumerate(self.cache):
+        for l, (_, z, a) in enumerate(cache):
             vals.append(z)
-            if l < len(self.cache) - 1:
+            if l < len(cache) - 1:
                 vals.append(a)
-        vals.append(self.loss.probabilities(out))
-        vals.append(np.asarray(self.loss_value, net.dtype))
-        return vals + self.fixed
+        vals.append(loss.probabilities(out))
+        vals.append(np.asarray(loss_value, net.dtype))
+        return vals
 
 
 class _TorchSide:
@@ -284,6 +291,7 @@ class _TorchSide:
         ]
         # updated in place by the optimiser: views made once serve every step
         self.param_views = [self.by_name[k].detach().numpy() for k in self.order]
+        self.params_before = [v.copy() for v in self.param_views]  # as the step found them
 
     def step(self) -> list:
         # What opt.zero_grad() does, without its profiler scaffolding: on a small net that
@@ -302,6 +310,8 @@ class _TorchSide:
                 p.grad = torch.zeros_like(p)
         else:
             loss.backward()
+            for keep, now in zip(self.params_before, self.param_views):
+                np.copyto(keep, now)
             self.opt.step()
         last = len(self.cache) - 1
         vals: list = []
@@ -314,6 +324,7 @@ class _TorchSide:
         vals.append(loss.detach().numpy())
         self.loss_value = float(vals[-1])
         vals.extend(self.by_name[k].grad.numpy() for k in self.order)  # type: ignore[union-attr]
+        self.last_values = vals
         return vals + self.param_views
 
 
@@ -368,7 +379,7 @@ def lockstep(
     within = np.zeros((steps, len(items)), dtype=bool)
     loss_hist = np.zeros((2, steps))
     first: Divergence | None = None
-    kinks: list[int] = []
+    explained: dict[str, list[int]] = {"kink": [], "saturation": [], "drift": []}
     snapshot: dict = {}
     probs_first = None
     ran = 0
@@ -408,16 +419,18 @@ def lockstep(
                 break
 
             flips = _kink_flips(net, sside.cache, tside.cache) if relu_layers else {}
-            explained = bool(flips) and (
-                within[step].all() or _kink_explained(sside, tside, flips, items, within[step])
-            )
-            if explained:
-                kinks.append(step)
-            elif first is None and not within[step].all():
-                k = int(np.argmin(within[step]))
-                first = _divergence(step, items, k, svals, tvals, sside, tside)
-                snapshot = _snapshot(items, svals, tvals, sside)
-            if explained or resync:
+            reason = None
+            if first is None and not within[step].all():
+                reason = _explained(sside, tside, items, within[step], svals, flips)
+                if reason is None:
+                    k = int(np.argmin(within[step]))
+                    first = _divergence(step, items, k, svals, tvals, sside, tside)
+                    snapshot = _snapshot(items, svals, tvals, sside)
+            elif flips and within[step].all():
+                reason = "kink"  # agreed this time; resync so the trajectories cannot part
+            if reason is not None:
+                explained[reason].append(step)
+            if reason is not None or resync:
                 _resync(net, by_name)
             ran = step + 1
             if progress is not None:
@@ -437,7 +450,9 @@ def lockstep(
         loss_torch=loss_hist[1, :ran],
         tolerances={it.label: tolerance(it.quantity, net.dtype).as_dict() for it in items},
         first_divergence=first,
-        kink_steps=kinks,
+        kink_steps=explained["kink"],
+        saturation_steps=explained["saturation"],
+        drift_steps=explained["drift"],
         probs_first=probs_first,
         probs_last=probs_last,
         snapshot=snapshot,
@@ -569,38 +584,90 @@ def _resync(net, by_name) -> None:
         np.copyto(p, _np(by_name[name]))
 
 
-def _kink_explained(
-    sside: _ScratchSide, tside: _TorchSide, flips: dict, items: list[Item], within: np.ndarray
-) -> bool:
-    """Whether a mismatch at this step is a relu kink crossed by rounding, and not a bug.
+def _explained(
+    sside: _ScratchSide,
+    tside: _TorchSide,
+    items: list[Item],
+    within: np.ndarray,
+    svals: list,
+    flips: dict,
+) -> str | None:
+    """Why a mismatch at this step is not an error, if it is not: "kink", "saturation", "drift".
 
-    When a relu (or leaky relu) pre-activation lies within rounding of 0, the two sides can put
-    it on opposite sides of the kink and so take different, equally valid, derivatives there.
-    The trajectories then legitimately part: the caller hands scratch torch's updated parameters
-    so the run goes on from identical weights. A mismatch at such a step is explained when every
-    forward quantity and the loss agree, and scratch's own backward, rerun with torch's z and a
-    at just the flipped elements, reproduces torch's gradients within tolerance; a wrong
-    backward still fails that rerun.
+    Two correct implementations can still part past a tight tolerance: a relu pre-activation
+    within rounding of 0 falls on opposite sides of the kink; an output within rounding of 0 or
+    1 turns a 1-ulp difference in p into a large one in log(1 - p); a weight passing near zero
+    amplifies ulp-level parameter differences carried in from earlier steps. The step is
+    explained when every stage of scratch's computation, fed torch's inputs for that stage,
+    reproduces torch's outputs within tolerance:
+
+      0. scratch's step repeats itself bit for bit (a computation that does not is a bug);
+      1. its forward, from torch's parameters as the step found them, gives torch's z, a, p;
+      2. its loss, on torch's output, gives torch's loss;
+      3. its backward, through torch's z and a, gives torch's gradients;
+      4. its update (only the stateless `scratch.SGD` can be rerun), from torch's parameters
+         and those gradients, gives torch's updated parameters.
+
+    A wrong formula fails its stage however the inputs are fed. The caller then hands scratch
+    torch's updated parameters so the run goes on from identical weights.
     """
-    backward_start = next(k for k, it in enumerate(items) if it.quantity == "grad")
-    if not within[:backward_start].all():
-        return False
-    net, cache, cache_t = sside.net, sside.cache, tside.cache
-    patched = list(cache)
-    for l, flip in flips.items():
-        x, z, a = patched[l]
-        z_t, a_t = (_np(v) for v in cache_t[l])
-        a2 = np.where(flip, a_t, a)
-        patched[l] = (x, np.where(flip, z_t, z), a2)
-        if l + 1 < len(patched):
-            _, z1, a1 = patched[l + 1]
-            patched[l + 1] = (a2, z1, a1)
-    updated = net.flat_params.copy()
-    net.flat_params[...] = sside.params_before  # backward multiplies by this step's weights
-    net.backward(sside.loss.backward(sside.lcache), patched)
-    net.flat_params[...] = updated
-    tol = tolerance("grad", net.dtype)
-    return all(
-        first_mismatch(g, _np(tside.by_name[name].grad), tol.rtol, tol.atol) is None
-        for name, g in net.grads.items()
-    )
+    stateless = type(sside.opt) is scratch.SGD
+    failing = {items[k].quantity for k in np.flatnonzero(~within)}
+    if not failing <= {"z", "a", "prob", "loss", "grad"} | ({"param"} if stateless else set()):
+        return None
+    net, loss, dtype = sside.net, sside.loss, sside.net.dtype
+    n_check = next(k for k, it in enumerate(items) if it.quantity == "param")
+    loss_k = next(k for k, it in enumerate(items) if it.quantity == "loss")
+    original = [np.array(v) for v in svals[:n_check]]
+    torch_values = [_np(v) for v in tside.last_values] + tside.param_views
+    cache_t = [(_np(z), _np(a)) for z, a in tside.cache]
+    updated, grads = net.flat_params.copy(), net.flat_grads.copy()  # the step's record
+
+    def agree(k: int, value) -> bool:
+        tol = tolerance(items[k].quantity, dtype)
+        return first_mismatch(np.asarray(value), torch_values[k], tol.rtol, tol.atol) is None
+
+    try:
+        net.flat_params[...] = sside.params_before
+        if not all(map(np.array_equal, _rerun(sside), original)):
+            return None  # 0.
+        for name, before in zip(tside.order, tside.params_before):
+            np.copyto(net.params[name], before)
+        out, cache = net.forward(sside.X)
+        forward = _ScratchSide.values(net, cache, out, 0.0, loss)
+        if not all(agree(k, forward[k]) for k in range(loss_k)):
+            return None  # 1.
+        out_t = cache_t[-1][1]
+        value, lcache = loss.forward(out_t, sside.Y)
+        if not agree(loss_k, np.asarray(value, dtype)):
+            return None  # 2.
+        patched, x = [], sside.X
+        for z_t, a_t in cache_t:
+            patched.append((x, z_t, a_t))
+            x = a_t
+        net.backward(loss.backward(lcache), patched)
+        if not all(agree(loss_k + 1 + j, net.grads[name]) for j, name in enumerate(sside.order)):
+            return None  # 3.
+        if stateless and "param" in failing:
+            sside.opt.step()
+            if not all(agree(n_check + j, net.params[name]) for j, name in enumerate(sside.order)):
+                return None  # 4.
+    finally:
+        net.flat_params[...] = updated
+        net.flat_grads[...] = grads
+    if flips:
+        return "kink"
+    p = np.asarray(loss.probabilities(out_t), dtype=np.float64)
+    if np.minimum(p, 1 - p).min() < np.sqrt(np.finfo(dtype).eps):
+        return "saturation"
+    return "drift"
+
+
+def _rerun(sside: _ScratchSide) -> list[np.ndarray]:
+    """Scratch's forward, loss and backward at its current parameters, without an update."""
+    net = sside.net
+    out, cache = net.forward(sside.X)
+    value, lcache = sside.loss.forward(out, sside.Y)
+    net.backward(sside.loss.backward(lcache), cache)
+    vals = _ScratchSide.values(net, cache, out, value, sside.loss)
+    return [np.array(v) for v in vals] + [net.grads[k].copy() for k in sside.order]

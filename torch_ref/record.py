@@ -82,6 +82,8 @@ def summary_dict(result: LockstepResult, config: dict, extras: dict) -> dict:
             result.first_divergence.diagnosis if result.first_divergence is not None else None
         ),
         "kink_steps": list(result.kink_steps),
+        "saturation_steps": list(result.saturation_steps),
+        "drift_steps": list(result.drift_steps),
         "loss_first": {
             "scratch": float(result.loss_scratch[0]),
             "torch": float(result.loss_torch[0]),
