@@ -480,7 +480,7 @@ def score(mutants: list[Mutant] | None = None) -> Score:
                 "name": m.name,
                 "caught": div is not None,
                 "located": got == m.expect,
-                "where": where + (f" [{diagnosis}]" if diagnosis else ""),
+                "where": where + (f" ({diagnosis['cause']})" if diagnosis else ""),
                 "expect": m.expect,
             }
         )
