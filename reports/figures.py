@@ -95,7 +95,7 @@ def _mark_divergence(ax: Axes, step: int | None, label: bool = True) -> None:
 
 def _positive_floor(values: np.ndarray, eps: float) -> float:
     """Where to draw exact zeros on a log axis: a decade under the smallest positive value."""
-    v = values[np.isfinite(values) & (values > 0)]
+    v = values[np.isfinite(values) & (values > 0) & (values < PLOT_LIMIT)]
     return float(v.min()) / 10 if v.size else eps
 
 
@@ -112,8 +112,19 @@ def _envelope(x: np.ndarray, y: np.ndarray, max_points: int = MAX_LINE_POINTS):
     return np.repeat(x[starts], 2), np.column_stack([lo, hi]).ravel()
 
 
+# Past this magnitude matplotlib's tick arithmetic overflows (10**decade on a log axis): such
+# values, from a run that blew up, are drawn as non-finite.
+PLOT_LIMIT = 1e200
+
+
+def _plottable(y: np.ndarray) -> np.ndarray:
+    y = np.asarray(y, dtype=np.float64)
+    with np.errstate(invalid="ignore"):
+        return np.where(np.abs(y) > PLOT_LIMIT, np.copysign(np.inf, y), y)
+
+
 def _line(ax: Axes, x: np.ndarray, y: np.ndarray, **style) -> None:
-    xs, ys = _envelope(x, y)
+    xs, ys = _envelope(x, _plottable(y))
     if len(xs) == 1:  # a one-step run: a line of one point would not show
         style = {**style, "marker": "o"}
     elif len(xs) > 500 and "linewidth" in style:  # dense, jagged lines read better thin
@@ -123,7 +134,7 @@ def _line(ax: Axes, x: np.ndarray, y: np.ndarray, **style) -> None:
 
 def _mark_nonfinite(ax: Axes, x: np.ndarray, y: np.ndarray, color: Any) -> bool:
     """Mark the steps where y is NaN or inf with crosses along the top edge of the axes."""
-    bad = ~np.isfinite(y)
+    bad = ~np.isfinite(_plottable(y))
     if not bad.any():
         return False
     xb = x[bad]

@@ -482,10 +482,11 @@ def _nonfinite(step, items, svals, tvals) -> Divergence | None:
         flat = int(np.argmax(bad.ravel()))
         index = tuple(int(i) for i in np.unravel_index(flat, bad.shape)) if bad.shape else ()
         sval, tval = float(np.ravel(sv)[flat]), float(np.ravel(_np(tv))[flat])
+        tol = tolerance(it.quantity, np.asarray(sv).dtype)
         return Divergence(
             step=step, quantity=it.quantity, layer=it.layer, param=it.param, label=it.label,
             index=index, scratch=sval, torch=tval, abs_err=math.nan, rel_err=math.nan,
-            rtol=math.nan, atol=math.nan, mismatches=int(bad.sum()), total=int(bad.size),
+            rtol=tol.rtol, atol=tol.atol, mismatches=int(bad.sum()), total=int(bad.size),
             nonfinite=side,
             diagnosis={
                 "cause": "non-finite",

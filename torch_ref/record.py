@@ -212,7 +212,8 @@ def boundary(
     gy = np.linspace(lo[1] - pad[1], hi[1] + pad[1], grid)
     xx, yy = np.meshgrid(gx, gy)  # (G, G), row i at gy[i]
     P = np.stack([xx.ravel(), yy.ravel()], 1).astype(net.dtype)  # (G*G, 2)
-    p_s = loss.probabilities(net.forward(P)[0]).reshape(grid, grid)
+    with np.errstate(over="ignore", invalid="ignore"):  # a blown-up run draws as NaN
+        p_s = loss.probabilities(net.forward(P)[0]).reshape(grid, grid)
     with torch.no_grad():
         out = ref(torch.from_numpy(P))
         p_t = (torch.sigmoid(out) if loss.name == "bce-logits" else out).numpy().reshape(grid, grid)
