@@ -51,7 +51,7 @@ table { border-collapse: collapse; width: 100%; font-size: 14px; }
 th, td { text-align: left; padding: 6px 10px; border-bottom: 1px solid var(--line);
          vertical-align: top; }
 th { background: var(--soft); font-weight: 600; }
-td.num { text-align: right; font-variant-numeric: tabular-nums;
+td.num { text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap;
          font-family: ui-monospace, SFMono-Regular, Menlo, Consolas, monospace; }
 th.num { text-align: right; }
 tr.failed td { background: #fdecec; }
