@@ -107,19 +107,25 @@ def test_breast_cancer_30_16_1_passes_500_steps(tmp_path, dtype):
 
 
 def test_existing_out_is_refused_and_default_out_goes_beside(tmp_path, monkeypatch, capsys):
-    code, out = run_cli(tmp_path)
+    code, out = run_cli(tmp_path, "--no-figures")
     assert code == 0
     before = (out / "summary.json").read_bytes()
-    code, _ = run_cli(tmp_path)
+    code, _ = run_cli(tmp_path, "--no-figures")
     assert code == 2
     assert "exists and is not empty" in capsys.readouterr().err
     assert (out / "summary.json").read_bytes() == before
     monkeypatch.chdir(tmp_path)
-    assert main(["run", "--quiet"]) == 0
-    assert main(["run", "--quiet"]) == 0
+    assert main(["run", "--quiet", "--no-figures"]) == 0
+    assert main(["run", "--quiet", "--no-figures"]) == 0
     assert "written beside it" in capsys.readouterr().out
-    assert (tmp_path / "nn-parity-report" / "report.html").exists()
-    assert (tmp_path / "nn-parity-report-2" / "report.html").exists()
+    assert (tmp_path / "nn-parity-report" / "summary.json").exists()
+    assert (tmp_path / "nn-parity-report-2" / "summary.json").exists()
+
+
+def test_no_figures_writes_the_record_only(tmp_path):
+    code, out = run_cli(tmp_path, "--no-figures")
+    assert code == 0
+    assert sorted(p.name for p in out.iterdir()) == ["metrics.csv", "record.npz", "summary.json"]
 
 
 def test_interrupted_run_leaves_no_partial_report(tmp_path, monkeypatch, capsys):

@@ -15,7 +15,7 @@ from torch_ref import TorchMLP, lockstep
 from torch_ref.cli import main
 from torch_ref.datasets import load_csv
 
-XOR = ["--data", "xor", "--layers", "2,6,1", "--steps", "40", "--quiet"]
+XOR = ["--data", "xor", "--layers", "2,6,1", "--steps", "40", "--quiet", "--no-figures"]
 
 
 def run(tmp_path, name, *args):
@@ -63,7 +63,7 @@ def test_a_blow_up_is_reported_where_it_starts_and_the_report_is_written(tmp_pat
 
 
 def test_ctrl_c_keeps_the_previous_report_and_leaves_no_partial_one(tmp_path, monkeypatch):
-    code, out = run(tmp_path, "r", "--steps", "5", "--quiet")
+    code, out = run(tmp_path, "r", "--steps", "5", "--quiet", "--no-figures")
     assert code == 0
     before = {p.name: p.read_bytes() for p in out.iterdir()}
 
@@ -74,7 +74,7 @@ def test_ctrl_c_keeps_the_previous_report_and_leaves_no_partial_one(tmp_path, mo
         raise KeyboardInterrupt
 
     monkeypatch.setattr(engine, "lockstep", interrupted)
-    code, _ = run(tmp_path, "r", "--steps", "5", "--quiet", "--overwrite")
+    code, _ = run(tmp_path, "r", "--steps", "5", "--quiet", "--overwrite", "--no-figures")
     assert code == 130
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["r"]  # no .partial folder left

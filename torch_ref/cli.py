@@ -111,6 +111,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--stop-at-divergence", action="store_true", help="stop at the first divergence"
     )
     run.add_argument("--quiet", action="store_true", help="print only the verdict line")
+    run.add_argument(
+        "--no-figures",
+        dest="figures",
+        action="store_false",
+        help="write the record only (summary.json, metrics.csv, record.npz): no PNGs, no "
+        "report.html; for CI, where only the verdict and the numbers are read",
+    )
     sub.add_parser(
         "mutants",
         help="run the lockstep on the catalogue of hand-derivation bugs and print the score",
@@ -329,7 +336,8 @@ def run(args: argparse.Namespace) -> int:
     try:
         with atomic_dir(out, overwrite=args.overwrite) as tmp:
             summary = write_record(tmp, result, config, extras)
-            reports.render(tmp)
+            if args.figures:
+                reports.render(tmp)
     except OSError as err:
         raise UsageError(
             f"cannot write the report to {str(out)!r}: {err.strerror or err}"
@@ -339,7 +347,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"{verdict}: {summary['steps']} steps, report in {out}{note}")
     else:
         print(reports.summary_text(summary, color=sys.stdout.isatty()))
-        print(f"report: {out / 'report.html'}{note}")
+        print(f"report: {out / 'report.html' if args.figures else out}{note}")
     return EXIT_PASS if summary["passed"] else EXIT_DIVERGED
 
 

@@ -13,7 +13,8 @@ the mark a known class of hand-derivation bug leaves:
                   (p within 1e-7 of 0 or 1): clamping or numerical stability
     update-rule   gradients agree but the update does not (and, from step 1 on, earlier
                   steps' state: momentum, accumulated gradients)
-    carried-state the first step agreed, a later one differs from identical weights
+    carried-state the first step agreed, a later one's gradients differ though the weights
+                  still agree within tolerance
 
 `diagnose` returns the first that fits, or None.
 """
@@ -144,9 +145,9 @@ def diagnose(div, s: np.ndarray, t: np.ndarray, ctx) -> dict | None:
     if div.step > 0 and div.quantity == "grad":
         return _d(
             "carried-state",
-            f"step 0 agreed and step {div.step} starts from identical "
-            "weights, yet the gradients differ: something carries over between steps "
-            "(gradients not reset, a stale cache)",
+            f"step 0 agreed and step {div.step} starts from weights that still agree "
+            "within tolerance, yet its gradients differ: something carries over between "
+            "steps (gradients not reset, a stale cache) or depends on the weights' values",
         )
     return None
 

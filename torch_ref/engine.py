@@ -135,13 +135,22 @@ class LockstepResult:
     def labels(self) -> list[str]:
         return [it.label for it in self.items]
 
+    @property
+    def judged(self) -> np.ndarray:
+        """(steps, items) bool: within tolerance, or at a step explained as kink, saturation or
+        drift (where `within` keeps the raw comparison)."""
+        judged = self.within.copy()
+        judged[self.kink_steps + self.saturation_steps + self.drift_steps] = True
+        return judged
+
     def worst(self) -> dict[str, dict]:
         """Per item, the largest absolute and relative error over all steps, and the verdict."""
+        judged = self.judged
         return {
             it.label: {
                 "max_abs": float(np.max(self.max_abs[:, k])) if self.steps else 0.0,
                 "max_rel": float(np.max(self.rel_err[:, k])) if self.steps else 0.0,
-                "passed": bool(self.within[:, k].all()),
+                "passed": bool(judged[:, k].all()),
             }
             for k, it in enumerate(self.items)
         }
@@ -393,6 +402,8 @@ def lockstep(
             pending = pool.submit(tside.step) if pool else None
             svals = sside.step()
             tvals = pending.result() if pending else tside.step()
+            if step == 0:
+                _check_dtypes(items, svals, tvals)
 
             for g in groups:
                 s, t = g.flat(svals, tvals)
@@ -421,9 +432,11 @@ def lockstep(
             flips = _kink_flips(net, sside.cache, tside.cache) if relu_layers else {}
             reason = None
             if first is None and not within[step].all():
-                reason = _explained(sside, tside, items, within[step], svals, flips)
+                reason, culprit = _explained(sside, tside, items, within[step], svals, flips)
                 if reason is None:
-                    k = int(np.argmin(within[step]))
+                    # the stage that failed names the item, unless it is one that agreed
+                    named = culprit is not None and not bool(within[step][culprit])
+                    k = culprit if culprit is not None and named else int(np.argmin(within[step]))
                     first = _divergence(step, items, k, svals, tvals, sside, tside)
                     snapshot = _snapshot(items, svals, tvals, sside)
             elif flips and within[step].all():
@@ -457,6 +470,14 @@ def lockstep(
         probs_last=probs_last,
         snapshot=snapshot,
     )
+
+
+def _check_dtypes(items: list[Item], svals: list, tvals: list) -> None:
+    """Dtypes are compared before values: packing into one buffer would cast silently."""
+    for it, sv, tv in zip(items, svals, tvals):
+        s_dt, t_dt = np.asarray(sv).dtype, _np(tv).dtype
+        if s_dt != t_dt:
+            raise TypeError(f"{it.label}: scratch computes it in {s_dt}, torch in {t_dt}")
 
 
 def _np(t) -> np.ndarray:
@@ -592,7 +613,7 @@ def _explained(
     within: np.ndarray,
     svals: list,
     flips: dict,
-) -> str | None:
+) -> tuple[str | None, int | None]:
     """Why a mismatch at this step is not an error, if it is not: "kink", "saturation", "drift".
 
     Two correct implementations can still part past a tight tolerance: a relu pre-activation
@@ -602,7 +623,8 @@ def _explained(
     explained when every stage of scratch's computation, fed torch's inputs for that stage,
     reproduces torch's outputs within tolerance:
 
-      0. scratch's step repeats itself bit for bit (a computation that does not is a bug);
+      0. scratch's step repeats itself bit for bit (a computation that does not is a bug), and
+         each layer's cached input is the previous layer's output (X for the first);
       1. its forward, from torch's parameters as the step found them, gives torch's z, a, p;
       2. its loss, on torch's output, gives torch's loss;
       3. its backward, through torch's z and a, gives torch's gradients;
@@ -610,12 +632,13 @@ def _explained(
          and those gradients, gives torch's updated parameters.
 
     A wrong formula fails its stage however the inputs are fed. The caller then hands scratch
-    torch's updated parameters so the run goes on from identical weights.
+    torch's updated parameters so the run goes on from identical weights. Returns the reason,
+    or None and the index of the item where the failing stage first disagreed.
     """
     stateless = type(sside.opt) is scratch.SGD
     failing = {items[k].quantity for k in np.flatnonzero(~within)}
     if not failing <= {"z", "a", "prob", "loss", "grad"} | ({"param"} if stateless else set()):
-        return None
+        return None, None
     net, loss, dtype = sside.net, sside.loss, sside.net.dtype
     n_check = next(k for k, it in enumerate(items) if it.quantity == "param")
     loss_k = next(k for k, it in enumerate(items) if it.quantity == "loss")
@@ -624,44 +647,77 @@ def _explained(
     cache_t = [(_np(z), _np(a)) for z, a in tside.cache]
     updated, grads = net.flat_params.copy(), net.flat_grads.copy()  # the step's record
 
-    def agree(k: int, value) -> bool:
-        tol = tolerance(items[k].quantity, dtype)
-        return first_mismatch(np.asarray(value), torch_values[k], tol.rtol, tol.atol) is None
+    def first_disagreeing(values, start: int, slack=None) -> int | None:
+        for k, value in enumerate(values, start):
+            tol = tolerance(items[k].quantity, dtype)
+            atol = tol.atol if slack is None else tol.atol + slack[k - start]
+            if first_mismatch(np.asarray(value), torch_values[k], tol.rtol, atol) is not None:
+                return k
+        return None
 
+    grad_of = {name: loss_k + 1 + j for j, name in enumerate(sside.order)}
+    inputs = [sside.X] + [a for _, _, a in sside.cache[:-1]]
+    for l, ((x, _, _), expected) in enumerate(zip(sside.cache, inputs)):
+        if not np.array_equal(x, expected):  # its backward would use what no check compares
+            return None, grad_of[f"layers.{l}.weight"]
     try:
         net.flat_params[...] = sside.params_before
-        if not all(map(np.array_equal, _rerun(sside), original)):
-            return None  # 0.
+        again = _rerun(sside)
+        for k, (value, before) in enumerate(zip(again, original)):
+            if not np.array_equal(value, before):
+                return None, k  # 0.
         for name, before in zip(tside.order, tside.params_before):
             np.copyto(net.params[name], before)
         out, cache = net.forward(sside.X)
         forward = _ScratchSide.values(net, cache, out, 0.0, loss)
-        if not all(agree(k, forward[k]) for k in range(loss_k)):
-            return None  # 1.
+        slack = _forward_slack(net, items[:loss_k], [sside.X] + [a for _, a in cache_t[:-1]])
+        if (bad := first_disagreeing(forward[:loss_k], 0, slack)) is not None:
+            return None, bad  # 1.
         out_t = cache_t[-1][1]
-        value, lcache = loss.forward(out_t, sside.Y)
-        if not agree(loss_k, np.asarray(value, dtype)):
-            return None  # 2.
+        loss_t, lcache = loss.forward(out_t, sside.Y)
+        if first_disagreeing([np.asarray(loss_t, dtype)], loss_k) is not None:
+            return None, loss_k  # 2.
         patched, x = [], sside.X
         for z_t, a_t in cache_t:
             patched.append((x, z_t, a_t))
             x = a_t
         net.backward(loss.backward(lcache), patched)
-        if not all(agree(loss_k + 1 + j, net.grads[name]) for j, name in enumerate(sside.order)):
-            return None  # 3.
+        if (bad := first_disagreeing([net.grads[n] for n in sside.order], loss_k + 1)) is not None:
+            return None, bad  # 3.
         if stateless and "param" in failing:
             sside.opt.step()
-            if not all(agree(n_check + j, net.params[name]) for j, name in enumerate(sside.order)):
-                return None  # 4.
+            bad = first_disagreeing([net.params[n] for n in sside.order], n_check)
+            if bad is not None:
+                return None, bad  # 4.
     finally:
         net.flat_params[...] = updated
         net.flat_grads[...] = grads
     if flips:
-        return "kink"
+        return "kink", None
     p = np.asarray(loss.probabilities(out_t), dtype=np.float64)
     if np.minimum(p, 1 - p).min() < np.sqrt(np.finfo(dtype).eps):
-        return "saturation"
-    return "drift"
+        return "saturation", None
+    return "drift", None
+
+
+# How many units of epsilon, times the sum of magnitudes sum_i |x_i w_i| + |b|, a dot product may
+# differ by between two libraries: worst case about D eps each, in practice about sqrt(D) eps.
+_DOT_ULPS = 32
+
+
+def _forward_slack(net: scratch.MLP, items: list[Item], inputs: list[np.ndarray]) -> list:
+    """Per forward item, the rounding a dot product of its layer can carry: _DOT_ULPS * eps *
+    (|x| |W|^T + |b|), elementwise. A z near 0 that cancels large terms (raw, unscaled inputs)
+    differs between correct implementations by more than the table's fixed atol; a, prob
+    follow z through activations whose slope is at most 1."""
+    eps = float(np.finfo(net.dtype).eps)
+    magnitude = []
+    for l, x in enumerate(inputs):
+        m = np.abs(x) @ np.abs(net.params[f"layers.{l}.weight"]).T  # (N, H)
+        if net.bias:
+            m = m + np.abs(net.params[f"layers.{l}.bias"])
+        magnitude.append(_DOT_ULPS * eps * m)
+    return [magnitude[it.layer if it.layer is not None else -1] for it in items]
 
 
 def _rerun(sside: _ScratchSide) -> list[np.ndarray]:

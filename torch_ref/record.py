@@ -52,8 +52,9 @@ def summary_dict(result: LockstepResult, config: dict, extras: dict) -> dict:
     dtype = config["dtype"]
     eps = float(np.finfo(dtype).eps)
     quantities = {}
+    judged = result.judged
     for k, item in enumerate(result.items):
-        failing = np.flatnonzero(~result.within[:, k])
+        failing = np.flatnonzero(~judged[:, k])
         quantities[item.label] = {
             "quantity": item.quantity,
             "layer": item.layer,
