@@ -1,8 +1,8 @@
 """nn-parity's PyTorch side: the mirror module, weights across both worlds, and the lockstep."""
 
 from .compare import TOLERANCES, Tolerance, assert_parity, tolerance
-from .engine import Divergence, LockstepResult, lockstep, torch_loss
-from .model import TorchMLP, torch_dtype
+from .engine import Divergence, LockstepResult, lockstep
+from .model import TorchMLP, torch_dtype, torch_loss
 from .weights import scratch_to_torch, torch_to_scratch
 
 __all__ = [

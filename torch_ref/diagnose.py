@@ -28,6 +28,8 @@ import torch
 
 import scratch
 
+from .model import torch_loss
+
 __all__ = ["Context", "diagnose"]
 
 
@@ -209,8 +211,7 @@ def _saturation(div, ctx) -> dict | None:
     sat = ((p < 1e-7) | (p > 1 - 1e-7)).numpy().ravel()
     if not sat.any() or sat.all():
         return None
-    loss_t = {"bce": torch.nn.BCELoss, "bce-logits": torch.nn.BCEWithLogitsLoss}[ctx.loss.name]
-    fn = loss_t(reduction="sum")
+    fn = torch_loss(ctx.loss, reduction="sum")
     Y = torch.from_numpy(ctx.Y)
     s_out = ctx.cache[-1][2]
     agree = {}

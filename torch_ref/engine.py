@@ -37,9 +37,9 @@ from scratch.validate import check_xy
 
 from .compare import Mismatch, compare_segments, first_mismatch, segment_starts, tolerance
 from .diagnose import Context, diagnose
-from .model import TorchMLP
+from .model import TorchMLP, torch_loss
 
-__all__ = ["Divergence", "Item", "LockstepResult", "lockstep", "torch_loss"]
+__all__ = ["Divergence", "Item", "LockstepResult", "lockstep"]
 
 # Quantities this small are packed into one buffer per side and compared in one pass, which
 # saves a dozen NumPy calls per step on small nets; larger ones are compared where they lie.
@@ -154,12 +154,6 @@ class LockstepResult:
             }
             for k, it in enumerate(self.items)
         }
-
-
-def torch_loss(loss: scratch.Loss) -> torch.nn.Module:
-    """The torch loss module with the scratch loss's semantics."""
-    modules = {"bce": torch.nn.BCELoss, "bce-logits": torch.nn.BCEWithLogitsLoss}
-    return modules[loss.name](reduction=loss.reduction)
 
 
 def _items(net: scratch.MLP, n: int) -> list[Item]:
@@ -544,22 +538,12 @@ def _divergence(step, items, k, svals, tvals, sside: _ScratchSide, tside: _Torch
     if it.quantity == "grad":
         div.fd, div.fd_agrees_with = _fd_verdict(sside, it, m)
     before = sside.params_before.astype(np.float64)
-    params_before = {name: before[at].reshape(shape) for name, (at, shape) in _layout(net).items()}
+    params_before = net._views(before)
     ctx = Context(
         net, sside.loss, sside.X, sside.Y, sside.cache, tside.cache, params_before, sside.opt.lr
     )
     div.diagnosis = diagnose(div, svals[k], tvals[k], ctx)
     return div
-
-
-def _layout(net: scratch.MLP) -> dict[str, tuple[slice, tuple[int, ...]]]:
-    """Where each parameter lies in the flat buffer."""
-    out, start = {}, 0
-    for name, shape in net.shapes.items():
-        size = math.prod(shape)
-        out[name] = (slice(start, start + size), shape)
-        start += size
-    return out
 
 
 def _fd_verdict(sside: _ScratchSide, it: Item, m: Mismatch) -> tuple[float, str]:

@@ -19,7 +19,7 @@ from scratch.activations import Activation, Identity, LeakyReLU, ReLU, Sigmoid, 
 
 from .weights import scratch_to_torch
 
-__all__ = ["TorchMLP", "torch_activation", "torch_dtype"]
+__all__ = ["TorchMLP", "torch_activation", "torch_dtype", "torch_loss"]
 
 TORCH_DTYPES = {"float64": torch.float64, "float32": torch.float32}
 
@@ -27,6 +27,13 @@ TORCH_DTYPES = {"float64": torch.float64, "float32": torch.float32}
 def torch_dtype(dtype) -> torch.dtype:
     """The torch dtype matching a NumPy dtype or name (float64 or float32)."""
     return TORCH_DTYPES[scratch.resolve_dtype(dtype).name]
+
+
+def torch_loss(loss: scratch.Loss, reduction: str | None = None) -> nn.Module:
+    """The torch loss module with the scratch loss's semantics (and its reduction, unless
+    another is given)."""
+    modules = {"bce": nn.BCELoss, "bce-logits": nn.BCEWithLogitsLoss}
+    return modules[loss.name](reduction=reduction or loss.reduction)
 
 
 def torch_activation(act: Activation) -> nn.Module:

@@ -27,8 +27,8 @@ import scratch
 from scratch.gradcheck import loss_fn, numerical_gradient
 
 from .compare import TOLERANCES
-from .engine import LockstepResult, torch_loss
-from .model import TorchMLP
+from .engine import LockstepResult
+from .model import TorchMLP, torch_loss
 
 __all__ = ["atomic_dir", "boundary", "gradient_slice", "summary_dict", "write_record"]
 
