@@ -58,6 +58,7 @@ def test_default_run_writes_the_whole_report(tmp_path):
     assert summary["architecture"]["sizes"] == [2, 3, 1]
     assert summary["architecture"]["init"] == "article"
     assert summary["data"]["name"] == "exam" and summary["data"]["samples"] == 4
+    assert summary["data"]["feature_names"] == ["hours of study", "GPA"]
     assert set(summary["tolerances"]) == {"z", "a", "prob", "loss", "grad", "param"}
     assert summary["loss_last"]["scratch"] < summary["loss_first"]["scratch"]
     # the article's first forward: the loss at step 0 over four students

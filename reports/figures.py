@@ -523,6 +523,8 @@ def boundary_figure(record: Record, path: Path | str) -> Path:
     cmap = colormaps["RdBu_r"]
     norm = BoundaryNorm(levels, cmap.N)
 
+    names = list((record.summary.get("data") or {}).get("feature_names") or [])[:2]
+    names = names if len(names) == 2 else ["x1", "x2"]
     fig = _figure(10, 9)
     axes = fig.subplots(2, 2, sharex=True, sharey=True)
     filled = None
@@ -557,9 +559,9 @@ def boundary_figure(record: Record, path: Path | str) -> Path:
                     )
             ax.set_title(f"{side}, {title}", fontsize="medium")
             if r == 1:
-                ax.set_xlabel("x1")
+                ax.set_xlabel(names[0])
             if c == 0:
-                ax.set_ylabel("x2")
+                ax.set_ylabel(names[1])
     handles = [Line2D([], [], color="black", linewidth=1.5, label="P = 0.5")]
     handles += axes[0, 0].get_legend_handles_labels()[0]
     # Below the panels: inside one, the legend would hide data points.

@@ -325,6 +325,7 @@ def run(args: argparse.Namespace) -> int:
             "name": ds.name,
             "samples": int(X.shape[0]),
             "features": int(X.shape[1]),
+            "feature_names": ds.feature_names,
             "source": ds.source,
         },
         "loss": loss.name,
