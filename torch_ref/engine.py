@@ -178,7 +178,7 @@ class _Group:
     def __init__(self, idx: list[int], items: list[Item], dtype: np.dtype):
         self.idx = idx
         self.slice = slice(idx[0], idx[-1] + 1)
-        sizes = [max(items[i].size, 1) for i in idx]
+        sizes = [items[i].size for i in idx]  # the loss, shape (), has size 1
         self.starts = segment_starts(sizes)
         tols = [tolerance(items[i].quantity, dtype) for i in idx]
         self.rtol = np.array([t.rtol for t in tols])
@@ -243,14 +243,10 @@ def _side_by_side(concurrent: bool) -> Iterator[ThreadPoolExecutor | None]:
 class _ScratchSide:
     """One scratch training step; `step()` returns its values in item order."""
 
-    def __init__(self, net: scratch.MLP, loss: scratch.Loss, opt: scratch.SGD, X, Y):
+    def __init__(self, net: scratch.MLP, loss: scratch.Loss, opt: scratch.SGD, X, Y, order):
         self.net, self.loss, self.opt, self.X, self.Y = net, loss, opt, X, Y
         self.params_before = np.empty_like(net.flat_params)
-        self.order = [  # the items' order: last layer first, weight before bias
-            f"layers.{l}.{p}"
-            for l in range(len(net.layers) - 1, -1, -1)
-            for p in (("weight", "bias") if net.bias else ("weight",))
-        ]
+        self.order = order  # parameter names in the items' order
         # views into the flat gradient and parameter buffers: stable across steps
         self.fixed = [net.grads[k] for k in self.order] + [net.params[k] for k in self.order]
 
@@ -279,7 +275,7 @@ class _ScratchSide:
 class _TorchSide:
     """One torch training step; `step()` returns its tensors in item order."""
 
-    def __init__(self, ref: TorchMLP, loss: scratch.Loss, lr: float, X, Y):
+    def __init__(self, ref: TorchMLP, loss: scratch.Loss, lr: float, X, Y, order):
         self.ref = ref
         self.loss_fn = torch_loss(loss)
         self.logits = loss.name == "bce-logits"
@@ -287,11 +283,7 @@ class _TorchSide:
         self.by_name = dict(ref.named_parameters())
         self.Xt, self.Yt = torch.from_numpy(X), torch.from_numpy(Y)
         self.params = list(ref.parameters())
-        self.order = [
-            f"layers.{l}.{p}"
-            for l in range(len(ref.layers) - 1, -1, -1)
-            for p in (("weight", "bias") if ref.layers[0].bias is not None else ("weight",))
-        ]
+        self.order = order
         # updated in place by the optimiser: views made once serve every step
         self.param_views = [self.by_name[k].detach().numpy() for k in self.order]
         self.params_before = [v.copy() for v in self.param_views]  # as the step found them
@@ -371,8 +363,11 @@ def lockstep(
     groups = _groups(items, net.dtype)
     if optimizer is not None and optimizer.net is not net:
         raise ValueError("optimizer must be bound to the scratch network being trained")
-    sside = _ScratchSide(net, loss_s, optimizer or scratch.SGD(net, lr), X, Y)
-    tside = _TorchSide(ref, loss_s, lr, X, Y)
+    # last layer first, weight before bias: backward's order, where the first failing layer
+    # is the one the error entered
+    order = [f"layers.{it.layer}.{it.param}" for it in items if it.quantity == "grad"]
+    sside = _ScratchSide(net, loss_s, optimizer or scratch.SGD(net, lr), X, Y, order)
+    tside = _TorchSide(ref, loss_s, lr, X, Y, order)
     by_name = tside.by_name
     p_idx = next(k for k, it in enumerate(items) if it.quantity == "prob")
     relu_layers = any(_has_kink(layer.activation) for layer in net.layers)
