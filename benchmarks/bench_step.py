@@ -23,8 +23,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import scratch
-from torch_ref import TorchMLP, lockstep
+from nn_parity import scratch
+from nn_parity.torch_ref import TorchMLP, lockstep
 
 CONFIGS = [
     ([2, 3, 1], 4),

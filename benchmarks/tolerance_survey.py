@@ -18,9 +18,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import scratch
-from torch_ref import TorchMLP, lockstep
-from torch_ref.compare import QUANTITIES
+from nn_parity import scratch
+from nn_parity.torch_ref import TorchMLP, lockstep
+from nn_parity.torch_ref.compare import QUANTITIES
 
 # (sizes, batch, hidden activation, steps, learning rate)
 RUNS = [

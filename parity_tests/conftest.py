@@ -6,8 +6,7 @@ import os
 
 import pytest
 from hypothesis import HealthCheck, settings
-
-from torch_ref import TorchMLP
+from nn_parity.torch_ref import TorchMLP
 
 settings.register_profile("dev", deadline=None, max_examples=30)
 # CI: the same examples on every run, so a red build is reproducible.
@@ -36,7 +35,7 @@ settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci" if os.environ.ge
 
 @pytest.fixture
 def exam_pair():
-    from scratch.data import exam_network
+    from nn_parity.scratch.data import exam_network
 
     net = exam_network()
     return net, TorchMLP.from_scratch(net)

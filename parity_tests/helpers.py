@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import numpy as np
-
-import scratch
-from torch_ref import TorchMLP
+from nn_parity import scratch
+from nn_parity.torch_ref import TorchMLP
 
 
 def make_data(n: int, d: int, seed: int = 0, dtype="float64") -> tuple[np.ndarray, np.ndarray]:

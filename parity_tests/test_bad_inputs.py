@@ -10,12 +10,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
-import scratch
-import scratch.weights
-from torch_ref import TorchMLP, lockstep
-from torch_ref.cli import main
-from torch_ref.weights import load_weights
+from nn_parity import scratch
+from nn_parity.torch_ref import TorchMLP, lockstep
+from nn_parity.torch_ref.cli import main
+from nn_parity.torch_ref.weights import load_weights
 
 DOC = Path(__file__).parents[1] / "docs" / "bad-inputs.md"
 ROW = re.compile(r"^\| (\d+) \| (.+?) \| `(.+)` \| (.+) \|$")

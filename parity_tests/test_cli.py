@@ -10,9 +10,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-from scratch.activations import Tanh
-from torch_ref.cli import main
+from nn_parity.scratch.activations import Tanh
+from nn_parity.torch_ref.cli import main
 
 SUMMARY_KEYS = {
     "passed", "steps", "steps_requested", "dtype", "architecture", "data", "loss", "reduction",
@@ -130,7 +129,7 @@ def test_no_figures_writes_the_record_only(tmp_path):
 
 
 def test_interrupted_run_leaves_no_partial_report(tmp_path, monkeypatch, capsys):
-    import torch_ref.engine as engine
+    import nn_parity.torch_ref.engine as engine
 
     def interrupt(*args, **kwargs):
         raise KeyboardInterrupt

@@ -5,8 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-
-from torch_ref.compare import (
+from nn_parity.torch_ref.compare import (
     TOLERANCES,
     assert_parity,
     compare_segments,

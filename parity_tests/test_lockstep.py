@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from nn_parity import scratch
+from nn_parity.scratch.data import exam
+from nn_parity.torch_ref import TorchMLP, lockstep
 
-import scratch
 from parity_tests.helpers import make_data, make_pair
-from scratch.data import exam
-from torch_ref import TorchMLP, lockstep
 
 
 def grads_of(result, quantity="grad"):

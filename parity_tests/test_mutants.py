@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import pytest
-
-from torch_ref.mutants import MUTANTS, run_mutant, score
+from nn_parity.torch_ref.mutants import MUTANTS, run_mutant, score
 
 BY_NAME = {m.name: m for m in MUTANTS}
 

@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import pytest
 from hypothesis import assume, given, settings
+from nn_parity import scratch
+from nn_parity.torch_ref import TorchMLP, lockstep
 
-import scratch
 from parity_tests.strategies import NetConfig, net_configs
-from torch_ref import TorchMLP, lockstep
 
 STEPS = 15
 

@@ -11,10 +11,10 @@ import itertools
 import numpy as np
 import pytest
 import torch
+from nn_parity import scratch
+from nn_parity.torch_ref import assert_parity, lockstep, torch_loss
 
-import scratch
 from parity_tests.helpers import make_data, make_pair
-from torch_ref import assert_parity, lockstep, torch_loss
 
 HIDDEN = ["sigmoid", "tanh", "relu", "leaky_relu", "leaky_relu:0.2", "identity"]
 DEPTHS = [1, 2, 3, 4]  # hidden layers

@@ -9,11 +9,10 @@ import numpy as np
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
-
-import scratch
-from torch_ref import TorchMLP, lockstep
-from torch_ref.cli import main
-from torch_ref.datasets import load_csv
+from nn_parity import scratch
+from nn_parity.torch_ref import TorchMLP, lockstep
+from nn_parity.torch_ref.cli import main
+from nn_parity.torch_ref.datasets import load_csv
 
 XOR = ["--data", "xor", "--layers", "2,6,1", "--steps", "40", "--quiet", "--no-figures"]
 
@@ -67,7 +66,7 @@ def test_ctrl_c_keeps_the_previous_report_and_leaves_no_partial_one(tmp_path, mo
     assert code == 0
     before = {p.name: p.read_bytes() for p in out.iterdir()}
 
-    import torch_ref.engine as engine
+    import nn_parity.torch_ref.engine as engine
 
     def interrupted(*args, **kwargs):
         kwargs["progress"](0)

@@ -8,12 +8,12 @@ import warnings
 import numpy as np
 import pytest
 import torch
+from nn_parity import scratch
+from nn_parity.scratch.activations import ACTIVATIONS
+from nn_parity.scratch.init import INITS
+from nn_parity.torch_ref import TorchMLP, assert_parity, scratch_to_torch, torch_to_scratch
 
-import scratch
 from parity_tests.helpers import make_data, make_pair
-from scratch.activations import ACTIVATIONS
-from scratch.init import INITS
-from torch_ref import TorchMLP, assert_parity, scratch_to_torch, torch_to_scratch
 
 SMOOTH = ["sigmoid", "tanh", "identity"]
 

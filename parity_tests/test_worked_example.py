@@ -7,10 +7,9 @@ import math
 import numpy as np
 import pytest
 import torch
-
-import scratch
-from scratch.data import exam, exam_network
-from torch_ref import TorchMLP, lockstep
+from nn_parity import scratch
+from nn_parity.scratch.data import exam, exam_network
+from nn_parity.torch_ref import TorchMLP, lockstep
 
 
 def test_first_student_output_probability_and_loss(exam_pair):

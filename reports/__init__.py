@@ -14,8 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-
-from reports.text import summary_text
+from nn_parity.reports.text import summary_text
 
 __all__ = ["Record", "load_record", "render", "summary_text"]
 
@@ -95,8 +94,8 @@ def render(run_dir: Path | str) -> list[Path]:
     Returns the paths written, figures first and report.html last.
     """
     # Imported here so that `summary_text` (the CLI's hot path) does not pay for matplotlib.
-    from reports.figures import FIGURES
-    from reports.html import write_report
+    from nn_parity.reports.figures import FIGURES
+    from nn_parity.reports.html import write_report
 
     run_dir = Path(run_dir)
     record = load_record(run_dir)

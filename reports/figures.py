@@ -20,8 +20,7 @@ from matplotlib.lines import Line2D
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
-
-    from reports import Record
+    from nn_parity.reports import Record
 
 __all__ = [
     "FIGURES",

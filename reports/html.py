@@ -8,7 +8,7 @@ from html import escape
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from reports.text import (
+from nn_parity.reports.text import (
     diagnosis_of,
     diagnosis_parts,
     divergence_where,
@@ -21,7 +21,7 @@ from reports.text import (
 )
 
 if TYPE_CHECKING:
-    from reports import Record
+    from nn_parity.reports import Record
 
 __all__ = ["page", "write_report"]
 

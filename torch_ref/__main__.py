@@ -1,4 +1,4 @@
-"""`python -m torch_ref` is the `nn-parity` command."""
+"""`python -m nn_parity.torch_ref` is the `nn-parity` command."""
 
 import sys
 

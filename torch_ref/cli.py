@@ -14,12 +14,11 @@ import sys
 from pathlib import Path
 
 import numpy as np
-
-import scratch
-from scratch.activations import ACTIVATIONS
-from scratch.data import EXAM_ACTIVATIONS, EXAM_SIZES, exam_weights
-from scratch.init import INITS
-from scratch.optim import check_lr
+from nn_parity import scratch
+from nn_parity.scratch.activations import ACTIVATIONS
+from nn_parity.scratch.data import EXAM_ACTIVATIONS, EXAM_SIZES, exam_weights
+from nn_parity.scratch.init import INITS
+from nn_parity.scratch.optim import check_lr
 
 from .datasets import DATASETS
 
@@ -253,9 +252,8 @@ def check_writable(folder: Path) -> None:
 
 def run(args: argparse.Namespace) -> int:
     import torch
+    from nn_parity import reports
     from tqdm import tqdm
-
-    import reports
 
     from .engine import lockstep
     from .model import TorchMLP

@@ -16,9 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-
-from scratch import data as toy
-from scratch.validate import check_xy
+from nn_parity.scratch import data as toy
+from nn_parity.scratch.validate import check_xy
 
 __all__ = ["DATASETS", "Dataset", "load_csv", "load_dataset"]
 

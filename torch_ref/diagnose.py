@@ -25,8 +25,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-
-import scratch
+from nn_parity import scratch
 
 from .model import torch_loss
 

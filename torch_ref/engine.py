@@ -28,12 +28,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
+from nn_parity import scratch
+from nn_parity.scratch.gradcheck import network_gradient
+from nn_parity.scratch.optim import check_lr
+from nn_parity.scratch.validate import check_xy
 from threadpoolctl import threadpool_limits
-
-import scratch
-from scratch.gradcheck import network_gradient
-from scratch.optim import check_lr
-from scratch.validate import check_xy
 
 from .compare import Mismatch, compare_segments, first_mismatch, segment_starts, tolerance
 from .diagnose import Context, diagnose

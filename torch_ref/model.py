@@ -12,10 +12,17 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch
+from nn_parity import scratch
+from nn_parity.scratch.activations import (
+    Activation,
+    Identity,
+    LeakyReLU,
+    ReLU,
+    Sigmoid,
+    Tanh,
+    get_activation,
+)
 from torch import nn
-
-import scratch
-from scratch.activations import Activation, Identity, LeakyReLU, ReLU, Sigmoid, Tanh, get_activation
 
 from .weights import scratch_to_torch
 

@@ -5,7 +5,7 @@ applied to one network instance (a swapped method or a subclass instance), never
 code. `score()` runs the lockstep on every mutant and reports whether it was caught, and whether
 the first divergence sits at the step, quantity and layer where the bug lives.
 
-    python -m torch_ref mutants          # the score table
+    python -m nn_parity.torch_ref mutants          # the score table
 """
 
 from __future__ import annotations
@@ -14,9 +14,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
-
-import scratch
-from scratch.losses import BCELoss, BCEWithLogitsLoss
+from nn_parity import scratch
+from nn_parity.scratch.losses import BCELoss, BCEWithLogitsLoss
 
 from .engine import LockstepResult, lockstep
 from .model import TorchMLP

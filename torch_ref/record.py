@@ -22,9 +22,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
-
-import scratch
-from scratch.gradcheck import loss_fn, numerical_gradient
+from nn_parity import scratch
+from nn_parity.scratch.gradcheck import loss_fn, numerical_gradient
 
 from .compare import TOLERANCES
 from .engine import LockstepResult

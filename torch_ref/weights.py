@@ -8,9 +8,8 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+from nn_parity import scratch
 from torch import nn
-
-import scratch
 
 __all__ = ["load_pt", "load_weights", "save_pt", "scratch_to_torch", "torch_to_scratch"]
 
@@ -78,7 +77,7 @@ def load_weights(path) -> dict[str, np.ndarray]:
     """A state dict from `.npz` or `.pt`/`.pth`, by the file's suffix."""
     from pathlib import Path
 
-    from scratch.weights import load_npz
+    from nn_parity.scratch.weights import load_npz
 
     suffix = Path(path).suffix.lower()
     if suffix == ".npz":
