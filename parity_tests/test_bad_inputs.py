@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 from nn_parity import scratch
+from nn_parity.scratch import weights as scratch_weights
 from nn_parity.torch_ref import TorchMLP, lockstep
 from nn_parity.torch_ref.cli import main
 from nn_parity.torch_ref.weights import load_weights
@@ -57,7 +58,7 @@ def files(tmp_path):
     Payload.marker = str(tmp_path / "pwned")
     np.savez(tmp_path / "evil.npz", w=np.array([Payload()], dtype=object))
     torch.save({"layers.0.weight": Payload()}, tmp_path / "evil.pt")
-    scratch.weights.save_npz(scratch.MLP([2, 3, 1], ["tanh", "sigmoid"]), tmp_path / "w231.npz")
+    scratch_weights.save_npz(scratch.MLP([2, 3, 1], ["tanh", "sigmoid"]), tmp_path / "w231.npz")
     (tmp_path / "full").mkdir()
     (tmp_path / "full" / "keep.txt").write_text("an earlier report\n")
     return tmp_path

@@ -1,14 +1,15 @@
-"""The lockstep engine: the one place that sees both worlds.
+"""The lockstep engine: the step loop that sees both worlds.
 
-From identical weights, a scratch network and its torch mirror take the same gradient-descent
-steps on the same data. After every step each quantity is compared, in the order the step
-computes it:
+From identical weights, a scratch side (the built-in network, or the user's own through
+`adapt`) and a torch side take the same training steps on the same batches. After every step
+each quantity both sides report is compared, in the order the step computes it:
 
     z[l], a[l]   every layer's pre-activation and (hidden) activation      forward
     prob         the output probabilities                                  forward
     loss         the scalar loss                                           loss
     grad ...     every parameter's gradient, last layer first              backward
     param ...    every parameter after the update, last layer first        update
+    state ...    every optimizer buffer after the update (exp_avg W1, ...)  update
 
 so the first failing (step, quantity, layer, index) is where the two first part: backward runs
 from the last layer down, and an error made in one layer spreads to the layers below it.
@@ -21,22 +22,24 @@ run of any length stays in bounded memory.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
 from nn_parity import scratch
 from nn_parity.scratch.gradcheck import network_gradient
 from nn_parity.scratch.optim import check_lr
-from nn_parity.scratch.validate import check_xy
 from threadpoolctl import threadpool_limits
 
+from .adapter import UserNetwork, resolve_layout
 from .compare import Mismatch, compare_segments, first_mismatch, segment_starts, tolerance
 from .diagnose import Context, diagnose
-from .model import TorchMLP, torch_loss
+from .explain import explain
+from .model import TorchMLP
+from .sides import MLPSide, TorchSide, UserSide
 
 __all__ = ["Divergence", "Item", "LockstepResult", "lockstep"]
 
@@ -47,20 +50,41 @@ _PACK_LIMIT = 1 << 16
 
 @dataclass(frozen=True)
 class Item:
-    """One compared quantity: e.g. z of layer 0, or the gradient of layers.1.weight."""
+    """One compared quantity: e.g. z of layer 0, the gradient of layers.1.weight, or Adam's
+    exp_avg of it. `param` is "weight" or "bias" (of layer `layer`); `user` is the user's own
+    name for that parameter, and `transposed` says they store it (in, out)."""
 
     quantity: str
     layer: int | None
     param: str | None
     shape: tuple[int, ...]
+    buffer: str | None = None  # an optimizer state buffer's torch name
+    user: str | None = None
+    user_shape: tuple[int, ...] | None = None
+    transposed: bool = False
+
+    @property
+    def name(self) -> str | None:
+        """The canonical parameter name, `layers.{layer}.{param}`, or None."""
+        return None if self.param is None else f"layers.{self.layer}.{self.param}"
 
     @property
     def label(self) -> str:
         if self.param is not None:
-            return f"{self.quantity} layers.{self.layer}.{self.param}"
+            what = self.buffer if self.quantity == "state" else self.quantity
+            return f"{what} {self.user or self.name}"
         if self.quantity in ("z", "a"):
             return f"{self.quantity}[{self.layer}]"
         return self.quantity
+
+    def user_index(self, index: tuple[int, ...]) -> tuple[int, ...]:
+        """A canonical element index in the user's own layout."""
+        if self.user_shape is None or self.param is None or self.quantity == "state":
+            return index
+        if self.param == "bias":
+            flat = int(np.ravel_multi_index(index, self.shape)) if index else 0
+            return tuple(int(i) for i in np.unravel_index(flat, self.user_shape))
+        return tuple(reversed(index)) if self.transposed else index
 
     @property
     def size(self) -> int:
@@ -69,7 +93,8 @@ class Item:
 
 @dataclass
 class Divergence:
-    """Where scratch and torch first part."""
+    """Where scratch and torch first part. `index` is in the user's own layout when the
+    scratch side is user code (W1[3, 0] of a weight stored (in, out))."""
 
     step: int
     quantity: str
@@ -89,13 +114,18 @@ class Divergence:
     fd_agrees_with: str | None = None  # "scratch", "torch", "both", "neither", or None
     diagnosis: dict | None = None  # {"cause", "explanation"}: the likely bug, if recognised
     nonfinite: str | None = None  # "scratch", "torch" or "both" when NaN/Inf appeared
+    epoch: int | None = None  # with mini-batches: the epoch and the batch within it
+    batch: int | None = None
 
     def as_dict(self) -> dict:
         return {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(self).items()}
 
     def __str__(self) -> str:
+        where = f"step {self.step}"
+        if self.epoch is not None:
+            where += f" (epoch {self.epoch}, batch {self.batch})"
         s = (
-            f"step {self.step}, {self.label}, index {list(self.index)}: "
+            f"{where}, {self.label}, index {list(self.index)}: "
             f"scratch {self.scratch!r} vs torch {self.torch!r} "
             f"(|diff| {self.abs_err:.3g}, rel {self.rel_err:.3g}; "
             f"{self.mismatches}/{self.total} elements outside rtol={self.rtol:.3g}, "
@@ -129,6 +159,12 @@ class LockstepResult:
     probs_first: tuple[np.ndarray, np.ndarray] | None = None  # (scratch, torch) at step 0
     probs_last: tuple[np.ndarray, np.ndarray] | None = None
     snapshot: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
+    # What was checked: the keys only one side reported (e.g. "z[0] (your forward keeps no
+    # z1)"), the parameter map of user code, and how its gradients were obtained.
+    not_compared: list[str] = field(default_factory=list)
+    checked: dict = field(default_factory=dict)
+    epochs: np.ndarray | None = None  # (steps,) with mini-batches: each step's epoch and batch
+    batches: np.ndarray | None = None
 
     @property
     def labels(self) -> list[str]:
@@ -153,22 +189,6 @@ class LockstepResult:
             }
             for k, it in enumerate(self.items)
         }
-
-
-def _items(net: scratch.MLP, n: int) -> list[Item]:
-    L = len(net.layers)
-    items = []
-    for l, layer in enumerate(net.layers):
-        items.append(Item("z", l, None, (n, layer.fan_out)))
-        if l < L - 1:
-            items.append(Item("a", l, None, (n, layer.fan_out)))
-    items.append(Item("prob", L - 1, None, (n, net.sizes[-1])))
-    items.append(Item("loss", None, None, ()))
-    for quantity in ("grad", "param"):
-        for l in range(L - 1, -1, -1):
-            for p in ("weight", "bias") if net.bias else ("weight",):
-                items.append(Item(quantity, l, p, net.shapes[f"layers.{l}.{p}"]))
-    return items
 
 
 class _Group:
@@ -208,15 +228,6 @@ def _groups(items: list[Item], dtype: np.dtype) -> list[_Group]:
     return [_Group(g, items, dtype) for g in groups if g]
 
 
-def _check_data(net: scratch.MLP, X, y) -> tuple[np.ndarray, np.ndarray]:
-    X, y = check_xy(X, y, width=net.sizes[0])
-    if net.sizes[-1] != 1:
-        raise ValueError(f"binary cross-entropy needs one output, got sizes {net.sizes}")
-    X = np.ascontiguousarray(X, dtype=net.dtype)
-    Y = np.ascontiguousarray(y, dtype=net.dtype).reshape(-1, 1)
-    return X, Y
-
-
 # Above this much work per step (batch x parameters), the torch step runs in a worker thread
 # while scratch steps in the caller's, each library on one core. Run one after the other, the
 # two thread pools contend: OpenBLAS's idle workers spin while torch's OpenMP team runs, and
@@ -239,207 +250,319 @@ def _side_by_side(concurrent: bool) -> Iterator[ThreadPoolExecutor | None]:
         torch.set_num_threads(threads)
 
 
-class _ScratchSide:
-    """One scratch training step; `step()` returns its values in item order."""
-
-    def __init__(self, net: scratch.MLP, loss: scratch.Loss, opt: scratch.SGD, X, Y, order):
-        self.net, self.loss, self.opt, self.X, self.Y = net, loss, opt, X, Y
-        self.params_before = np.empty_like(net.flat_params)
-        self.order = order  # parameter names in the items' order
-        # views into the flat gradient and parameter buffers: stable across steps
-        self.fixed = [net.grads[k] for k in self.order] + [net.params[k] for k in self.order]
-
-    def step(self) -> list:
-        net = self.net
-        out, self.cache = net.forward(self.X)
-        self.loss_value, self.lcache = self.loss.forward(out, self.Y)
-        net.backward(self.loss.backward(self.lcache), self.cache)
-        np.copyto(self.params_before, net.flat_params)
-        self.opt.step()
-        return self.values(net, self.cache, out, self.loss_value, self.loss) + self.fixed
-
-    @staticmethod
-    def values(net: scratch.MLP, cache: list, out, loss_value: float, loss: scratch.Loss) -> list:
-        """The forward quantities in item order: z and hidden a per layer, prob, loss."""
-        vals: list = []
-        for l, (_, z, a) in enumerate(cache):
-            vals.append(z)
-            if l < len(cache) - 1:
-                vals.append(a)
-        vals.append(loss.probabilities(out))
-        vals.append(np.asarray(loss_value, net.dtype))
-        return vals
+def _batches(
+    n: int, batch_size: int | None, epochs: int, seed: int, shuffle: bool, drop_last: bool
+):
+    """(epoch, batch, rows) for every step: one seeded permutation per epoch, the same for both
+    sides. Without a batch size every step takes the whole data set (rows None)."""
+    if batch_size is None:
+        while True:
+            yield 0, 0, None
+    rng = np.random.default_rng(seed)
+    for epoch in range(epochs):
+        order = rng.permutation(n) if shuffle else np.arange(n)
+        stop = n - n % batch_size if drop_last else n
+        for b, start in enumerate(range(0, stop, batch_size)):
+            yield epoch, b, order[start : start + batch_size]
 
 
-class _TorchSide:
-    """One torch training step; `step()` returns its tensors in item order."""
-
-    def __init__(self, ref: TorchMLP, loss: scratch.Loss, lr: float, X, Y, order):
-        self.ref = ref
-        self.loss_fn = torch_loss(loss)
-        self.logits = loss.name == "bce-logits"
-        self.opt = torch.optim.SGD(ref.parameters(), lr=lr)
-        self.by_name = dict(ref.named_parameters())
-        self.Xt, self.Yt = torch.from_numpy(X), torch.from_numpy(Y)
-        self.params = list(ref.parameters())
-        self.order = order
-        # updated in place by the optimiser: views made once serve every step
-        self.param_views = [self.by_name[k].detach().numpy() for k in self.order]
-        self.params_before = [v.copy() for v in self.param_views]  # as the step found them
-
-    def step(self) -> list:
-        # What opt.zero_grad() does, without its profiler scaffolding: on a small net that
-        # costs more than the rest of the comparison.
-        for p in self.params:
-            p.grad = None
-        out, self.cache = self.ref.forward_cache(self.Xt)
-        try:
-            loss = self.loss_fn(out, self.Yt)
-        except RuntimeError:
-            if bool(torch.isfinite(out).all()):
-                raise
-            # BCELoss refuses NaN input; the lockstep reports where the NaN came from
-            loss = torch.tensor(math.nan, dtype=out.dtype)
-            for p in self.params:
-                p.grad = torch.zeros_like(p)
-        else:
-            loss.backward()
-            for keep, now in zip(self.params_before, self.param_views):
-                np.copyto(keep, now)
-            self.opt.step()
-        last = len(self.cache) - 1
-        vals: list = []
-        for l, (z, a) in enumerate(self.cache):
-            vals.append(z.detach().numpy())
-            if l < last:
-                vals.append(a.detach().numpy())
-        out = out.detach()
-        vals.append((torch.sigmoid(out) if self.logits else out).numpy())
-        vals.append(loss.detach().numpy())
-        self.loss_value = float(vals[-1])
-        vals.extend(self.by_name[k].grad.numpy() for k in self.order)  # type: ignore[union-attr]
-        self.last_values = vals
-        return vals + self.param_views
+def _check_run(steps, batch_size, epochs, drop_last, n) -> int:
+    """The number of steps a run takes, from steps or from batch size and epochs."""
+    for name, v in (("steps", steps), ("batch_size", batch_size), ("epochs", epochs)):
+        if v is not None and (isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1):
+            raise ValueError(f"{name} must be a positive integer, got {v!r}")
+    if batch_size is None:
+        if epochs is not None:
+            raise ValueError("epochs needs batch_size; full-batch runs count steps")
+        return 100 if steps is None else int(steps)
+    if batch_size > n:
+        raise ValueError(
+            f"batch_size {batch_size} is larger than the data set ({n} samples); "
+            f"use at most {n} (or leave it out for full-batch steps)"
+        )
+    per_epoch = n // batch_size if drop_last else -(-n // batch_size)
+    total = per_epoch * (1 if epochs is None else int(epochs))
+    return total if steps is None else min(int(steps), total)
 
 
-def lockstep(
-    net: scratch.MLP,
-    ref: TorchMLP,
-    X: np.ndarray,
-    y: np.ndarray,
-    *,
-    steps: int = 100,
-    lr: float = 0.1,
-    loss: str | scratch.Loss = "bce",
-    optimizer: scratch.SGD | None = None,
-    resync: bool = False,
-    stop_at_divergence: bool = False,
-    progress: Callable[[int], None] | None = None,
-) -> LockstepResult:
-    """Train `net` and `ref` side by side for `steps` full-batch SGD steps, comparing each step.
-
-    Both are trained in place. `loss` is `bce` (the network must end in a sigmoid) or
-    `bce-logits` (the network must end in identity), or a `scratch.Loss` of either kind.
-    `optimizer` is the scratch optimiser, bound to `net` (default `scratch.SGD(net, lr)`); torch
-    always takes `torch.optim.SGD(lr)`. With `resync`, scratch takes torch's updated parameters
-    after every step, so each step is judged from identical weights: an error made within one
-    step is told apart from rounding differences that accumulate over many.
-    `progress(step)` is called after each step.
-    """
-    loss_s = scratch.get_loss(loss)
+def _scratch_side(net, loss, optimizer, lr, X, y):
+    """The scratch side for the built-in network or for adapted user code."""
+    if isinstance(net, UserNetwork):
+        if loss is not None and scratch.get_loss(loss).name != net.loss.name:
+            raise ValueError(
+                f"loss {scratch.get_loss(loss).name!r} given, but the network was adapted "
+                f"with loss {net.loss.name!r}"
+            )
+        loss_s = net.loss
+        Xc, Yc = _check_data(loss_s, X, y, net.dtype)
+        if net.pmap is None:
+            resolve_layout(net, np.asarray(X), np.asarray(y), _out_width(loss_s, Yc))
+        return (
+            UserSide(net, _optimizer_factory(optimizer, lr), lr, np.asarray(X), np.asarray(y)),
+            Xc,
+            Yc,
+        )
+    if not isinstance(net, scratch.MLP):
+        raise TypeError(
+            f"lockstep takes a scratch.MLP or a network adapted with adapt(...), "
+            f"got {type(net).__name__}"
+        )
+    loss_s = scratch.get_loss("bce" if loss is None else loss)
     if net.layers[-1].activation.name != loss_s.output_activation:
         raise ValueError(
             f"loss {loss_s.name!r} needs the last layer's activation to be "
             f"{loss_s.output_activation!r}, got {net.layers[-1].activation.name!r}"
         )
-    if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 1:
-        raise ValueError(f"steps must be a positive integer, got {steps!r}")
+    Xc, Yc = _check_data(loss_s, X, y, net.dtype, net.sizes)
+    if isinstance(optimizer, (str, Mapping)) or optimizer is None:
+        opt = _optimizer_factory(optimizer, lr)(net)
+    else:
+        if getattr(optimizer, "net", None) is not net:
+            raise ValueError("optimizer must be bound to the scratch network being trained")
+        _check_mirrored(optimizer)
+        opt = optimizer
+    return MLPSide(net, loss_s, opt, lr), Xc, Yc
+
+
+def _out_width(loss_s, Y) -> int | None:
+    return 1 if loss_s.name in ("bce", "bce-logits") else None
+
+
+def _check_data(loss_s, X, y, dtype, sizes=None):
+    """X as a finite (N, D) array in the network's dtype, and the labels in the form the loss
+    takes: (N, 1) 0/1 floats for the binary losses, class indices or targets for the others."""
+    from nn_parity.scratch.validate import check_xy
+
+    width = sizes[0] if sizes else None
+    targets = getattr(loss_s, "targets", None)
+    if targets is None or loss_s.name in ("bce", "bce-logits"):
+        if sizes is not None and sizes[-1] != 1:
+            raise ValueError(f"binary cross-entropy needs one output, got sizes {sizes}")
+        X, y = check_xy(X, y, width=width)
+        Y = np.ascontiguousarray(y, dtype=dtype).reshape(-1, 1)
+    else:
+        X, _ = check_xy(X, np.zeros(len(X)), width=width)
+        Y = targets(y, sizes[-1] if sizes else None)
+        if Y.dtype.kind == "f":
+            Y = np.ascontiguousarray(Y, dtype=dtype)
+    return np.ascontiguousarray(X, dtype=dtype), Y
+
+
+def _optimizer_factory(spec, lr):
+    """A function params -> scratch optimizer, from None (plain SGD), a name or a dict
+    {"name": ..., **hyper-parameters}."""
+    if spec is None:
+        return lambda params: scratch.SGD(params, lr)
+    if isinstance(spec, str):
+        spec = {"name": spec}
+    if isinstance(spec, Mapping):
+        spec = dict(spec)
+        name = spec.pop("name", None)
+        get = getattr(scratch.optim, "get_optimizer", None)
+        if get is None:
+            if name in (None, "sgd") and not spec:
+                return lambda params: scratch.SGD(params, lr)
+            raise ValueError(f"optimizer {name!r} is not available; expected 'sgd'")
+        return lambda params: get(name, params, lr=lr, **spec)
+    raise TypeError(
+        "for a user network give the optimizer by name or as a dict "
+        f"{{'name': 'adam', 'betas': (0.9, 0.999)}}, got {type(spec).__name__}"
+    )
+
+
+def _check_mirrored(opt) -> None:
+    """The torch side is built from the scratch optimizer's description; one without a known
+    description would be compared against the wrong thing."""
+    registry = getattr(scratch.optim, "OPTIMIZERS", {"sgd": scratch.SGD})
+    known = tuple(registry.values())
+    if not isinstance(opt, known) or (
+        type(opt).__mro__[0] not in known
+        and not hasattr(opt, "hyper")
+        and not isinstance(opt, scratch.SGD)
+    ):
+        raise ValueError(
+            f"optimizer {type(opt).__name__} has no torch mirror: nn-parity builds torch's from "
+            f"the scratch optimizer's description; use one of {', '.join(registry)}"
+        )
+    if type(opt) is scratch.SGD or isinstance(opt, scratch.SGD):
+        hyper = getattr(opt, "hyper", {})
+        if any(
+            hyper.get(k) for k in ("momentum", "weight_decay", "nesterov", "dampening")
+        ) and not hasattr(scratch.optim, "get_optimizer"):
+            raise ValueError("only plain SGD (no momentum or weight decay) is mirrored")
+
+
+def _torch_side(ref, sside, loss_s, opt_desc):
+    """The torch side: the given module with the scratch side's weights copied in, or a
+    TorchMLP built from the scratch side's description."""
+    from .weights import module_parameters
+
+    desc = sside.desc
+    if ref is None:
+        ref = TorchMLP.from_scratch(desc)
+    by_name = module_parameters(ref, desc)
+    if isinstance(sside, UserSide):
+        params = sside.get_params()
+        with torch.no_grad():
+            for k, p in by_name.items():
+                p.copy_(torch.from_numpy(np.ascontiguousarray(params[k])))
+    return TorchSide(ref, by_name, loss_s, opt_desc, sside.order)
+
+
+def lockstep(
+    net,
+    ref: torch.nn.Module | None,
+    X: np.ndarray,
+    y: np.ndarray,
+    *,
+    steps: int | None = None,
+    lr: float = 0.1,
+    loss: str | scratch.Loss | None = None,
+    optimizer=None,
+    batch_size: int | None = None,
+    epochs: int | None = None,
+    shuffle: bool = True,
+    drop_last: bool = False,
+    seed: int = 0,
+    resync: bool = False,
+    stop_at_divergence: bool = False,
+    progress: Callable[[int], None] | None = None,
+) -> LockstepResult:
+    """Train `net` and `ref` side by side, comparing every quantity after every step.
+
+    net        a `scratch.MLP`, or the user's own network adapted with `adapt(...)`
+    ref        the torch module; None builds a `TorchMLP` from the network's description.
+               Either way it starts from the scratch side's weights, bit for bit.
+    loss       for the built-in network: "bce" (default; the network ends in a sigmoid),
+               "bce-logits", ... or a `scratch.Loss`; user code carries its own
+    optimizer  None (plain SGD at `lr`), a name ("adam"), a dict {"name": "adam", "betas":
+               (0.9, 0.999), ...}, or a scratch optimizer bound to `net`; torch's is built from
+               the same description, never typed twice, and its state is compared by buffer
+    steps      full-batch steps (default 100); with `batch_size`, mini-batches from one seeded
+               permutation per epoch (`seed`, `shuffle`), `epochs` of them (default 1), the last
+               partial batch kept unless `drop_last`; `steps` then caps the total
+    resync     scratch takes torch's parameters (and optimizer state) after every step, so each
+               step is judged from identical weights
+
+    Both sides are trained in place. `progress(step)` is called after each step.
+    """
     lr = check_lr(lr)
-    X, Y = _check_data(net, X, y)
+    sside, X, Y = _scratch_side(net, loss, optimizer, lr, X, y)
     n = len(X)
+    steps = _check_run(steps, batch_size, epochs, drop_last, n)
+    loss_s = sside.loss
+    opt_desc = sside.opt if sside.opt is not None else scratch.SGD(sside.canon, lr)
+    tside = _torch_side(ref, sside, loss_s, opt_desc)
+    relu_layers = [l for l, a in enumerate(sside.desc.activations) if _has_kink(a)]
+    plan = _batches(n, batch_size, epochs or 1, seed, shuffle, drop_last)
 
-    items = _items(net, n)
-    groups = _groups(items, net.dtype)
-    if optimizer is not None and optimizer.net is not net:
-        raise ValueError("optimizer must be bound to the scratch network being trained")
-    # last layer first, weight before bias: backward's order, where the first failing layer
-    # is the one the error entered
-    order = [f"layers.{it.layer}.{it.param}" for it in items if it.quantity == "grad"]
-    sside = _ScratchSide(net, loss_s, optimizer or scratch.SGD(net, lr), X, Y, order)
-    tside = _TorchSide(ref, loss_s, lr, X, Y, order)
-    by_name = tside.by_name
-    p_idx = next(k for k, it in enumerate(items) if it.quantity == "prob")
-    relu_layers = any(_has_kink(layer.activation) for layer in net.layers)
-
-    max_abs = np.zeros((steps, len(items)))
-    rel_err = np.zeros((steps, len(items)))
-    within = np.zeros((steps, len(items)), dtype=bool)
+    max_abs = rel_err = within = None  # sized once the items are known, after step 0
     loss_hist = np.zeros((2, steps))
+    epochs_at = np.zeros(steps, dtype=np.int64)
+    batches_at = np.zeros(steps, dtype=np.int64)
     first: Divergence | None = None
     explained: dict[str, list[int]] = {"kink": [], "saturation": [], "drift": []}
     snapshot: dict = {}
     probs_first = None
     ran = 0
+    items: list[Item] = []
+    layout: dict[int, tuple[list[Item], list[_Group]]] = {}  # per batch size
+    pick_s = pick_t = None
+    Xt_full, Yt_full = torch.from_numpy(X), torch.from_numpy(Y)
+    work = n * sside.desc.num_params
 
     # Overflow and NaN are detected and reported as a blow-up below, not warned about.
     with (
-        _side_by_side(n * net.num_params >= _CONCURRENT_WORK) as pool,
+        _side_by_side(work >= _CONCURRENT_WORK) as pool,
         np.errstate(over="ignore", invalid="ignore"),
     ):
-        for step in range(steps):
-            pending = pool.submit(tside.step) if pool else None
-            svals = sside.step()
-            tvals = pending.result() if pending else tside.step()
+        for step, (epoch, b, rows) in zip(range(steps), plan):
+            Xb, Yb = (X, Y) if rows is None else (X[rows], Y[rows])
+            Xt, Yt = (
+                (Xt_full, Yt_full) if rows is None else (torch.from_numpy(Xb), torch.from_numpy(Yb))
+            )
+            epochs_at[step], batches_at[step] = epoch, b
+            pending = pool.submit(tside.step, Xt, Yt) if pool else None
+            svals = sside.step(Xb, Yb, rows)
+            tvals = pending.result() if pending else tside.step(Xt, Yt)
             if step == 0:
-                _check_dtypes(items, svals, tvals)
+                items, pick_s, pick_t, not_compared = _items(sside, tside, Xb, svals)
+                max_abs = np.zeros((steps, len(items)))
+                rel_err = np.zeros((steps, len(items)))
+                within = np.zeros((steps, len(items)), dtype=bool)
+            if pick_s is not None:
+                svals = [svals[j] for j in pick_s]
+            if pick_t is not None:
+                tvals = [tvals[j] for j in pick_t]
+            if len(Xb) not in layout:
+                its = items if step == 0 else _resize(items, len(Xb))
+                layout[len(Xb)] = (its, _groups(its, sside.dtype))
+            step_items, groups = layout[len(Xb)]
+            if step == 0:
+                _check_dtypes(step_items, svals, tvals)
+            slack = sside.recovery_slack() if sside.recovered else None
 
             for g in groups:
                 s, t = g.flat(svals, tvals)
-                m, r, ok = compare_segments(s, t, g.starts, g.rtol, g.atol)
+                atol = g.atol if slack is None else g.atol + _slack_for(g, step_items, slack)
+                m, r, ok = compare_segments(s, t, g.starts, g.rtol, atol)
                 max_abs[step, g.slice] = m
                 rel_err[step, g.slice] = r
                 within[step, g.slice] = ok
             loss_hist[0, step] = sside.loss_value
             loss_hist[1, step] = tside.loss_value
-            if step == 0:
+            p_idx = next((k for k, it in enumerate(step_items) if it.quantity == "prob"), None)
+            if step == 0 and p_idx is not None:
                 probs_first = (np.array(svals[p_idx]), _np(tvals[p_idx]).copy())
 
             blowup = None
             if not (np.isfinite(max_abs[step]).all() and np.isfinite(rel_err[step]).all()):
-                blowup = _nonfinite(step, items, svals, tvals)
+                blowup = _nonfinite(step, step_items, svals, tvals)
             if blowup is not None:
                 # Training has blown up: every later step would compare NaN with NaN.
                 first = first or blowup
                 if not snapshot:
-                    snapshot = _snapshot(items, svals, tvals, sside)
+                    snapshot = _snapshot(step_items, svals, tvals, sside)
                 ran = step + 1
                 if progress is not None:
                     progress(step)
                 break
 
-            flips = _kink_flips(net, sside.cache, tside.cache) if relu_layers else {}
+            flips = _kink_flips(sside, tside, relu_layers) if relu_layers else {}
             reason = None
             if first is None and not within[step].all():
-                reason, culprit = _explained(sside, tside, items, within[step], svals, flips)
+                reason, failed_at = explain(
+                    sside, tside, step_items, within[step], svals, flips, (Xb, Yb, rows)
+                )
                 if reason is None:
                     # the stage that failed names the item, unless it is one that agreed
-                    named = culprit is not None and not bool(within[step][culprit])
-                    k = culprit if culprit is not None and named else int(np.argmin(within[step]))
-                    first = _divergence(step, items, k, svals, tvals, sside, tside)
-                    snapshot = _snapshot(items, svals, tvals, sside)
+                    named = failed_at is not None and not bool(within[step][failed_at])
+                    k = (
+                        failed_at
+                        if failed_at is not None and named
+                        else int(np.argmin(within[step]))
+                    )
+                    first = _divergence(step, step_items, k, svals, tvals, sside, tside, slack)
+                    if batch_size is not None:
+                        first.epoch, first.batch = epoch, b
+                    snapshot = _snapshot(step_items, svals, tvals, sside)
             elif flips and within[step].all():
                 reason = "kink"  # agreed this time; resync so the trajectories cannot part
             if reason is not None:
                 explained[reason].append(step)
             if reason is not None or resync:
-                _resync(net, by_name)
+                _resync(sside, tside)
             ran = step + 1
             if progress is not None:
                 progress(step)
             if first is not None and stop_at_divergence:
                 break
 
-    probs_last = (np.array(svals[p_idx]), _np(tvals[p_idx]).copy())
+    p_idx = next((k for k, it in enumerate(items) if it.quantity == "prob"), None)
+    probs_last = None
+    if p_idx is not None:
+        probs_last = (np.array(svals[p_idx]), _np(tvals[p_idx]).copy())
+    assert max_abs is not None and rel_err is not None and within is not None
     return LockstepResult(
         passed=first is None,
         steps=ran,
@@ -449,7 +572,7 @@ def lockstep(
         within=within[:ran],
         loss_scratch=loss_hist[0, :ran],
         loss_torch=loss_hist[1, :ran],
-        tolerances={it.label: tolerance(it.quantity, net.dtype).as_dict() for it in items},
+        tolerances={it.label: tolerance(it.quantity, sside.dtype).as_dict() for it in items},
         first_divergence=first,
         kink_steps=explained["kink"],
         saturation_steps=explained["saturation"],
@@ -457,7 +580,116 @@ def lockstep(
         probs_first=probs_first,
         probs_last=probs_last,
         snapshot=snapshot,
+        not_compared=not_compared,
+        checked=_checked(sside),
+        epochs=epochs_at[:ran] if batch_size is not None else None,
+        batches=batches_at[:ran] if batch_size is not None else None,
     )
+
+
+def _items(
+    sside, tside, X, svals
+) -> tuple[list[Item], list[int] | None, list[int] | None, list[str]]:
+    """The items both sides report, in step order, and which of each side's values they are."""
+    n = len(X)
+    desc = sside.desc
+    slots = getattr(getattr(sside, "net", None), "pmap", None)
+    by_canonical = (
+        slots.by_canonical if slots is not None and hasattr(slots, "by_canonical") else {}
+    )
+    shared = [k for k in sside.keys if k in set(tside.keys)]
+    items = []
+    for (q, l, p, buf), v in ((k, svals[sside.keys.index(k)]) for k in shared):
+        shape = tuple(np.shape(v))
+        name = f"layers.{l}.{p}" if p is not None else None
+        slot = by_canonical.get(name) if name else None
+        items.append(
+            Item(
+                q, l, p, shape, buf,
+                user=slot.user if slot else None,
+                user_shape=slot.shape if slot else None,
+                transposed=slot.transposed if slot else False,
+            )
+        )  # fmt: skip
+    labels = {k: _key_label(k, by_canonical) for k in sside.keys + tside.keys}
+    only_s = [
+        labels[k] + " (torch does not report it)" for k in sside.keys if k not in set(tside.keys)
+    ]
+    only_t = [
+        labels[k] + " (" + _missing_reason(k, sside) + ")"
+        for k in tside.keys
+        if k not in set(sside.keys)
+    ]
+    pick_s = None if shared == sside.keys else [sside.keys.index(k) for k in shared]
+    pick_t = None if shared == tside.keys else [tside.keys.index(k) for k in shared]
+    return items, pick_s, pick_t, only_s + only_t
+
+
+def _key_label(key, by_canonical) -> str:
+    q, l, p, buf = key
+    if p is not None:
+        name = f"layers.{l}.{p}"
+        user = by_canonical.get(name).user if name in by_canonical else name
+        return f"{buf if q == 'state' else q} {user}"
+    return f"{q}[{l}]" if q in ("z", "a") else q
+
+
+def _missing_reason(key, sside) -> str:
+    q = key[0]
+    if q in ("z", "a"):
+        return (
+            "your forward returns no cache with z1, a1, ..."
+            if isinstance(sside, UserSide) and sside.net.forward
+            else "no forward given"
+        )
+    if q == "prob":
+        return "no forward given"
+    if q == "loss":
+        return "your gradient function returns no loss"
+    if q == "state":
+        return "the update is yours, its state unseen"
+    return "not reported"
+
+
+def _resize(items: list[Item], n: int) -> list[Item]:
+    """The same items for a batch of n rows (the last, partial batch)."""
+    out = []
+    for it in items:
+        if it.quantity in ("z", "a", "prob"):
+            it = replace(it, shape=(n,) + it.shape[1:])
+        out.append(it)
+    return out
+
+
+def _slack_for(g: _Group, items: list[Item], slack: dict[str, float]) -> np.ndarray:
+    return np.array(
+        [slack.get(items[i].name or "", 0.0) if items[i].quantity == "grad" else 0.0 for i in g.idx]
+    )
+
+
+def _checked(sside) -> dict:
+    """What the scratch side let the engine check, for the record and the report."""
+    if not isinstance(sside, UserSide):
+        return {"side": "built-in network", "gradients": "returned by backward"}
+    net = sside.net
+    assert net.pmap is not None
+    return {
+        "side": repr(net),
+        "gradients": (
+            "recovered from your fused step as (before - after) / lr"
+            if sside.recovered
+            else f"returned by {net.names['fn']}"
+        ),
+        "update": (
+            f"your {net.names['fn']}"
+            if sside.recovered
+            else f"your {net.names['update']}"
+            if net.update is not None
+            else f"nn-parity's {type(sside.opt).__name__}"
+        ),  # fmt: skip
+        "layout": net.pmap.describe(),
+        "layout_decided_by": net.pmap.how,
+    }
 
 
 def _check_dtypes(items: list[Item], svals: list, tvals: list) -> None:
@@ -475,7 +707,8 @@ def _np(t) -> np.ndarray:
 def _snapshot(items, svals, tvals, sside) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """Copies of both sides' full tensors at one step."""
     snap = {it.label: (np.array(sv), _np(tv).copy()) for it, sv, tv in zip(items, svals, tvals)}
-    snap["params before the step"] = (sside.params_before.copy(), np.empty(0))
+    before = np.concatenate([np.ravel(v) for v in sside.params_before.values()])
+    snap["params before the step"] = (before, np.empty(0))
     return snap
 
 
@@ -507,11 +740,12 @@ def _nonfinite(step, items, svals, tvals) -> Divergence | None:
     return None
 
 
-def _divergence(step, items, k, svals, tvals, sside: _ScratchSide, tside: _TorchSide) -> Divergence:
+def _divergence(step, items, k, svals, tvals, sside, tside, slack) -> Divergence:
     it = items[k]
-    net = sside.net
-    tol = tolerance(it.quantity, net.dtype)
-    m: Mismatch | None = first_mismatch(np.asarray(svals[k]), _np(tvals[k]), tol.rtol, tol.atol)
+    dtype = sside.dtype
+    tol = tolerance(it.quantity, dtype)
+    atol = tol.atol + (slack.get(it.name or "", 0.0) if slack and it.quantity == "grad" else 0.0)
+    m: Mismatch | None = first_mismatch(np.asarray(svals[k]), _np(tvals[k]), tol.rtol, atol)
     assert m is not None, "the packed and the elementwise comparison disagree"
     div = Divergence(
         step=step,
@@ -519,42 +753,47 @@ def _divergence(step, items, k, svals, tvals, sside: _ScratchSide, tside: _Torch
         layer=it.layer,
         param=it.param,
         label=it.label,
-        index=m.index,
+        index=it.user_index(m.index),
         scratch=m.scratch,
         torch=m.torch,
         abs_err=abs(m.scratch - m.torch),
         rel_err=abs(m.scratch - m.torch) / abs(m.torch) if m.torch else math.inf,
         rtol=tol.rtol,
-        atol=tol.atol,
+        atol=atol,
         mismatches=m.count,
         total=m.total,
     )
+    desc, params_before, cache = sside.oracle()
     if it.quantity == "grad":
-        div.fd, div.fd_agrees_with = _fd_verdict(sside, it, m)
-    before = sside.params_before.astype(np.float64)
-    params_before = net._views(before)
-    ctx = Context(
-        net, sside.loss, sside.X, sside.Y, sside.cache, tside.cache, params_before, sside.opt.lr
-    )
-    div.diagnosis = diagnose(div, svals[k], tvals[k], ctx)
+        div.fd, div.fd_agrees_with = _fd_verdict(desc, sside, params_before, it, m)
+    before64 = {k: np.asarray(v, dtype=np.float64) for k, v in params_before.items()}
+    ctx = Context(desc, sside.loss, sside.X, sside.Y, cache, tside.cache, before64, sside.lr)
+    if it.quantity != "state":
+        div.diagnosis = diagnose(div, svals[k], tvals[k], ctx)
+    else:
+        div.diagnosis = {
+            "cause": "optimizer-state",
+            "explanation": f"parameters and gradients agree but the optimizer's {it.buffer} "
+            f"buffer of {it.user or it.name} does not: the state update differs from "
+            "torch.optim's definition",
+        }
     return div
 
 
-def _fd_verdict(sside: _ScratchSide, it: Item, m: Mismatch) -> tuple[float, str]:
+def _fd_verdict(desc, sside, params_before, it: Item, m: Mismatch) -> tuple[float, str]:
     """Which side the float64 central-difference gradient agrees with at the failing element."""
-    net, loss_s, X, Y = sside.net, sside.loss, sside.X, sside.Y
-    oracle = scratch.MLP(net.sizes, net.activations, bias=net.bias, dtype="float64")
-    oracle.flat_params[...] = sside.params_before
-    name = f"layers.{it.layer}.{it.param}"
-    X64, Y64 = X.astype(np.float64), Y.astype(np.float64)
-    fresh_loss = type(loss_s)(loss_s.reduction)
-    grad, kinks = network_gradient(oracle, fresh_loss, X64, Y64, name, [m.index])
+    oracle = scratch.MLP(desc.sizes, desc.activations, bias=desc.bias, dtype="float64")
+    oracle.load_state_dict({k: np.asarray(v, np.float64) for k, v in params_before.items()})
+    X64 = sside.X.astype(np.float64)
+    Y64 = sside.Y.astype(np.float64) if sside.Y.dtype.kind == "f" else sside.Y
+    fresh_loss = type(sside.loss)(sside.loss.reduction)
+    grad, kinks = network_gradient(oracle, fresh_loss, X64, Y64, it.name, [m.index])
     if kinks:
         return math.nan, "undecided: the element sits on a relu kink"
     fd = float(grad[m.index])
     # Central differences with eps = 1e-6 are good to about 1e-8 relative here; a float32
     # gradient carries its own rounding of about 1e-7 relative on top.
-    resolution = (1e-7 if net.dtype == np.float64 else 1e-4) * max(abs(fd), abs(m.torch), 1e-3)
+    resolution = (1e-7 if sside.dtype == np.float64 else 1e-4) * max(abs(fd), abs(m.torch), 1e-3)
     s_ok = abs(m.scratch - fd) <= resolution
     t_ok = abs(m.torch - fd) <= resolution
     verdict = {(True, True): "both", (True, False): "scratch", (False, True): "torch"}.get(
@@ -567,142 +806,21 @@ def _has_kink(act) -> bool:
     return act.name.partition(":")[0] in ("relu", "leaky_relu")
 
 
-def _kink_flips(net, cache, cache_t) -> dict[int, np.ndarray]:
+def _kink_flips(sside, tside, layers: list[int]) -> dict[int, np.ndarray]:
     """Per relu-family layer, where the two sides put z on opposite sides of 0."""
+    cache = getattr(sside, "cache", None)
+    if not isinstance(sside, MLPSide) or cache is None:
+        return {}
     flips = {}
-    for l, layer in enumerate(net.layers):
-        if _has_kink(layer.activation):
-            flip = (cache[l][1] > 0) != (_np(cache_t[l][0]) > 0)  # (N, H)
-            if flip.any():
-                flips[l] = flip
+    for l in layers:
+        flip = (cache[l][1] > 0) != (_np(tside.cache[l][0]) > 0)  # (N, H)
+        if flip.any():
+            flips[l] = flip
     return flips
 
 
-def _resync(net, by_name) -> None:
-    """Scratch takes torch's parameters (plain SGD carries no other state to copy)."""
-    for name, p in net.params.items():
-        np.copyto(p, _np(by_name[name]))
-
-
-def _explained(
-    sside: _ScratchSide,
-    tside: _TorchSide,
-    items: list[Item],
-    within: np.ndarray,
-    svals: list,
-    flips: dict,
-) -> tuple[str | None, int | None]:
-    """Why a mismatch at this step is not an error, if it is not: "kink", "saturation", "drift".
-
-    Two correct implementations can still part past a tight tolerance: a relu pre-activation
-    within rounding of 0 falls on opposite sides of the kink; an output within rounding of 0 or
-    1 turns a 1-ulp difference in p into a large one in log(1 - p); a weight passing near zero
-    amplifies ulp-level parameter differences carried in from earlier steps. The step is
-    explained when every stage of scratch's computation, fed torch's inputs for that stage,
-    reproduces torch's outputs within tolerance:
-
-      0. scratch's step repeats itself bit for bit (a computation that does not is a bug), and
-         each layer's cached input is the previous layer's output (X for the first);
-      1. its forward, from torch's parameters as the step found them, gives torch's z, a, p;
-      2. its loss, on torch's output, gives torch's loss;
-      3. its backward, through torch's z and a, gives torch's gradients;
-      4. its update (only the stateless `scratch.SGD` can be rerun), from torch's parameters
-         and those gradients, gives torch's updated parameters.
-
-    A wrong formula fails its stage however the inputs are fed. The caller then hands scratch
-    torch's updated parameters so the run goes on from identical weights. Returns the reason,
-    or None and the index of the item where the failing stage first disagreed.
-    """
-    stateless = type(sside.opt) is scratch.SGD
-    failing = {items[k].quantity for k in np.flatnonzero(~within)}
-    if not failing <= {"z", "a", "prob", "loss", "grad"} | ({"param"} if stateless else set()):
-        return None, None
-    net, loss, dtype = sside.net, sside.loss, sside.net.dtype
-    n_check = next(k for k, it in enumerate(items) if it.quantity == "param")
-    loss_k = next(k for k, it in enumerate(items) if it.quantity == "loss")
-    original = [np.array(v) for v in svals[:n_check]]
-    torch_values = [_np(v) for v in tside.last_values] + tside.param_views
-    cache_t = [(_np(z), _np(a)) for z, a in tside.cache]
-    updated, grads = net.flat_params.copy(), net.flat_grads.copy()  # the step's record
-
-    def first_disagreeing(values, start: int, slack=None) -> int | None:
-        for k, value in enumerate(values, start):
-            tol = tolerance(items[k].quantity, dtype)
-            atol = tol.atol if slack is None else tol.atol + slack[k - start]
-            if first_mismatch(np.asarray(value), torch_values[k], tol.rtol, atol) is not None:
-                return k
-        return None
-
-    grad_of = {name: loss_k + 1 + j for j, name in enumerate(sside.order)}
-    inputs = [sside.X] + [a for _, _, a in sside.cache[:-1]]
-    for l, ((x, _, _), expected) in enumerate(zip(sside.cache, inputs)):
-        if not np.array_equal(x, expected):  # its backward would use what no check compares
-            return None, grad_of[f"layers.{l}.weight"]
-    try:
-        net.flat_params[...] = sside.params_before
-        again = _rerun(sside)
-        for k, (value, before) in enumerate(zip(again, original)):
-            if not np.array_equal(value, before):
-                return None, k  # 0.
-        for name, before in zip(tside.order, tside.params_before):
-            np.copyto(net.params[name], before)
-        out, cache = net.forward(sside.X)
-        forward = _ScratchSide.values(net, cache, out, 0.0, loss)
-        slack = _forward_slack(net, items[:loss_k], [sside.X] + [a for _, a in cache_t[:-1]])
-        if (bad := first_disagreeing(forward[:loss_k], 0, slack)) is not None:
-            return None, bad  # 1.
-        out_t = cache_t[-1][1]
-        loss_t, lcache = loss.forward(out_t, sside.Y)
-        if first_disagreeing([np.asarray(loss_t, dtype)], loss_k) is not None:
-            return None, loss_k  # 2.
-        patched, x = [], sside.X
-        for z_t, a_t in cache_t:
-            patched.append((x, z_t, a_t))
-            x = a_t
-        net.backward(loss.backward(lcache), patched)
-        if (bad := first_disagreeing([net.grads[n] for n in sside.order], loss_k + 1)) is not None:
-            return None, bad  # 3.
-        if stateless and "param" in failing:
-            sside.opt.step()
-            bad = first_disagreeing([net.params[n] for n in sside.order], n_check)
-            if bad is not None:
-                return None, bad  # 4.
-    finally:
-        net.flat_params[...] = updated
-        net.flat_grads[...] = grads
-    if flips:
-        return "kink", None
-    p = np.asarray(loss.probabilities(out_t), dtype=np.float64)
-    if np.minimum(p, 1 - p).min() < np.sqrt(np.finfo(dtype).eps):
-        return "saturation", None
-    return "drift", None
-
-
-# How many units of epsilon, times the sum of magnitudes sum_i |x_i w_i| + |b|, a dot product may
-# differ by between two libraries: worst case about D eps each, in practice about sqrt(D) eps.
-_DOT_ULPS = 32
-
-
-def _forward_slack(net: scratch.MLP, items: list[Item], inputs: list[np.ndarray]) -> list:
-    """Per forward item, the rounding a dot product of its layer can carry: _DOT_ULPS * eps *
-    (|x| |W|^T + |b|), elementwise. A z near 0 that cancels large terms (raw, unscaled inputs)
-    differs between correct implementations by more than the table's fixed atol; a, prob
-    follow z through activations whose slope is at most 1."""
-    eps = float(np.finfo(net.dtype).eps)
-    magnitude = []
-    for l, x in enumerate(inputs):
-        m = np.abs(x) @ np.abs(net.params[f"layers.{l}.weight"]).T  # (N, H)
-        if net.bias:
-            m = m + np.abs(net.params[f"layers.{l}.bias"])
-        magnitude.append(_DOT_ULPS * eps * m)
-    return [magnitude[it.layer if it.layer is not None else -1] for it in items]
-
-
-def _rerun(sside: _ScratchSide) -> list[np.ndarray]:
-    """Scratch's forward, loss and backward at its current parameters, without an update."""
-    net = sside.net
-    out, cache = net.forward(sside.X)
-    value, lcache = sside.loss.forward(out, sside.Y)
-    net.backward(sside.loss.backward(lcache), cache)
-    vals = _ScratchSide.values(net, cache, out, value, sside.loss)
-    return [np.array(v) for v in vals] + [net.grads[k].copy() for k in sside.order]
+def _resync(sside, tside) -> None:
+    """Scratch takes torch's parameters and optimizer state."""
+    sside.set_params(tside.params_now())
+    if sside.stateful:
+        sside.opt.load_state_dict(tside.state())

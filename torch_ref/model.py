@@ -26,7 +26,7 @@ from torch import nn
 
 from .weights import scratch_to_torch
 
-__all__ = ["TorchMLP", "torch_activation", "torch_dtype", "torch_loss"]
+__all__ = ["TorchMLP", "torch_activation", "torch_dtype", "torch_loss", "torch_probabilities"]
 
 TORCH_DTYPES = {"float64": torch.float64, "float32": torch.float32}
 
@@ -41,6 +41,21 @@ def torch_loss(loss: scratch.Loss, reduction: str | None = None) -> nn.Module:
     another is given)."""
     modules = {"bce": nn.BCELoss, "bce-logits": nn.BCEWithLogitsLoss}
     return modules[loss.name](reduction=reduction or loss.reduction)
+
+
+# What the network's output stands for, per loss: the torch twin of `Loss.probabilities`.
+_PROBABILITIES = {
+    "bce": lambda out: out,
+    "bce-logits": torch.sigmoid,
+    "ce": lambda out: torch.softmax(out, dim=1),
+    "nll": torch.exp,
+    "mse": lambda out: out,
+}
+
+
+def torch_probabilities(loss: scratch.Loss, out: torch.Tensor) -> torch.Tensor:
+    """The probabilities (or, for regression, the predictions) the output stands for."""
+    return _PROBABILITIES[loss.name](out)
 
 
 def torch_activation(act: Activation) -> nn.Module:

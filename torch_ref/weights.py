@@ -11,7 +11,14 @@ import torch
 from nn_parity import scratch
 from torch import nn
 
-__all__ = ["load_pt", "load_weights", "save_pt", "scratch_to_torch", "torch_to_scratch"]
+__all__ = [
+    "load_pt",
+    "load_weights",
+    "module_parameters",
+    "save_pt",
+    "scratch_to_torch",
+    "torch_to_scratch",
+]
 
 
 def _check_names(net: scratch.MLP, module: nn.Module) -> dict[str, torch.nn.Parameter]:
@@ -85,3 +92,50 @@ def load_weights(path) -> dict[str, np.ndarray]:
     if suffix in (".pt", ".pth"):
         return load_pt(path)
     raise ValueError(f"weights file {str(path)!r}: expected a .npz, .pt or .pth file")
+
+
+def module_parameters(module: nn.Module, desc: scratch.MLP) -> dict[str, torch.nn.Parameter]:
+    """The module's parameters under the canonical names of `desc` (`layers.{l}.weight`, ...).
+
+    A module that already uses those names (TorchMLP) maps by name; any other maps its
+    `nn.Linear` layers, in the order they were registered, onto the layers of `desc`. Either way
+    the map must be one to one, with shapes and dtypes checked; a parameter outside any Linear
+    (a LayerNorm's, say) has no counterpart and is named.
+    """
+    if not isinstance(module, nn.Module):
+        raise TypeError(f"the torch side must be an nn.Module, got {type(module).__name__}")
+    named = dict(module.named_parameters())
+    if set(named) != set(desc.params):
+        linears = [(n, m) for n, m in module.named_modules() if isinstance(m, nn.Linear)]
+        if len(linears) != len(desc.layers):
+            raise ValueError(
+                f"the torch module has {len(linears)} Linear layers, the scratch network "
+                f"{len(desc.layers)}: they do not map one to one"
+            )
+        mapped: dict[str, torch.nn.Parameter] = {}
+        seen = set()
+        for l, (prefix, lin) in enumerate(linears):
+            mapped[f"layers.{l}.weight"] = lin.weight
+            seen.add(f"{prefix}.weight")
+            if lin.bias is not None:
+                mapped[f"layers.{l}.bias"] = lin.bias
+                seen.add(f"{prefix}.bias")
+        extra = [n for n in named if n not in seen]
+        if extra:
+            raise ValueError(
+                f"torch parameter {extra[0]!r} belongs to no Linear layer: the module does not "
+                "map one to one onto the scratch network"
+            )
+        named = mapped
+    for name, p in desc.params.items():
+        if name not in named:
+            raise ValueError(f"{name}: the scratch network has it, the torch module does not")
+        t = named[name]
+        if tuple(t.shape) != p.shape:
+            raise ValueError(f"{name}: scratch shape {p.shape}, torch shape {tuple(t.shape)}")
+        if str(t.dtype).removeprefix("torch.") != p.dtype.name:
+            raise TypeError(f"{name}: scratch dtype {p.dtype.name}, torch dtype {t.dtype}")
+    extra_t = [n for n in named if n not in desc.params]
+    if extra_t:
+        raise ValueError(f"torch parameter {extra_t[0]!r} has no scratch counterpart")
+    return {name: named[name] for name in desc.params}

@@ -1,0 +1,222 @@
+"""Why a mismatch is not an error, when it is not: the stage-wise re-check.
+
+Two correct implementations can still part past a tight tolerance: a relu pre-activation within
+rounding of 0 falls on opposite sides of the kink; an output within rounding of 0 or 1 turns a
+1-ulp difference in p into a large one in log(1 - p); a weight passing near zero amplifies
+ulp-level parameter differences carried in from earlier steps. At a mismatch the engine asks the
+scratch side to redo its step from torch's inputs. If that reproduces torch, the step is
+recorded as "kink", "saturation" or "drift" and the run resynchronises; a wrong formula fails its
+stage however its inputs are fed.
+
+How finely the step can be redone depends on the side's capabilities:
+
+    staged      (the built-in network) each stage on torch's inputs for that stage: forward from
+                torch's parameters, the loss on torch's output, the backward through torch's z
+                and a, the update from torch's parameters, gradients and optimizer state
+    rerunnable  (user code) the whole step from torch's parameters
+    neither     no explanation: every mismatch is reported
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from nn_parity import scratch
+
+from .compare import first_mismatch, tolerance
+
+__all__ = ["explain"]
+
+# How many units of epsilon, times the sum of magnitudes sum_i |x_i w_i| + |b|, a dot product may
+# differ by between two libraries: worst case about D eps each, in practice about sqrt(D) eps.
+_DOT_ULPS = 32
+
+
+def _np(t) -> np.ndarray:
+    return t.detach().cpu().numpy() if hasattr(t, "detach") else np.asarray(t)
+
+
+def explain(sside, tside, items, within: np.ndarray, svals: list, flips: dict, batch):
+    """("kink" | "saturation" | "drift", None) when the mismatch is explained, else
+    (None, index of the item where the failing stage first disagreed, or None)."""
+    if sside.staged:
+        return _staged(sside, tside, items, within, svals, flips)
+    if sside.rerunnable:
+        return _rerun_whole(sside, tside, items, svals, batch)
+    return None, None
+
+
+def _reason(sside, flips: dict, out_t: np.ndarray) -> str:
+    if flips:
+        return "kink"
+    p = np.asarray(sside.loss.probabilities(out_t), dtype=np.float64)
+    if sside.loss.name != "mse" and np.minimum(p, 1 - p).min() < np.sqrt(np.finfo(sside.dtype).eps):
+        return "saturation"
+    return "drift"
+
+
+def _first_disagreeing(items, torch_values, values, start: int, dtype, slack=None) -> int | None:
+    for k, value in enumerate(values, start):
+        tol = tolerance(items[k].quantity, dtype)
+        atol = tol.atol if slack is None else tol.atol + slack[k - start]
+        if first_mismatch(np.asarray(value), _np(torch_values[k]), tol.rtol, atol) is not None:
+            return k
+    return None
+
+
+def _rerun_whole(sside, tside, items, svals: list, batch):
+    """User code: the step must repeat itself bit for bit from its own parameters, and from
+    torch's it must reproduce torch's values within tolerance."""
+    X, Y, rows = batch
+    keep_after = {k: np.array(v) for k, v in sside.after.items()}
+    keep_before = {k: np.array(v) for k, v in sside.params_before.items()}
+    keep_state = sside.opt.state_dict() if sside.stateful else None
+    torch_before = dict(zip(tside.order, tside.params_before))
+    torch_values = [_np(v) for v in tside.last_values] + list(tside.param_views)
+    keys = [(it.quantity, it.layer, it.param, it.buffer) for it in items]
+    pick = [sside.keys.index(k) for k in keys]
+    n = len(tside.last_values) + len(tside.param_views)
+    try:
+        again = sside.rerun(keep_before, X, Y, rows, keep_state)
+        for k, j in enumerate(pick):
+            if not np.array_equal(again[j], svals[k], equal_nan=True):
+                return None, k  # the step does not repeat itself: hidden state
+        redo = sside.rerun(torch_before, X, Y, rows, None)
+        redo_items = [redo[j] for j in pick][:n]
+        slack = [0.0] * len(redo_items)
+        for k, it in enumerate(items[: len(redo_items)]):
+            if it.quantity == "grad":
+                slack[k] = sside.recovery_slack().get(f"layers.{it.layer}.{it.param}", 0.0)
+        bad = _first_disagreeing(items, torch_values, redo_items, 0, sside.dtype, slack)
+        if bad is not None:
+            return None, bad
+    finally:
+        sside.set_params(keep_after)
+        if keep_state is not None:
+            sside.opt.load_state_dict(keep_state)
+    out_t = _np(tside.cache[-1][1])
+    return _reason(sside, {}, out_t), None
+
+
+def _staged(sside, tside, items, within, svals, flips):
+    """The built-in network, stage by stage:
+
+      0. scratch's step repeats itself bit for bit (a computation that does not is a bug), and
+         each layer's cached input is the previous layer's output (X for the first);
+      1. its forward, from torch's parameters as the step found them, gives torch's z, a, p;
+      2. its loss, on torch's output, gives torch's loss;
+      3. its backward, through torch's z and a, gives torch's gradients;
+      4. its update, from torch's parameters, gradients and optimizer state, gives torch's
+         updated parameters and state.
+
+    Returns the reason, or None and the index of the item where the failing stage first
+    disagreed.
+    """
+    net, loss, dtype, opt = sside.net, sside.loss, sside.dtype, sside.opt
+    # An optimizer is rerunnable from torch's state when it can load one, or has none.
+    rerunnable_update = sside.stateful or type(opt) is scratch.SGD
+    failing = {items[k].quantity for k in np.flatnonzero(~within)}
+    allowed = {"z", "a", "prob", "loss", "grad"}
+    if rerunnable_update:
+        allowed |= {"param", "state"}
+    if not failing <= allowed:
+        return None, None
+    kinds = [it.quantity for it in items]
+    n_check = kinds.index("param")
+    loss_k = kinds.index("loss")
+    original = [np.array(v) for v in svals[:n_check]]
+    torch_values = [_np(v) for v in tside.last_values] + list(tside.param_views)
+    cache_t = [(_np(z), _np(a)) for z, a in tside.cache]
+    updated, grads = net.flat_params.copy(), net.flat_grads.copy()  # the step's record
+    state = opt.state_dict() if sside.stateful else None
+    first_disagreeing = lambda values, start, slack=None: _first_disagreeing(  # noqa: E731
+        items, torch_values, values, start, dtype, slack
+    )
+
+    grad_of = {name: loss_k + 1 + j for j, name in enumerate(sside.order)}
+    inputs = [sside.X] + [a for _, _, a in sside.cache[:-1]]
+    for l, ((x, _, _), expected) in enumerate(zip(sside.cache, inputs)):
+        if not np.array_equal(x, expected):  # its backward would use what no check compares
+            return None, grad_of[f"layers.{l}.weight"]
+    try:
+        net.flat_params[...] = sside.flat_before
+        again = _rerun(sside)
+        for k, (value, before) in enumerate(zip(again, original)):
+            if not np.array_equal(value, before):
+                return None, k  # 0.
+        for name, before in zip(tside.order, tside.params_before):
+            np.copyto(net.params[name], before)
+        out, cache = net.forward(sside.X)
+        forward = sside.forward_values(cache, out, 0.0)
+        slack = _forward_slack(net, items[:loss_k], [sside.X] + [a for _, a in cache_t[:-1]])
+        if (bad := first_disagreeing(forward[:loss_k], 0, slack)) is not None:
+            return None, bad  # 1.
+        out_t = cache_t[-1][1]
+        loss_t, lcache = loss.forward(out_t, sside.Y)
+        if first_disagreeing([np.asarray(loss_t, dtype)], loss_k) is not None:
+            return None, loss_k  # 2.
+        patched, x = [], sside.X
+        for z_t, a_t in cache_t:
+            patched.append((x, z_t, a_t))
+            x = a_t
+        net.backward(loss.backward(lcache), patched)
+        if (bad := first_disagreeing([net.grads[n] for n in sside.order], loss_k + 1)) is not None:
+            return None, bad  # 3.
+        if rerunnable_update and failing & {"param", "state"}:
+            bad = _update_stage(sside, tside, items, n_check)
+            if bad is not None:
+                return None, bad  # 4.
+    finally:
+        net.flat_params[...] = updated
+        net.flat_grads[...] = grads
+        if state is not None:
+            opt.load_state_dict(state)
+    return _reason(sside, flips, out_t), None
+
+
+def _update_stage(sside, tside, items, n_check: int) -> int | None:
+    """Scratch's update from torch's parameters, gradients and optimizer state (as the step
+    found them) against torch's updated parameters and state."""
+    net, opt = sside.net, sside.opt
+    for name, before in zip(tside.order, tside.params_before):
+        np.copyto(net.params[name], before)
+    for name in tside.order:
+        np.copyto(net.grads[name], tside.by_name[name].grad.numpy())
+    if sside.stateful:
+        opt.load_state_dict(tside.state_before)
+    opt.step()
+    values = [net.params[n] for n in sside.order]
+    expected = list(tside.param_views)
+    if sside.stateful:
+        st, tt = opt.state_dict(), tside.state()
+        values += [st[n][b] for n in sside.order for b in sside.state_names]
+        expected += [tt[n][b] for n in sside.order for b in sside.state_names]
+    for k, (v, e) in enumerate(zip(values, expected), n_check):
+        tol = tolerance(items[k].quantity, sside.dtype)
+        if first_mismatch(np.asarray(v), np.asarray(e), tol.rtol, tol.atol) is not None:
+            return k
+    return None
+
+
+def _forward_slack(net: scratch.MLP, items, inputs: list[np.ndarray]) -> list:
+    """Per forward item, the rounding a dot product of its layer can carry: _DOT_ULPS * eps *
+    (|x| |W|^T + |b|), elementwise. A z near 0 that cancels large terms (raw, unscaled inputs)
+    differs between correct implementations by more than the table's fixed atol; a, prob
+    follow z through activations whose slope is at most 1."""
+    eps = float(np.finfo(net.dtype).eps)
+    magnitude = []
+    for l, x in enumerate(inputs):
+        m = np.abs(x) @ np.abs(net.params[f"layers.{l}.weight"]).T  # (N, H)
+        if net.bias:
+            m = m + np.abs(net.params[f"layers.{l}.bias"])
+        magnitude.append(_DOT_ULPS * eps * m)
+    return [magnitude[it.layer if it.layer is not None else -1] for it in items]
+
+
+def _rerun(sside) -> list[np.ndarray]:
+    """Scratch's forward, loss and backward at its current parameters, without an update."""
+    net = sside.net
+    out, cache = net.forward(sside.X)
+    value, lcache = sside.loss.forward(out, sside.Y)
+    net.backward(sside.loss.backward(lcache), cache)
+    vals = sside.forward_values(cache, out, value)
+    return [np.array(v) for v in vals] + [net.grads[k].copy() for k in sside.order]
