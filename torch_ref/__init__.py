@@ -1,11 +1,14 @@
 """nn-parity's PyTorch side: the mirror module, weights across both worlds, and the lockstep."""
 
+from .adapter import UserNetwork, adapt
 from .compare import TOLERANCES, Tolerance, assert_parity, tolerance
 from .engine import Divergence, LockstepResult, lockstep
 from .model import TorchMLP, torch_dtype, torch_loss
 from .weights import scratch_to_torch, torch_to_scratch
 
 __all__ = [
+    "UserNetwork",
+    "adapt",
     "TOLERANCES",
     "Divergence",
     "LockstepResult",

@@ -35,13 +35,13 @@ def _np(t) -> np.ndarray:
     return t.detach().cpu().numpy() if hasattr(t, "detach") else np.asarray(t)
 
 
-def explain(sside, tside, items, within: np.ndarray, svals: list, flips: dict, batch):
+def explain(sside, tside, items, within: np.ndarray, svals: list, tvals: list, flips, batch):
     """("kink" | "saturation" | "drift", None) when the mismatch is explained, else
     (None, index of the item where the failing stage first disagreed, or None)."""
     if sside.staged:
-        return _staged(sside, tside, items, within, svals, flips)
+        return _staged(sside, tside, items, within, svals, tvals, flips)
     if sside.rerunnable:
-        return _rerun_whole(sside, tside, items, svals, batch)
+        return _rerun_whole(sside, tside, items, svals, tvals, batch)
     return None, None
 
 
@@ -63,7 +63,7 @@ def _first_disagreeing(items, torch_values, values, start: int, dtype, slack=Non
     return None
 
 
-def _rerun_whole(sside, tside, items, svals: list, batch):
+def _rerun_whole(sside, tside, items, svals: list, tvals: list, batch):
     """User code: the step must repeat itself bit for bit from its own parameters, and from
     torch's it must reproduce torch's values within tolerance."""
     X, Y, rows = batch
@@ -71,17 +71,16 @@ def _rerun_whole(sside, tside, items, svals: list, batch):
     keep_before = {k: np.array(v) for k, v in sside.params_before.items()}
     keep_state = sside.opt.state_dict() if sside.stateful else None
     torch_before = dict(zip(tside.order, tside.params_before))
-    torch_values = [_np(v) for v in tside.last_values] + list(tside.param_views)
+    torch_values = [_np(v) for v in tvals]
     keys = [(it.quantity, it.layer, it.param, it.buffer) for it in items]
     pick = [sside.keys.index(k) for k in keys]
-    n = len(tside.last_values) + len(tside.param_views)
     try:
         again = sside.rerun(keep_before, X, Y, rows, keep_state)
         for k, j in enumerate(pick):
             if not np.array_equal(again[j], svals[k], equal_nan=True):
                 return None, k  # the step does not repeat itself: hidden state
         redo = sside.rerun(torch_before, X, Y, rows, None)
-        redo_items = [redo[j] for j in pick][:n]
+        redo_items = [redo[j] for j in pick]
         slack = [0.0] * len(redo_items)
         for k, it in enumerate(items[: len(redo_items)]):
             if it.quantity == "grad":
@@ -97,7 +96,7 @@ def _rerun_whole(sside, tside, items, svals: list, batch):
     return _reason(sside, {}, out_t), None
 
 
-def _staged(sside, tside, items, within, svals, flips):
+def _staged(sside, tside, items, within, svals, tvals, flips):
     """The built-in network, stage by stage:
 
       0. scratch's step repeats itself bit for bit (a computation that does not is a bug), and
@@ -124,7 +123,7 @@ def _staged(sside, tside, items, within, svals, flips):
     n_check = kinds.index("param")
     loss_k = kinds.index("loss")
     original = [np.array(v) for v in svals[:n_check]]
-    torch_values = [_np(v) for v in tside.last_values] + list(tside.param_views)
+    torch_values = [_np(v) for v in tvals]
     cache_t = [(_np(z), _np(a)) for z, a in tside.cache]
     updated, grads = net.flat_params.copy(), net.flat_grads.copy()  # the step's record
     state = opt.state_dict() if sside.stateful else None

@@ -193,6 +193,7 @@ class UserSide:
         forward: list = []
         z: dict[int, np.ndarray] = {}
         a: dict[int, np.ndarray] = {}
+        prob = None
         if net.forward is not None:
             out, cache = net.call_forward(Xu)
             z, a = _layer_cache(cache, len(X), self.desc.sizes)
@@ -223,11 +224,15 @@ class UserSide:
                 prob=net.forward is not None,
                 loss=loss_value is not None,
             ) + update_keys(self.order, self.state_names)
-        for key in self.keys[: self._n_forward()]:
-            q, l = key[0], key[1]
-            forward.append(z[l] if q == "z" else a[l] if q == "a" else prob)
-            if q == "loss":
-                forward[-1] = np.asarray(loss_value, self.dtype)
+        for q, l, _, _ in self.keys[: self._n_forward()]:
+            if q == "z":
+                forward.append(z[l])
+            elif q == "a":
+                forward.append(a[l])
+            elif q == "prob":
+                forward.append(prob)
+            else:
+                forward.append(np.asarray(loss_value, self.dtype))
         vals = forward + [np.asarray(grads[k], self.dtype) for k in self.order]
         vals += [np.asarray(after[k]) for k in self.order]
         if self.stateful:

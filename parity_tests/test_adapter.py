@@ -1,0 +1,260 @@
+"""User code in its own style, checked through `adapt`: the three styles of issue 9, small."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from nn_parity.torch_ref import adapt, lockstep
+
+
+def sigmoid(z):
+    return 1 / (1 + np.exp(-z))
+
+
+def data(n=16, d=3, seed=0):
+    rng = np.random.default_rng(seed)
+    X = rng.standard_normal((n, d))
+    y = (X[:, 0] - X[:, 1] > 0).astype(float)
+    return X, y
+
+
+# --- the parameter-dict style: weights (in, out), grads by name ---------------------------------
+
+
+def init_params(sizes, seed=0):
+    rng = np.random.default_rng(seed)
+    params = {}
+    for i, (d, h) in enumerate(zip(sizes[:-1], sizes[1:]), start=1):
+        params[f"W{i}"] = rng.normal(0, 1 / np.sqrt(d), (d, h))
+        params[f"b{i}"] = np.zeros(h)
+    return params
+
+
+def loss_and_grads(params, X, y, bug=None):
+    y = y.reshape(-1, 1)
+    z1 = X @ params["W1"] + params["b1"]
+    a1 = np.tanh(z1)
+    z2 = a1 @ params["W2"] + params["b2"]
+    p = sigmoid(z2)
+    n = len(X)
+    loss = -np.mean(y * np.log(p) + (1 - y) * np.log(1 - p))
+    dz2 = (p - y) / n
+    grads = {"W2": a1.T @ dz2, "b2": dz2.sum(axis=0)}
+    da1 = dz2 @ params["W2"].T
+    dz1 = da1 * (1 - a1**2)
+    grads["W1"] = X.T @ dz1
+    grads["b1"] = dz1.sum(axis=0) if bug != "b1-not-averaged" else dz1.sum(axis=0) * n
+    return loss, grads
+
+
+def test_dict_style_passes_500_steps():
+    X, y = data()
+    params = init_params([3, 4, 1])
+    net = adapt(params, activations=["tanh", "sigmoid"], loss="bce",
+                grads=lambda X, y: loss_and_grads(params, X, y))  # fmt: skip
+    result = lockstep(net, None, X, y, steps=500, lr=0.5)
+    assert result.passed, str(result.first_divergence)
+    assert "loss" in result.labels and "grad W1" in result.labels
+    assert result.checked["layout_decided_by"] == "shapes"
+
+
+def test_dict_style_bug_is_located_in_the_users_names():
+    X, y = data()
+    params = init_params([3, 4, 1])
+    net = adapt(params, activations=["tanh", "sigmoid"], loss="bce",
+                grads=lambda X, y: loss_and_grads(params, X, y, bug="b1-not-averaged"))  # fmt: skip
+    result = lockstep(net, None, X, y, steps=5, lr=0.5)
+    div = result.first_divergence
+    assert div is not None and div.step == 0 and div.label == "grad b1"
+    assert div.fd_agrees_with == "torch"
+    assert div.diagnosis and div.diagnosis["cause"] == "reduction"
+
+
+def test_a_divergence_is_indexed_in_the_users_in_out_layout():
+    X, y = data()
+    params = init_params([3, 4, 1])
+
+    def wrong(X, y):
+        loss, g = loss_and_grads(params, X, y)
+        g["W1"] = g["W1"].copy()
+        g["W1"][2, 1] *= 1.01  # (in, out) indexing: input 2, hidden unit 1
+        return loss, g
+
+    net = adapt(params, activations=["tanh", "sigmoid"], grads=wrong)
+    div = lockstep(net, None, X, y, steps=2, lr=0.5).first_divergence
+    assert div is not None and div.label == "grad W1" and div.index == (2, 1)
+
+
+# --- the class style: (1, H) biases, z1/a1 attributes, fused backward(X, y, lr) -----------------
+
+
+class NeuralNetwork:
+    def __init__(self, input_size, hidden_size, output_size, seed=0, bug=None):
+        rng = np.random.default_rng(seed)
+        self.W1 = rng.standard_normal((input_size, hidden_size)) * 0.5
+        self.b1 = np.zeros((1, hidden_size))
+        self.W2 = rng.standard_normal((hidden_size, output_size)) * 0.5
+        self.b2 = np.zeros((1, output_size))
+        self.bug = bug
+
+    def forward(self, X):
+        self.z1 = X @ self.W1 + self.b1
+        self.a1 = sigmoid(self.z1)
+        self.z2 = self.a1 @ self.W2 + self.b2
+        self.a2 = sigmoid(self.z2)
+        return self.a2
+
+    def backward(self, X, y, lr):
+        m = X.shape[0]
+        dz2 = self.a2 - y
+        dW2 = self.a1.T @ dz2 / m
+        db2 = np.sum(dz2, axis=0, keepdims=True) / m
+        if self.bug == "update-before-use":
+            self.W2 -= lr * dW2
+        dz1 = dz2 @ self.W2.T * self.a1 * (1 - self.a1)
+        dW1 = X.T @ dz1 / m
+        db1 = np.sum(dz1, axis=0, keepdims=True) / m
+        if self.bug != "update-before-use":
+            self.W2 -= lr * dW2
+        self.b2 -= lr * db2
+        self.W1 -= lr * dW1
+        self.b1 -= lr * db1
+
+
+def adapt_class(nn):
+    return adapt(
+        nn,
+        activations=["sigmoid", "sigmoid"],
+        forward=lambda X: (nn.forward(X), vars(nn)),
+        step=nn.backward,
+    )
+
+
+def test_class_style_with_a_fused_step_passes_500_steps():
+    X, y = data()
+    nn = NeuralNetwork(3, 5, 1)
+    result = lockstep(adapt_class(nn), None, X, y.reshape(-1, 1), steps=500, lr=0.5)
+    assert result.passed, str(result.first_divergence)
+    assert {"z[0]", "a[0]", "z[1]", "prob", "grad W1", "param b1"} <= set(result.labels)
+    assert "recovered" in result.checked["gradients"]
+    assert any(label.startswith("loss") for label in result.not_compared)
+
+
+def test_class_style_update_before_use_is_caught_at_the_lower_layer():
+    X, y = data()
+    nn = NeuralNetwork(3, 5, 1, bug="update-before-use")
+    result = lockstep(adapt_class(nn), None, X, y.reshape(-1, 1), steps=3, lr=0.5)
+    div = result.first_divergence
+    assert div is not None and div.step == 0 and div.label in ("grad W1", "grad b1")
+
+
+# --- Nielsen's style: lists of (out, in) weights and (out, 1) biases, rebound every step -------
+
+
+class Network:
+    def __init__(self, sizes, seed=0):
+        rng = np.random.default_rng(seed)
+        self.sizes = sizes
+        self.biases = [rng.standard_normal((y, 1)) for y in sizes[1:]]
+        self.weights = [
+            rng.standard_normal((y, x)) / np.sqrt(x) for x, y in zip(sizes[:-1], sizes[1:])
+        ]
+
+    def feedforward(self, a):
+        for b, w in zip(self.biases, self.weights):
+            a = sigmoid(np.dot(w, a) + b)
+        return a
+
+    def update_mini_batch(self, mini_batch, eta):
+        nabla_b = [np.zeros(b.shape) for b in self.biases]
+        nabla_w = [np.zeros(w.shape) for w in self.weights]
+        for x, y in mini_batch:
+            delta_nabla_b, delta_nabla_w = self.backprop(x, y)
+            nabla_b = [nb + dnb for nb, dnb in zip(nabla_b, delta_nabla_b)]
+            nabla_w = [nw + dnw for nw, dnw in zip(nabla_w, delta_nabla_w)]
+        self.weights = [w - (eta / len(mini_batch)) * nw for w, nw in zip(self.weights, nabla_w)]
+        self.biases = [b - (eta / len(mini_batch)) * nb for b, nb in zip(self.biases, nabla_b)]
+
+    def backprop(self, x, y):
+        nabla_b = [np.zeros(b.shape) for b in self.biases]
+        nabla_w = [np.zeros(w.shape) for w in self.weights]
+        activation = x
+        activations = [x]
+        for b, w in zip(self.biases, self.weights):
+            activation = sigmoid(np.dot(w, activation) + b)
+            activations.append(activation)
+        delta = activations[-1] - y  # the cross-entropy cost's delta
+        nabla_b[-1] = delta
+        nabla_w[-1] = np.dot(delta, activations[-2].transpose())
+        for l in range(2, len(self.sizes)):
+            sp = activations[-l] * (1 - activations[-l])
+            delta = np.dot(self.weights[-l + 1].transpose(), delta) * sp
+            nabla_b[-l] = delta
+            nabla_w[-l] = np.dot(delta, activations[-l - 1].transpose())
+        return (nabla_b, nabla_w)
+
+
+def test_nielsen_style_rebinding_its_lists_passes_500_steps():
+    X, y = data()
+    net = Network([3, 4, 1])
+    adapted = adapt(
+        net,
+        names=["weights", "biases"],
+        activations=["sigmoid", "sigmoid"],
+        forward=lambda X: np.hstack([net.feedforward(x.reshape(-1, 1)) for x in X]).T,
+        step=lambda X, y, lr: net.update_mini_batch(
+            [(x.reshape(-1, 1), t.reshape(1, 1)) for x, t in zip(X, y)], lr
+        ),
+    )
+    result = lockstep(adapted, None, X, y, steps=500, lr=1.0)
+    assert result.passed, str(result.first_divergence)
+    assert "grad weights[0]" in result.labels
+
+
+# --- layouts that shapes cannot tell ----------------------------------------------------------
+
+
+def test_a_square_layer_is_settled_by_a_probe_of_the_users_forward():
+    X, y = data(d=4)
+    params = init_params([4, 4, 1], seed=3)
+
+    def forward(X):
+        return sigmoid(np.tanh(X @ params["W1"] + params["b1"]) @ params["W2"] + params["b2"])
+
+    net = adapt(params, activations=["tanh", "sigmoid"], forward=forward,
+                grads=lambda X, y: loss_and_grads(params, X, y))  # fmt: skip
+    result = lockstep(net, None, X, y, steps=20, lr=0.5)
+    assert result.passed, str(result.first_divergence)
+    assert result.checked["layout_decided_by"] == "probe"
+    assert any("W1 (4, 4) (in, out)" in line for line in result.checked["layout"])
+
+
+# --- bad input ----------------------------------------------------------------------------------
+
+
+def test_a_parameter_that_fits_no_layer_is_named():
+    X, y = data()
+    params = init_params([3, 4, 1])
+    params["W9"] = np.zeros((7, 2))
+    snapshot = {k: v.copy() for k, v in params.items()}
+    net = adapt(params, activations=["tanh", "sigmoid"],
+                grads=lambda X, y: loss_and_grads(params, X, y))  # fmt: skip
+    with pytest.raises(ValueError, match="W9"):
+        lockstep(net, None, X, y, steps=2, lr=0.5)
+    assert all(np.array_equal(params[k], snapshot[k]) for k in snapshot)
+
+
+def test_integer_parameters_are_refused_by_name():
+    params = init_params([3, 4, 1])
+    params["W1"] = params["W1"].astype(int)
+    with pytest.raises(TypeError, match="'W1' has dtype int64"):
+        adapt(params, activations=["tanh", "sigmoid"], grads=lambda X, y: None)
+
+
+def test_a_step_that_changes_no_parameter_is_reported():
+    X, y = data()
+    params = init_params([3, 4, 1])
+    net = adapt(params, activations=["tanh", "sigmoid"], step=lambda X, y, lr: None)
+    result = lockstep(net, None, X, y, steps=2, lr=0.5)
+    assert not result.passed and result.first_divergence.quantity == "grad"
