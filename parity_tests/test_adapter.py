@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
 from nn_parity.torch_ref import adapt, lockstep
 
 
@@ -25,7 +24,7 @@ def data(n=16, d=3, seed=0):
 def init_params(sizes, seed=0):
     rng = np.random.default_rng(seed)
     params = {}
-    for i, (d, h) in enumerate(zip(sizes[:-1], sizes[1:]), start=1):
+    for i, (d, h) in enumerate(zip(sizes[:-1], sizes[1:]), start=1):  # noqa: RUF007
         params[f"W{i}"] = rng.normal(0, 1 / np.sqrt(d), (d, h))
         params[f"b{i}"] = np.zeros(h)
     return params
@@ -158,7 +157,7 @@ class Network:
         self.sizes = sizes
         self.biases = [rng.standard_normal((y, 1)) for y in sizes[1:]]
         self.weights = [
-            rng.standard_normal((y, x)) / np.sqrt(x) for x, y in zip(sizes[:-1], sizes[1:])
+            rng.standard_normal((y, x)) / np.sqrt(x) for x, y in zip(sizes[:-1], sizes[1:])  # noqa: RUF007
         ]
 
     def feedforward(self, a):

@@ -17,7 +17,7 @@ SUMMARY_KEYS = {
     "passed", "steps", "steps_requested", "dtype", "architecture", "data", "loss", "reduction",
     "lr", "seed", "tolerances", "quantities", "first_divergence", "kink_steps", "loss_first",
     "loss_last", "gradient_slice", "versions", "created", "diagnosis", "drift_steps",
-    "saturation_steps",
+    "saturation_steps", "optimizer", "batches", "checked", "not_compared",
 }  # fmt: skip
 
 
@@ -58,7 +58,9 @@ def test_default_run_writes_the_whole_report(tmp_path):
     assert summary["architecture"]["init"] == "article"
     assert summary["data"]["name"] == "exam" and summary["data"]["samples"] == 4
     assert summary["data"]["feature_names"] == ["hours of study", "GPA"]
-    assert set(summary["tolerances"]) == {"z", "a", "prob", "loss", "grad", "param"}
+    assert set(summary["tolerances"]) == {"z", "a", "prob", "loss", "grad", "param", "state"}
+    assert summary["checked"]["side"] == "nn-parity's built-in network"
+    assert summary["not_compared"] == []
     assert summary["loss_last"]["scratch"] < summary["loss_first"]["scratch"]
     # the article's first forward: the loss at step 0 over four students
     assert summary["loss_first"]["scratch"] == pytest.approx(1.360377821314429, rel=1e-12)

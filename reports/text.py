@@ -96,7 +96,8 @@ def fd_verdict(div: dict) -> str | None:
 
 
 def run_description(summary: dict) -> list[str]:
-    """Three short lines: the data, the network, the training setup."""
+    """Short lines: the data, the network, the training setup, what was checked and what
+    could not be compared."""
     data = summary.get("data") or {}
     d = f"data: {data.get('name', '?')}, {fmt(data.get('samples'))} samples x "
     d += f"{fmt(data.get('features'))} features"
@@ -118,6 +119,10 @@ def run_description(summary: dict) -> list[str]:
     if extras:
         a += ", " + ", ".join(extras)
 
+    checked = summary.get("checked") or {}
+    c = f"checked: {checked.get('side', 'the built-in network')}"
+    if checked.get("gradients"):
+        c += f"; gradients {checked['gradients']}"
     t = f"training: {summary.get('dtype', '?')}, loss {summary.get('loss', '?')}"
     if summary.get("reduction"):
         t += f" ({summary['reduction']})"
@@ -127,7 +132,11 @@ def run_description(summary: dict) -> list[str]:
         t += f" of {requested} requested (stopped early)"
     if summary.get("seed") is not None:
         t += f", seed {summary['seed']}"
-    return [d, a, t]
+    lines = [d, a, t, c]
+    missing = summary.get("not_compared") or []
+    if missing:
+        lines.append("not compared: " + "; ".join(str(m) for m in missing))
+    return lines
 
 
 def quantity_rows(summary: dict) -> list[dict]:

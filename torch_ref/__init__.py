@@ -7,13 +7,13 @@ from .model import TorchMLP, torch_dtype, torch_loss
 from .weights import scratch_to_torch, torch_to_scratch
 
 __all__ = [
-    "UserNetwork",
-    "adapt",
     "TOLERANCES",
     "Divergence",
     "LockstepResult",
     "Tolerance",
     "TorchMLP",
+    "UserNetwork",
+    "adapt",
     "assert_parity",
     "lockstep",
     "scratch_to_torch",

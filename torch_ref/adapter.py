@@ -222,7 +222,7 @@ def _candidates(
             s = shapes[n]
             if n not in used and math.prod(s) == h and (len(s) == 1 or 1 in s):
                 opts.append(n)
-        return opts + [None]
+        return [*opts, None]
 
     def search(l: int, w: int, used: set[str], slots: list[Slot], last_w: int) -> None:
         if l == layers:
@@ -533,7 +533,7 @@ def _probe(net: UserNetwork, cands: list[list[Slot]], X: np.ndarray, Y: np.ndarr
                 mine, _ = net.call_forward(Xp)
                 ref = out_d
             else:
-                lv, lc = net.loss.forward(out_d, Yp)
+                _, lc = net.loss.forward(out_d, Yp)
                 ref_g = desc.backward(net.loss.backward(lc), cache_d)
                 if net.form == "grads":
                     _, g = net.call_grads(Xp, Yp)

@@ -85,7 +85,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--reduction", choices=["mean", "sum"], default="mean")
     run.add_argument("--lr", type=_float, default=0.1, help="learning rate")
-    run.add_argument("--steps", type=_int, default=100, help="gradient-descent steps")
+    run.add_argument(
+        "--steps",
+        type=_int,
+        help="training steps (default: 100 full-batch steps; with --batch-size, every batch of "
+        "--epochs)",
+    )
     run.add_argument("--dtype", choices=["float64", "float32"], default="float64")
     run.add_argument("--seed", type=_int, default=0, help="seed for the data and the weights")
     run.add_argument(
@@ -104,6 +109,53 @@ def build_parser() -> argparse.ArgumentParser:
         type=Path,
         help="start from these weights: a .npz (scratch.weights.save_npz) or a torch state dict "
         ".pt; names and shapes must fit --layers",
+    )
+    run.add_argument(
+        "--model",
+        metavar="PATH.py:FUNCTION",
+        help="check your own network: FUNCTION() in PATH.py returns it adapted with "
+        "nn_parity.torch_ref.adapt(...) (or a scratch.MLP); --layers, --activation, --init, "
+        "--weights and --no-bias then come from it",
+    )
+    opt = run.add_argument_group(
+        "optimizer and batches",
+        "torch.optim's names and defaults; an option the chosen optimizer does not take is an "
+        "error. Given once, they build both sides' optimizers.",
+    )
+    opt.add_argument(
+        "--optimizer",
+        default="sgd",
+        help="sgd | adam | adamw | rmsprop | adagrad (default: sgd)",
+    )
+    for flag, kind, what in (
+        ("--momentum", _float, "sgd, rmsprop: momentum factor"),
+        ("--dampening", _float, "sgd: dampening for momentum"),
+        ("--weight-decay", _float, "L2 penalty (adamw: decoupled decay)"),
+        ("--eps", _float, "adam, adamw, rmsprop, adagrad: term added to the denominator"),
+        ("--alpha", _float, "rmsprop: smoothing constant"),
+        ("--lr-decay", _float, "adagrad: learning-rate decay"),
+    ):
+        opt.add_argument(flag, type=kind, help=what)
+    opt.add_argument("--betas", type=_pair, help="adam, adamw: two coefficients, e.g. 0.9,0.999")
+    for flag, what in (
+        ("--nesterov", "sgd: Nesterov momentum"),
+        ("--amsgrad", "adam, adamw: the AMSGrad variant"),
+        ("--centered", "rmsprop: centered (normalised by the gradient's variance)"),
+    ):
+        opt.add_argument(flag, action="store_true", default=None, help=what)
+    opt.add_argument(
+        "--batch-size",
+        type=_int,
+        help="mini-batches of this size, one seeded permutation per epoch shared by both sides "
+        "(default: the whole data set every step)",
+    )
+    opt.add_argument(
+        "--epochs", type=_int, help="passes over the data with --batch-size (default: 1)"
+    )
+    opt.add_argument(
+        "--drop-last",
+        action="store_true",
+        help="drop each epoch's last, partial batch (default: keep it)",
     )
     run.add_argument("--overwrite", action="store_true", help="replace an existing --out folder")
     run.add_argument(
@@ -140,6 +192,63 @@ def _int(text: str) -> int:
         raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
 
 
+def _pair(text: str) -> tuple[float, float]:
+    parts = text.split(",")
+    try:
+        a, b = (float(p) for p in parts)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected two numbers like 0.9,0.999, got {text!r}"
+        ) from None
+    return a, b
+
+
+_OPTIMIZER_OPTIONS = (
+    "momentum", "dampening", "weight_decay", "eps", "alpha", "lr_decay", "betas", "nesterov",
+    "amsgrad", "centered",
+)  # fmt: skip
+
+
+def optimizer_spec(args: argparse.Namespace) -> dict:
+    """The one description both sides' optimizers are built from: the name and the options
+    given on the command line (the rest keep torch.optim's defaults)."""
+    spec = {"name": args.optimizer}
+    spec.update({k: getattr(args, k) for k in _OPTIMIZER_OPTIONS if getattr(args, k) is not None})
+    return spec
+
+
+def load_model(text: str):
+    """`PATH.py:FUNCTION` -> what FUNCTION() returns; each failure is one UsageError line."""
+    import importlib.util
+
+    path_text, _, name = text.rpartition(":")
+    if not path_text or not name:
+        raise UsageError(f"--model takes PATH.py:FUNCTION, e.g. mynet.py:make, got {text!r}")
+    path = Path(path_text)
+    if not path.is_file():
+        raise UsageError(f"--model: no file {path_text!r}")
+    spec = importlib.util.spec_from_file_location(f"_nn_parity_model_{path.stem}", path)
+    if spec is None or spec.loader is None:
+        raise UsageError(f"--model: {path_text!r} is not a Python file")
+    module = importlib.util.module_from_spec(spec)
+    sys.path.insert(0, str(path.resolve().parent))  # its own imports, beside it
+    try:
+        spec.loader.exec_module(module)
+    except Exception as err:  # the user's code: any failure is theirs to read, in one line
+        raise UsageError(
+            f"--model: importing {path_text} failed: {type(err).__name__}: {err}"
+        ) from None
+    finally:
+        sys.path.pop(0)
+    factory = getattr(module, name, None)
+    if not callable(factory):
+        raise UsageError(f"--model: {path_text} has no function {name!r}")
+    try:
+        return factory()
+    except Exception as err:
+        raise UsageError(f"--model: {name}() raised {type(err).__name__}: {err}") from None
+
+
 def _sizes(text: str) -> list[int]:
     parts = [p.strip() for p in text.split(",")]
     try:
@@ -157,7 +266,7 @@ def plan(args: argparse.Namespace) -> dict:
     """Everything the run needs, checked; raises UsageError or ValueError on bad input."""
     from .datasets import load_dataset
 
-    if args.steps < 1:
+    if args.steps is not None and args.steps < 1:
         raise UsageError(f"--steps must be at least 1, got {args.steps}")
     try:
         check_lr(args.lr)
@@ -167,11 +276,14 @@ def plan(args: argparse.Namespace) -> dict:
         args.data, seed=args.seed, label_column=args.label_column, standardized=args.standardize
     )
     D = ds.X.shape[1]
+    if args.model is not None:
+        return _plan_model(args, ds)
     exam = ds.name == "exam" and args.data == "exam"
     sizes = _sizes(args.layers) if args.layers else (EXAM_SIZES if exam else [D, 8, 1])
     if sizes[0] != D:
         raise UsageError(f"--layers starts with {sizes[0]} inputs but the data has {D} features")
-    if sizes[-1] != 1:
+    loss = scratch.get_loss(args.loss, args.reduction)
+    if loss.name in ("bce", "bce-logits") and sizes[-1] != 1:
         raise UsageError(
             f"--layers must end with 1 output for binary cross-entropy, got {sizes[-1]}"
         )
@@ -197,7 +309,44 @@ def plan(args: argparse.Namespace) -> dict:
     return {"data": ds, "sizes": sizes, "activations": acts, "loss": loss, "init": init}
 
 
-def build_network(p: dict, args: argparse.Namespace) -> scratch.MLP:
+_ARCHITECTURE_FLAGS = {
+    "layers": "--layers", "activation": "--activation", "init": "--init",
+    "weights": "--weights",
+}  # fmt: skip
+
+
+def _plan_model(args: argparse.Namespace, ds) -> dict:
+    """The plan for the user's own network: its architecture is its own."""
+    from .adapter import UserNetwork, resolve_layout
+
+    given = [flag for key, flag in _ARCHITECTURE_FLAGS.items() if getattr(args, key) is not None]
+    if not args.bias:
+        given.append("--no-bias")
+    if given:
+        raise UsageError(f"{given[0]} does not apply with --model: your network sets it")
+    net = load_model(args.model)
+    if isinstance(net, UserNetwork):
+        if net.pmap is None:
+            X = ds.X.astype(net.dtype)
+            resolve_layout(net, X, ds.y, 1 if net.loss.name.startswith("bce") else None)
+        assert net.pmap is not None
+        desc, loss = net.description(), net.loss
+    elif isinstance(net, scratch.MLP):
+        desc, loss = net, scratch.get_loss(args.loss, args.reduction)
+    else:
+        raise UsageError(
+            f"--model: {args.model} returned a {type(net).__name__}; expected a network adapted "
+            "with nn_parity.torch_ref.adapt(...) or a scratch.MLP"
+        )
+    return {
+        "data": ds, "sizes": desc.sizes, "activations": [a.name for a in desc.activations],
+        "loss": loss, "init": f"yours ({args.model})", "net": net, "desc": desc,
+    }  # fmt: skip
+
+
+def build_network(p: dict, args: argparse.Namespace):
+    if "net" in p:
+        return p["net"]
     if p["init"] == "article":
         return scratch.MLP.from_weights(exam_weights(), p["activations"], dtype=args.dtype)
     rng = np.random.default_rng(args.seed)
@@ -255,7 +404,7 @@ def run(args: argparse.Namespace) -> int:
     from nn_parity import reports
     from tqdm import tqdm
 
-    from .engine import lockstep
+    from .engine import lockstep, run_length
     from .model import TorchMLP
     from .record import atomic_dir, boundary, gradient_slice, write_record
 
@@ -266,15 +415,16 @@ def run(args: argparse.Namespace) -> int:
         check_writable(out)
     except (ValueError, TypeError) as err:
         raise UsageError(str(err)) from None
-    ref = TorchMLP.from_scratch(net)
+    desc = p.get("desc", net)  # the built-in network the user's computes, for the figures
+    ref = TorchMLP.from_scratch(desc)
     ds, loss = p["data"], p["loss"]
-    X = ds.X.astype(net.dtype)
+    X = ds.X.astype(desc.dtype)
 
     extras: dict = {"summary": {}, "arrays": {}}
     two_d = X.shape[1] == 2
     if two_d:
-        extras["arrays"].update(boundary(net, ref, loss, ds.X, "before"))
-    sl = gradient_slice(net, ref, loss, ds.X, ds.y.reshape(-1, 1))
+        extras["arrays"].update(boundary(desc, ref, loss, ds.X, "before"))
+    sl = gradient_slice(desc, ref, loss, ds.X, ds.y.reshape(-1, 1))
     extras["summary"].update(sl["summary"])
     extras["arrays"].update(sl["arrays"])
 
@@ -283,8 +433,12 @@ def run(args: argparse.Namespace) -> int:
     _warm = torch.zeros(1, dtype=torch.float64, requires_grad=True)
     torch.optim.SGD([_warm], lr=0.0).step()
 
+    try:
+        steps = run_length(args.steps, args.batch_size, args.epochs, args.drop_last, len(X))
+    except ValueError as err:
+        raise UsageError(str(err)) from None
     bar = tqdm(
-        total=args.steps,
+        total=steps,
         desc="lockstep",
         unit="step",
         delay=1.0,
@@ -298,26 +452,41 @@ def run(args: argparse.Namespace) -> int:
             ref,
             X,
             ds.y,
-            steps=args.steps,
+            steps=steps,
             lr=args.lr,
-            loss=loss,
+            loss=None if "desc" in p else loss,
+            optimizer=optimizer_spec(args),
+            batch_size=args.batch_size,
+            epochs=args.epochs,
+            drop_last=args.drop_last,
+            seed=args.seed,
             stop_at_divergence=args.stop_at_divergence,
             progress=lambda _: bar.update(),
         )
+    except (ValueError, TypeError) as err:
+        raise UsageError(str(err)) from None
     finally:
         bar.close()
     if two_d:
-        extras["arrays"].update(boundary(net, ref, loss, ds.X, "after"))
+        if "desc" in p and hasattr(net, "get_params"):
+            desc.load_state_dict(net.get_params())
+        extras["arrays"].update(boundary(desc, ref, loss, ds.X, "after"))
 
     config = {
-        "steps": args.steps,
-        "dtype": args.dtype,
+        "steps": steps,
+        "dtype": desc.dtype.name,
         "architecture": {
             "sizes": p["sizes"],
-            "activations": [a.name for a in net.activations],
-            "bias": net.bias,
+            "activations": [a.name for a in desc.activations],
+            "bias": desc.bias,
             "init": p["init"],
-            "parameters": net.num_params,
+            "parameters": desc.num_params,
+        },
+        "optimizer": optimizer_spec(args),
+        "batches": {
+            "batch_size": args.batch_size,
+            "epochs": args.epochs,
+            "drop_last": args.drop_last,
         },
         "data": {
             "name": ds.name,
@@ -331,6 +500,7 @@ def run(args: argparse.Namespace) -> int:
         "lr": args.lr,
         "seed": args.seed,
         "y": ds.y,
+        "checked": _checked(args, p, result),
     }
     try:
         with atomic_dir(out, overwrite=args.overwrite) as tmp:
@@ -348,6 +518,21 @@ def run(args: argparse.Namespace) -> int:
         print(reports.summary_text(summary, color=sys.stdout.isatty()))
         print(f"report: {out / 'report.html' if args.figures else out}{note}")
     return EXIT_PASS if summary["passed"] else EXIT_DIVERGED
+
+
+def _checked(args: argparse.Namespace, p: dict, result) -> dict:
+    """What this run checked, in words a learner cannot misread."""
+    checked = dict(result.checked)
+    if "desc" in p:
+        checked["side"] = f"your network from {args.model}: {checked['side']}"
+    elif args.weights is not None:
+        checked["side"] = (
+            f"nn-parity's built-in network started from your weights in {args.weights}: this "
+            "checks nn-parity's backprop on your weights, not your own code (--model does)"
+        )
+    else:
+        checked["side"] = "nn-parity's built-in network"
+    return checked
 
 
 def mutants() -> int:

@@ -32,7 +32,7 @@ __all__ = [
 ]
 
 # The quantities compared at every step, in the order the step computes them.
-QUANTITIES = ("z", "a", "prob", "loss", "grad", "param")
+QUANTITIES = ("z", "a", "prob", "loss", "grad", "param", "state")
 
 
 @dataclass(frozen=True)
@@ -72,6 +72,13 @@ _ULPS: dict[str, tuple[float, float, str]] = {
         2**8,
         "theta - lr * g: torch fuses the multiply-add (one rounding against two) and the "
         "parameters carry every earlier step's differences",
+    ),
+    "state": (
+        2**12,
+        2**10,
+        "optimizer buffers are running sums of gradients (momentum, exp_avg) or of their "
+        "squares (exp_avg_sq, sum): each carries the gradients' error, squares double its "
+        "relative size, and the step count is exact",
     ),
 }
 

@@ -266,7 +266,7 @@ def _batches(
             yield epoch, b, order[start : start + batch_size]
 
 
-def _check_run(steps, batch_size, epochs, drop_last, n) -> int:
+def run_length(steps, batch_size, epochs, drop_last, n) -> int:
     """The number of steps a run takes, from steps or from batch size and epochs."""
     for name, v in (("steps", steps), ("batch_size", batch_size), ("epochs", epochs)):
         if v is not None and (isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1):
@@ -465,7 +465,7 @@ def lockstep(
     lr = check_lr(lr)
     sside, X, Y = _scratch_side(net, loss, optimizer, lr, X, y)
     n = len(X)
-    steps = _check_run(steps, batch_size, epochs, drop_last, n)
+    steps = run_length(steps, batch_size, epochs, drop_last, n)
     loss_s = sside.loss
     opt_desc = sside.opt if sside.opt is not None else scratch.SGD(sside.canon, lr)
     tside = _torch_side(ref, sside, loss_s, opt_desc)
@@ -502,7 +502,7 @@ def lockstep(
             svals = sside.step(Xb, Yb, rows)
             tvals = pending.result() if pending else tside.step(Xt, Yt)
             if step == 0:
-                items, pick_s, pick_t, not_compared = _items(sside, tside, Xb, svals)
+                items, pick_s, pick_t, not_compared = _items(sside, tside, svals)
                 max_abs = np.zeros((steps, len(items)))
                 rel_err = np.zeros((steps, len(items)))
                 within = np.zeros((steps, len(items)), dtype=bool)
@@ -603,12 +603,8 @@ def lockstep(
     )
 
 
-def _items(
-    sside, tside, X, svals
-) -> tuple[list[Item], list[int] | None, list[int] | None, list[str]]:
+def _items(sside, tside, svals) -> tuple[list[Item], list[int] | None, list[int] | None, list[str]]:
     """The items both sides report, in step order, and which of each side's values they are."""
-    n = len(X)
-    desc = sside.desc
     slots = getattr(getattr(sside, "net", None), "pmap", None)
     by_canonical = (
         slots.by_canonical if slots is not None and hasattr(slots, "by_canonical") else {}
@@ -672,7 +668,7 @@ def _resize(items: list[Item], n: int) -> list[Item]:
     out = []
     for it in items:
         if it.quantity in ("z", "a", "prob"):
-            it = replace(it, shape=(n,) + it.shape[1:])
+            it = replace(it, shape=(n, *it.shape[1:]))
         out.append(it)
     return out
 
@@ -696,16 +692,19 @@ def _checked(sside) -> dict:
             if sside.recovered
             else f"returned by {net.names['fn']}"
         ),
-        "update": (
-            f"your {net.names['fn']}"
-            if sside.recovered
-            else f"your {net.names['update']}"
-            if net.update is not None
-            else f"nn-parity's {type(sside.opt).__name__}"
-        ),  # fmt: skip
+        "update": _update_owner(sside),
         "layout": net.pmap.describe(),
         "layout_decided_by": net.pmap.how,
     }
+
+
+def _update_owner(sside) -> str:
+    net = sside.net
+    if sside.recovered:
+        return f"your {net.names['fn']}"
+    if net.update is not None:
+        return f"your {net.names['update']}"
+    return f"nn-parity's {type(sside.opt).__name__}"
 
 
 def _check_dtypes(items: list[Item], svals: list, tvals: list) -> None:

@@ -79,7 +79,7 @@ def _rerun_whole(sside, tside, items, svals: list, tvals: list, batch):
         for k, j in enumerate(pick):
             if not np.array_equal(again[j], svals[k], equal_nan=True):
                 return None, k  # the step does not repeat itself: hidden state
-        redo = sside.rerun(torch_before, X, Y, rows, None)
+        redo = sside.rerun(torch_before, X, Y, rows, getattr(tside, "state_before", None))
         redo_items = [redo[j] for j in pick]
         slack = [0.0] * len(redo_items)
         for k, it in enumerate(items[: len(redo_items)]):

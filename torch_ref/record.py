@@ -72,7 +72,11 @@ def summary_dict(result: LockstepResult, config: dict, extras: dict) -> dict:
         "loss": config["loss"],
         "reduction": config["reduction"],
         "lr": config["lr"],
+        "optimizer": config.get("optimizer", {"name": "sgd"}),
+        "batches": config.get("batches", {"batch_size": None, "epochs": None, "drop_last": False}),
         "seed": config["seed"],
+        "checked": config.get("checked") or result.checked,
+        "not_compared": list(result.not_compared),
         "tolerances": {q: by_dtype[dtype].as_dict() for q, by_dtype in TOLERANCES.items()},
         "quantities": quantities,
         "first_divergence": (

@@ -351,7 +351,7 @@ class TorchSide:
         if not self.hooked:
             return self.ref.forward_cache(X)  # type: ignore[operator]
         out = self.ref(X)
-        a = self._x[1:] + [out]
+        a = [*self._x[1:], out]
         return out, list(zip(self._z, a))
 
     def step(self, Xt: torch.Tensor, Yt: torch.Tensor) -> list:

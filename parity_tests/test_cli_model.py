@@ -1,0 +1,100 @@
+"""`nn-parity run --model PATH.py:FUNCTION`: the user's own network from the command line."""
+
+from __future__ import annotations
+
+import json
+import textwrap
+
+import pytest
+from nn_parity.torch_ref.cli import main
+
+MODEL = textwrap.dedent(
+    """
+    import numpy as np
+    from nn_parity.torch_ref import adapt
+
+    def sigmoid(z):
+        return 1 / (1 + np.exp(-z))
+
+    class TwoLayer:
+        def __init__(self, d, h, seed=0):
+            rng = np.random.default_rng(seed)
+            self.W1 = rng.standard_normal((d, h)) * 0.5
+            self.b1 = np.zeros((1, h))
+            self.W2 = rng.standard_normal((h, 1)) * 0.5
+            self.b2 = np.zeros((1, 1))
+
+        def forward(self, X):
+            self.a1 = np.tanh(X @ self.W1 + self.b1)
+            self.a2 = sigmoid(self.a1 @ self.W2 + self.b2)
+            return self.a2
+
+        def backward(self, X, y, lr):
+            y = y.reshape(-1, 1)
+            m = len(X)
+            dz2 = (self.a2 - y) / m
+            dz1 = dz2 @ self.W2.T * (1 - self.a1 ** 2)
+            self.W2 -= lr * self.a1.T @ dz2
+            self.b2 -= lr * dz2.sum(axis=0, keepdims=True)
+            self.W1 -= lr * X.T @ dz1
+            self.b1 -= lr * dz1.sum(axis=0, keepdims=True)BUG
+
+    def make():
+        net = TwoLayer(2, 5)
+        return adapt(net, names=["W1", "b1", "W2", "b2"], activations=["tanh", "sigmoid"],
+                     forward=net.forward, step=net.backward)
+    """
+)
+
+
+def write_model(tmp_path, bug=""):
+    path = tmp_path / "mynet.py"
+    path.write_text(MODEL.replace("BUG", bug))
+    return path
+
+
+def run(tmp_path, *args):
+    return main(
+        ["run", "--data", "moons", "--no-figures", "--quiet", "--out", str(tmp_path / "r"), *args]
+    )
+
+
+def test_a_correct_user_model_passes_from_the_command_line(tmp_path, capsys):
+    path = write_model(tmp_path)
+    assert run(tmp_path, "--model", f"{path}:make", "--steps", "200", "--lr", "0.5") == 0
+    summary = json.loads((tmp_path / "r" / "summary.json").read_text())
+    assert summary["passed"]
+    assert summary["checked"]["side"].startswith(f"your network from {path}:make")
+    assert "recovered" in summary["checked"]["gradients"]
+    assert "grad W1" in summary["quantities"]
+    assert any(s.startswith("loss") for s in summary["not_compared"])
+
+
+def test_a_bug_in_the_user_model_exits_1_named_in_its_own_terms(tmp_path, capsys):
+    path = write_model(tmp_path, bug="\n        self.b1 -= lr * dz1.sum(axis=0, keepdims=True)")
+    assert run(tmp_path, "--model", f"{path}:make", "--steps", "20") == 1
+    summary = json.loads((tmp_path / "r" / "summary.json").read_text())
+    assert summary["first_divergence"]["label"] == "grad b1"
+    assert summary["first_divergence"]["step"] == 0
+
+
+@pytest.mark.parametrize(
+    "model,message",
+    [
+        ("nope.py:make", "--model: no file 'nope.py'"),
+        ("{path}:build", "has no function 'build'"),
+        ("{path}", "--model takes PATH.py:FUNCTION"),
+    ],
+    ids=["missing-file", "missing-function", "no-function-named"],
+)
+def test_bad_model_arguments_get_one_line(tmp_path, capsys, model, message):
+    path = write_model(tmp_path)
+    assert run(tmp_path, "--model", model.format(path=path)) == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1
+
+
+def test_architecture_flags_do_not_apply_with_a_model(tmp_path, capsys):
+    path = write_model(tmp_path)
+    assert run(tmp_path, "--model", f"{path}:make", "--layers", "2,5,1") == 2
+    assert "--layers does not apply with --model" in capsys.readouterr().err
