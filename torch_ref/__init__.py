@@ -2,7 +2,7 @@
 
 from .adapter import UserNetwork, adapt
 from .compare import TOLERANCES, Tolerance, assert_parity, tolerance
-from .engine import Divergence, LockstepResult, lockstep
+from .engine import Divergence, LockstepResult, check, lockstep
 from .model import TorchMLP, torch_dtype, torch_loss
 from .weights import scratch_to_torch, torch_to_scratch
 
@@ -15,6 +15,7 @@ __all__ = [
     "UserNetwork",
     "adapt",
     "assert_parity",
+    "check",
     "lockstep",
     "scratch_to_torch",
     "tolerance",

@@ -41,7 +41,7 @@ from .explain import explain
 from .model import TorchMLP
 from .sides import MLPSide, TorchSide, UserSide
 
-__all__ = ["Divergence", "Item", "LockstepResult", "lockstep"]
+__all__ = ["Divergence", "Item", "LockstepResult", "check", "lockstep", "run_length"]
 
 # Quantities this small are packed into one buffer per side and compared in one pass, which
 # saves a dozen NumPy calls per step on small nets; larger ones are compared where they lie.
@@ -601,6 +601,12 @@ def lockstep(
         epochs=epochs_at[:ran] if batch_size is not None else None,
         batches=batches_at[:ran] if batch_size is not None else None,
     )
+
+
+def check(net, X: np.ndarray, y: np.ndarray, *, ref: torch.nn.Module | None = None, **options):
+    """`lockstep` with the torch side built from the network's description: the one call for
+    checking a network, yours (through `adapt`) or the built-in one. Options as `lockstep`."""
+    return lockstep(net, ref, X, y, **options)
 
 
 def _items(sside, tside, svals) -> tuple[list[Item], list[int] | None, list[int] | None, list[str]]:
