@@ -9,8 +9,7 @@ breast-cancer  the Wisconsin diagnostic data set, 569 x 30, from scikit-learn's 
 iris           150 x 4, 3 classes (setosa, versicolor, virginica), standardised
 wine           178 x 13, 3 cultivars, standardised (the features span 0.1 to 1680)
 digits         1797 x 64, 10 classes: 8x8 images of handwritten digits, pixels 0..16 scaled to
-               [0, 1] by /16 (not standardised: a constant-0 border pixel would stay 0 anyway,
-               and [0, 1] keeps the images readable)
+               [0, 1] by /16 and not standardised unless asked (the pixels share one scale)
 diabetes       442 x 10 regression: disease progression after a year; the features and the
                target standardised (the raw target runs 25..346)
 PATH.csv       numeric feature columns and one label column (the last, or --label-column):
