@@ -19,6 +19,8 @@ import warnings
 import numpy as np
 import pytest
 import torch
+from hypothesis import given
+from hypothesis import strategies as st
 from nn_parity import scratch
 from nn_parity.scratch.activations import LogSoftmax, Softmax, log_softmax, softmax
 from nn_parity.scratch.validate import check_labels, check_xy
@@ -195,6 +197,31 @@ def test_network_step_matches_torch(loss, dtype):
 def _torch_probabilities(loss: str, out: torch.Tensor) -> torch.Tensor:
     out = out.detach()
     return {"ce": lambda: torch.softmax(out, 1), "nll": out.exp, "mse": lambda: out}[loss]()
+
+
+@given(
+    n=st.integers(1, 40),
+    c=st.integers(2, 12),
+    log_scale=st.floats(-3, 3),  # logits from 1e-3 to 1e3 in size
+    weighted=st.booleans(),
+    smoothing=st.sampled_from([0.0, 0.05, 0.5, 1.0]),
+    reduction=st.sampled_from(REDUCTIONS),
+    dtype=st.sampled_from(DTYPES),
+    seed=st.integers(0, 2**16),
+)
+def test_cross_entropy_matches_torch_over_shapes_and_scales(
+    n, c, log_scale, weighted, smoothing, reduction, dtype, seed
+):
+    rng = np.random.default_rng(seed)
+    z = (10.0**log_scale * rng.standard_normal((n, c))).astype(dtype)  # (N, C)
+    y = rng.integers(0, c, n)
+    weight = rng.uniform(0.1, 3.0, c) if weighted else None  # > 0: W never vanishes
+    loss = scratch.get_loss("ce", reduction, weight=weight, label_smoothing=smoothing)
+    value, grad = _scratch(loss, z, loss.targets(y, c))
+    value_t, grad_t = _torch(loss, z, y)
+    assert_parity(value, value_t, quantity="loss")
+    assert_parity(grad, grad_t, quantity="grad")
+    assert_parity(loss.probabilities(z), torch.softmax(torch.from_numpy(z), 1), quantity="prob")
 
 
 # --- huge logits ---------------------------------------------------------------------------
@@ -459,6 +486,15 @@ def test_options_rebuild_an_equal_loss():
     assert _scratch(loss, out, y)[0] == _scratch(again, out, y)[0]
     assert repr(again) == repr(loss)
     assert "label_smoothing=0.1" in repr(loss) and "weight=[0.5" in repr(loss)
+
+
+def test_unset_options_are_not_given():
+    assert repr(scratch.get_loss("mse", weight=None)) == "MSELoss(reduction='mean')"
+    assert scratch.get_loss("nll", label_smoothing=None).weight is None
+    ce = scratch.CrossEntropyLoss()
+    assert scratch.get_loss(ce, weight=None) is ce
+    with pytest.raises(ValueError, match=r"options \['weight'\] given with a ready-made"):
+        scratch.get_loss(ce, weight=[1.0, 2.0])
 
 
 def test_losses_carry_task_activation_and_name():

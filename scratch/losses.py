@@ -409,8 +409,10 @@ LOSSES: dict[str, type[Loss]] = {
 def get_loss(spec: str | Loss, reduction: str = "mean", **options) -> Loss:
     """A loss from its name (one of LOSSES), e.g. `get_loss("ce", weight=w, label_smoothing=0.1)`.
 
-    Options a loss does not take are refused by name; a Loss instance is returned as it is.
+    Options a loss does not take are refused by name; an option set to None counts as not given
+    (so a command line can pass its unset flags through). A Loss instance is returned as it is.
     """
+    options = {k: v for k, v in options.items() if v is not None}
     if isinstance(spec, Loss):
         if options:
             raise ValueError(f"options {sorted(options)} given with a ready-made {spec!r}")
