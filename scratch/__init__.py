@@ -7,7 +7,16 @@ from . import gradcheck
 from .activations import ACTIVATIONS, Activation, get_activation, sigmoid
 from .data import exam
 from .gradcheck import loss_fn, network_gradient, numerical_gradient
-from .losses import LOSSES, BCELoss, BCEWithLogitsLoss, Loss, get_loss
+from .losses import (
+    LOSSES,
+    BCELoss,
+    BCEWithLogitsLoss,
+    CrossEntropyLoss,
+    Loss,
+    MSELoss,
+    NLLLoss,
+    get_loss,
+)
 from .network import MLP, resolve_dtype
 from .optim import SGD
 
@@ -19,7 +28,10 @@ __all__ = [
     "Activation",
     "BCELoss",
     "BCEWithLogitsLoss",
+    "CrossEntropyLoss",
     "Loss",
+    "MSELoss",
+    "NLLLoss",
     "exam",
     "get_activation",
     "get_loss",

@@ -9,6 +9,18 @@ dL/dz = dL/da * f'(z). The backward formulas are written the way torch's autogra
     relu        a = max(z, 0)               f'(z) = 1 if a > 0 else 0  (0 at z = 0, like torch)
     leaky_relu  a = z if z > 0 else s z     f'(z) = 1 if z > 0 else s  (s at z = 0, like torch)
     identity    a = z                       f'(z) = 1
+
+Two output activations act on a whole row (the last axis, C classes) rather than elementwise, so
+their backward is a Jacobian-vector product, not da * f'(z). With m = max_c z_c and
+s = sum_c e^(z_c - m) (the max shift keeps every exponent <= 0, so nothing overflows):
+
+    softmax      a_c = e^(z_c - m) * (1 / s)      dz = a * (da - sum_c da_c a_c)
+    log_softmax  a_c = (z_c - m) - ln s           dz = da - e^a * sum_c da_c
+
+(the Jacobians are da_i/dz_j = a_i (delta_ij - a_j) and delta_ij - softmax_j). Both are written
+as torch's CPU kernels write them: the softmax multiplies by the reciprocal of the sum, the
+log-softmax subtracts m and ln s one after the other (in this order, so a large m cannot swallow
+ln s), and the log-softmax backward uses e^a, torch's saved output, for softmax(z).
 """
 
 from __future__ import annotations
@@ -20,11 +32,15 @@ __all__ = [
     "Activation",
     "Identity",
     "LeakyReLU",
+    "LogSoftmax",
     "ReLU",
     "Sigmoid",
+    "Softmax",
     "Tanh",
     "get_activation",
+    "log_softmax",
     "sigmoid",
+    "softmax",
 ]
 
 
@@ -36,6 +52,18 @@ def sigmoid(z: np.ndarray) -> np.ndarray:
     """
     e = np.exp(-np.abs(z))
     return np.where(z >= 0, 1 / (1 + e), e / (1 + e))
+
+
+def softmax(z: np.ndarray) -> np.ndarray:
+    """e^z / sum e^z over the last axis, shifted by the row's max so no exponent overflows."""
+    e = np.exp(z - z.max(axis=-1, keepdims=True))  # (N, C), each in (0, 1]
+    return e * (1 / e.sum(axis=-1, keepdims=True))  # torch multiplies by the reciprocal
+
+
+def log_softmax(z: np.ndarray) -> np.ndarray:
+    """z - ln sum e^z over the last axis, as (z - m) - ln sum e^(z - m) with m the row's max."""
+    shifted = z - z.max(axis=-1, keepdims=True)  # (N, C), each <= 0
+    return shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))  # (N, C)
 
 
 class Activation:
@@ -117,12 +145,40 @@ class Identity(Activation):
         return da
 
 
+class Softmax(Activation):
+    """Over the last axis: an output activation for class probabilities."""
+
+    name = "softmax"
+
+    def forward(self, z):
+        return softmax(z)
+
+    def backward(self, da, z, a):
+        # torch: (grad - sum(grad * out)) * out, one sum per row
+        return (da - (da * a).sum(axis=-1, keepdims=True)) * a  # (N, C)
+
+
+class LogSoftmax(Activation):
+    """Over the last axis: the log-probabilities NLLLoss takes."""
+
+    name = "log_softmax"
+
+    def forward(self, z):
+        return log_softmax(z)
+
+    def backward(self, da, z, a):
+        # torch: grad - exp(out) * sum(grad); e^a is softmax(z) recovered from the output
+        return da - np.exp(a) * da.sum(axis=-1, keepdims=True)  # (N, C)
+
+
 ACTIVATIONS: dict[str, type[Activation]] = {
     "sigmoid": Sigmoid,
     "tanh": Tanh,
     "relu": ReLU,
     "leaky_relu": LeakyReLU,
     "identity": Identity,
+    "softmax": Softmax,
+    "log_softmax": LogSoftmax,
 }
 
 

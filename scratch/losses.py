@@ -1,8 +1,16 @@
-"""Binary cross-entropy, on probabilities and from logits, forward and backward side by side.
+"""The losses, each forward and backward side by side, reduced as torch reduces them.
 
-Both take the network output `out` of shape (N, 1) and labels `y` of the same shape, and reduce
-with `mean` (the default, as in torch) or `sum`. With mean reduction every gradient carries the
-factor 1/N; with sum it does not.
+Every loss takes the network output `out` and targets in the form its `targets(y, C)` returns,
+and reduces with `mean` (the default, as in torch) or `sum`. "mean" is torch's: over all N x C
+elements for the elementwise losses (BCE, MSE), over the N samples for the class losses (CE, NLL),
+and, with class weights, a weighted mean that divides by the targets' total weight.
+
+    name        class               task        network output            targets
+    bce         BCELoss             binary      sigmoid probabilities (N, 1)   (N, 1) float 0/1
+    bce-logits  BCEWithLogitsLoss   binary      logits (N, 1)             (N, 1) float 0/1
+    ce          CrossEntropyLoss    multiclass  logits (N, C)             (N,) int64 in 0..C-1
+    nll         NLLLoss             multiclass  log_softmax (N, C)        (N,) int64 in 0..C-1
+    mse         MSELoss             regression  identity (N, C)           (N, C) float
 
 BCELoss, on probabilities p (torch.nn.BCELoss, each log clamped at -100 so that p = 0 or 1 gives
 a large finite loss instead of inf):
@@ -16,16 +24,28 @@ BCEWithLogitsLoss, on logits z (torch.nn.BCEWithLogitsLoss), with p = sigmoid(z)
     dl/dz = sigmoid(z_i) - y_i
 
 The from-logits form never takes the log of a rounded probability, so it stays finite and exact
-for logits of any size; the probability form saturates once sigmoid(z) rounds to 1.
+for logits of any size; the probability form saturates once sigmoid(z) rounds to 1. The class
+losses and MSE carry their formulas in their own docstrings; docs/losses.md puts them side by side
+with the textbook forms.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from .activations import sigmoid
+from .activations import log_softmax, sigmoid, softmax
+from .validate import check_labels
 
-__all__ = ["LOSSES", "BCELoss", "BCEWithLogitsLoss", "Loss", "get_loss"]
+__all__ = [
+    "LOSSES",
+    "BCELoss",
+    "BCEWithLogitsLoss",
+    "CrossEntropyLoss",
+    "Loss",
+    "MSELoss",
+    "NLLLoss",
+    "get_loss",
+]
 
 REDUCTIONS = ("mean", "sum")
 _LOG_CLAMP = -100.0  # torch.nn.BCELoss clamps each log here
@@ -35,18 +55,35 @@ _BCE_EPS = float(np.float32(1e-12))
 
 
 class Loss:
-    """Base class: `forward(out, y) -> (loss, cache)`, `backward(cache) -> dout`."""
+    """Base class: `forward(out, y) -> (loss, cache)`, `backward(cache) -> dout`.
+
+    `targets(y, n_outputs, dtype)` checks labels and converts them to the form `forward` takes;
+    `options` are the constructor's keyword arguments besides the reduction, so that
+    `type(loss)(loss.reduction, **loss.options)` builds an equal, fresh loss.
+    """
 
     name = "loss"
+    task = "binary"  # "binary", "multiclass" or "regression": what targets() accepts
     output_activation = "identity"  # what the network's last layer applies before the loss
+    OPTIONS: tuple[str, ...] = ()  # the keyword options the constructor takes
 
     def __init__(self, reduction: str = "mean"):
         if reduction not in REDUCTIONS:
             raise ValueError(f"unknown reduction {reduction!r}; expected one of {REDUCTIONS}")
         self.reduction = reduction
 
+    @property
+    def options(self) -> dict:
+        return {k: getattr(self, k) for k in self.OPTIONS}
+
     def probabilities(self, out: np.ndarray) -> np.ndarray:
-        """The class-1 probabilities the output stands for."""
+        """What the output stands for, compared per element: class-1 probabilities (N, 1) for
+        the binary losses, class probabilities (N, C) for the class losses, the prediction for
+        MSE."""
+        raise NotImplementedError
+
+    def targets(self, y, n_outputs: int, dtype="float64") -> np.ndarray:
+        """Labels checked against this loss and an `n_outputs`-wide network, in forward's form."""
         raise NotImplementedError
 
     def forward(self, out: np.ndarray, y: np.ndarray) -> tuple[float, tuple]:
@@ -64,10 +101,28 @@ class Loss:
         return dout
 
     def __repr__(self) -> str:
-        return f"{type(self).__name__}(reduction={self.reduction!r})"
+        opts = "".join(f", {k}={_short(v)}" for k, v in self.options.items() if v is not None)
+        return f"{type(self).__name__}(reduction={self.reduction!r}{opts})"
 
 
-class BCELoss(Loss):
+def _short(v) -> str:
+    return np.array2string(v, separator=", ") if isinstance(v, np.ndarray) else repr(v)
+
+
+class _BinaryLoss(Loss):
+    task = "binary"
+
+    def targets(self, y, n_outputs, dtype="float64"):
+        if n_outputs != 1:
+            raise ValueError(
+                f"{self.name} needs 1 output (the class-1 probability), got a network with "
+                f"{n_outputs} outputs; for {n_outputs} classes use ce or nll"
+            )
+        y = check_labels(y, "binary")
+        return np.array(y, dtype=dtype).reshape(-1, 1)  # (N, 1), a copy
+
+
+class BCELoss(_BinaryLoss):
     name = "bce"
     output_activation = "sigmoid"
 
@@ -94,7 +149,7 @@ class BCELoss(Loss):
         return self._scale(dp)
 
 
-class BCEWithLogitsLoss(Loss):
+class BCEWithLogitsLoss(_BinaryLoss):
     name = "bce-logits"
     output_activation = "identity"
 
@@ -112,13 +167,261 @@ class BCEWithLogitsLoss(Loss):
         return self._scale(dz)
 
 
-LOSSES: dict[str, type[Loss]] = {"bce": BCELoss, "bce-logits": BCEWithLogitsLoss}
+class _ClassLoss(Loss):
+    """What CE and NLL share: class-index targets, class weights, the weighted mean."""
+
+    task = "multiclass"
+    OPTIONS: tuple[str, ...] = ("weight",)
+
+    def __init__(self, reduction: str = "mean", weight=None):
+        super().__init__(reduction)
+        self.weight = None if weight is None else _check_weight(weight)
+
+    def targets(self, y, n_outputs, dtype="float64"):
+        """(N,) int64 class indices in 0..C-1, C = n_outputs; `dtype` does not apply."""
+        if n_outputs < 2:
+            raise ValueError(
+                f"{self.name} needs one output per class (2 or more), got a network with "
+                f"{n_outputs} output; for two classes with one output use bce or bce-logits"
+            )
+        self._check_width(n_outputs)
+        return check_labels(
+            y, "multiclass", n_classes=n_outputs, context=f" for a network with {n_outputs} outputs"
+        ).copy()
+
+    def _check_width(self, C: int) -> None:
+        if self.weight is not None and len(self.weight) != C:
+            raise ValueError(
+                f"{self.name} has {len(self.weight)} class weights but the network has "
+                f"{C} outputs; give one weight per class"
+            )
+
+    def _check_forward(self, out: np.ndarray, y: np.ndarray) -> None:
+        """Cheap checks on every call: a float label or a wrapped negative index would
+        otherwise index the wrong class without a word."""
+        if out.ndim != 2 or y.shape != (out.shape[0],):
+            raise ValueError(
+                f"{self.name} takes out (N, C) and y (N,), got {out.shape} and {y.shape}"
+            )
+        if y.dtype.kind not in "iu":
+            raise TypeError(
+                f"{self.name} takes class indices as integers, got dtype {y.dtype}; "
+                "convert labels with loss.targets(y, C)"
+            )
+        self._check_width(out.shape[1])
+        bad = np.flatnonzero((y < 0) | (y >= out.shape[1]))
+        if bad.size:
+            raise ValueError(
+                f"class labels must lie in 0..{out.shape[1] - 1}; y[{bad[0]}] = {y[bad[0]]} "
+                "is outside"
+            )
+
+    def _nll(self, logp: np.ndarray, y: np.ndarray):
+        """torch's nll_loss: -sum_n w_{y_n} logp[n, y_n], over N or over sum_n w_{y_n}.
+
+        Returns the loss, the target weights w_{y_n} (None unweighted) and the divisor W.
+        """
+        picked = logp[np.arange(len(y)), y]  # (N,)
+        if self.weight is None:
+            wy, total = None, len(y)
+            value = -picked.sum()
+        else:
+            wy = self.weight.astype(logp.dtype)[y]  # (N,)
+            total = wy.sum()
+            value = -(picked * wy).sum()
+        if self.reduction == "mean":
+            value = value / total
+        return value, wy, total
+
+    def _dnll(self, logp: np.ndarray, y: np.ndarray, wy, total, g=1.0) -> np.ndarray:
+        """torch's nll_loss backward for an upstream gradient g: -w_{y_n} g / W at the target."""
+        dlogp = np.zeros_like(logp)  # (N, C)
+        g = logp.dtype.type(g)
+        step = -(g / logp.dtype.type(total)) if self.reduction == "mean" else -g
+        dlogp[np.arange(len(y)), y] = step if wy is None else wy * step
+        return dlogp
 
 
-def get_loss(spec: str | Loss, reduction: str = "mean") -> Loss:
-    """A loss from its name (`bce` or `bce-logits`)."""
+def _check_weight(weight) -> np.ndarray:
+    if hasattr(weight, "detach"):
+        weight = weight.detach().cpu().numpy()
+    try:
+        w = np.array(weight, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise TypeError(f"class weights must be numbers, got {weight!r}") from None
+    if w.ndim != 1 or w.size == 0:
+        raise ValueError(f"class weights must be a 1-D array, one per class, got shape {w.shape}")
+    bad = np.flatnonzero(~np.isfinite(w) | (w < 0))
+    if bad.size:
+        raise ValueError(f"class weights must be finite and >= 0; weight[{bad[0]}] = {w[bad[0]]}")
+    w.flags.writeable = False
+    return w
+
+
+class CrossEntropyLoss(_ClassLoss):
+    r"""Softmax cross-entropy from logits z (N, C), class indices y (torch.nn.CrossEntropyLoss).
+
+    With log-probabilities lp = log_softmax(z) (max-shifted, finite for logits of any size),
+    optional class weights w (all 1 when not given) and label smoothing e in [0, 1]:
+
+        nll     = -sum_n w_{y_n} lp[n, y_n]
+        smooth  = -sum_n sum_c w_c lp[n, c]
+        L       = (1 - e) nll / R + (e / C) smooth / R
+
+    with R = W = sum_n w_{y_n} for mean (N when unweighted) and R = 1 for sum. Without weights
+    this is the mean cross-entropy against the smoothed target q_n = (1 - e) onehot(y_n) + e / C.
+
+    Gradient, through lp (torch's order: nll backward, then log-softmax backward):
+
+        dlp[n, c] = -((1 - e) w_{y_n} [c = y_n] + (e / C) w_c) / R
+        dz[n]     = dlp[n] - softmax(z_n) sum_c dlp[n, c]
+
+    which is dz[n] = w_{y_n} (softmax(z_n) - onehot(y_n)) / W without smoothing, and
+    (softmax(z_n) - q_n) / N with smoothing but no weights. softmax(z_n) is e^lp, as torch has it.
+    """
+
+    name = "ce"
+    output_activation = "identity"
+    OPTIONS = ("weight", "label_smoothing")
+
+    def __init__(self, reduction: str = "mean", weight=None, label_smoothing: float = 0.0):
+        super().__init__(reduction, weight)
+        try:
+            e = float(label_smoothing)
+        except (TypeError, ValueError):
+            raise TypeError(f"label_smoothing must be a number, got {label_smoothing!r}") from None
+        if not 0.0 <= e <= 1.0:
+            raise ValueError(f"label_smoothing must be in [0, 1], got {label_smoothing!r}")
+        self.label_smoothing = e
+
+    def probabilities(self, out):
+        return softmax(out)
+
+    def forward(self, out, y):
+        self._check_forward(out, y)
+        lp = log_softmax(out)  # (N, C)
+        value, wy, total = self._nll(lp, y)
+        e = self.label_smoothing
+        if e > 0:  # torch's cross_entropy_loss_label_smoothing
+            C = out.shape[1]
+            w = None if self.weight is None else self.weight.astype(out.dtype)
+            smooth = -(lp.sum(axis=1) if w is None else (lp * w).sum(axis=1))  # (N,)
+            ret = smooth.sum()
+            if self.reduction == "mean":
+                ret = ret / (total if w is not None else out.dtype.type(len(y)))
+            value = (1 - e) * value + ret * (e / C)
+        return float(value), (lp, y, wy, total)
+
+    def backward(self, cache):
+        lp, y, wy, total = cache
+        e = self.label_smoothing
+        dlp = self._dnll(lp, y, wy, total, g=1 - e)  # (N, C)
+        if e > 0:
+            C = lp.shape[1]
+            g = lp.dtype.type(e / C)
+            if self.reduction == "mean":
+                g = g / (lp.dtype.type(total) if wy is not None else lp.dtype.type(len(y)))
+            if self.weight is None:
+                dlp -= g  # d(-sum lp)/dlp = -1 everywhere
+            else:
+                dlp += -g * self.weight.astype(lp.dtype)  # (N, C) via broadcast over rows
+        return dlp - np.exp(lp) * dlp.sum(axis=1, keepdims=True)  # (N, C), log-softmax backward
+
+
+class NLLLoss(_ClassLoss):
+    r"""Negative log-likelihood of log-probabilities lp (N, C) (torch.nn.NLLLoss), the loss for a
+    network ending in log_softmax (nn.LogSoftmax(dim=1) + nn.NLLLoss is nn.CrossEntropyLoss).
+
+        L         = -sum_n w_{y_n} lp[n, y_n] / R,   R = sum_n w_{y_n} (mean), 1 (sum)
+        dlp[n, c] = -w_{y_n} / R  if c = y_n, else 0
+
+    The -1 at the target class is the whole gradient here; the softmax part comes from the
+    log_softmax activation's backward, dz = dlp - e^lp sum_c dlp.
+    """
+
+    name = "nll"
+    output_activation = "log_softmax"
+
+    def probabilities(self, out):
+        return np.exp(out)
+
+    def forward(self, out, y):
+        self._check_forward(out, y)
+        value, wy, total = self._nll(out, y)
+        return float(value), (out, y, wy, total)
+
+    def backward(self, cache):
+        lp, y, wy, total = cache
+        return self._dnll(lp, y, wy, total)
+
+
+class MSELoss(Loss):
+    r"""Mean squared error of a prediction o (N, C) against real targets t (torch.nn.MSELoss).
+
+        L     = sum_{n,c} (o_nc - t_nc)^2 / R,   R = N C (mean, over every element), 1 (sum)
+        dL/do = (2 / R) (o - t)
+
+    torch forms 2 / R in float64 and rounds it once to the network's dtype, as here. With C > 1
+    the mean divides by N C, not N: the per-sample sum of squares, averaged, is C times larger.
+    """
+
+    name = "mse"
+    task = "regression"
+    output_activation = "identity"
+
+    def probabilities(self, out):
+        return out
+
+    def targets(self, y, n_outputs, dtype="float64"):
+        """(N, C) float targets; (N,) is taken as (N, 1) when the network has one output."""
+        y = check_labels(y, "regression")
+        if y.ndim == 1:
+            y = y[:, None]
+        if y.shape[1] != n_outputs:
+            raise ValueError(
+                f"mse targets have {y.shape[1]} column(s) but the network has {n_outputs} "
+                "outputs; give one target column per output"
+            )
+        return np.array(y, dtype=dtype)  # (N, C), a copy
+
+    def forward(self, out, y):
+        if y.shape != out.shape:
+            raise ValueError(f"mse takes out and y of one shape, got {out.shape} and {y.shape}")
+        y = y.astype(out.dtype, copy=False)
+        diff = out - y  # (N, C)
+        return self._reduce(diff * diff), (out, y)
+
+    def backward(self, cache):
+        o, t = cache
+        norm = 2.0 / o.size if self.reduction == "mean" else 2.0
+        return o.dtype.type(norm) * (o - t)  # (N, C)
+
+
+LOSSES: dict[str, type[Loss]] = {
+    "bce": BCELoss,
+    "bce-logits": BCEWithLogitsLoss,
+    "ce": CrossEntropyLoss,
+    "nll": NLLLoss,
+    "mse": MSELoss,
+}
+
+
+def get_loss(spec: str | Loss, reduction: str = "mean", **options) -> Loss:
+    """A loss from its name (one of LOSSES), e.g. `get_loss("ce", weight=w, label_smoothing=0.1)`.
+
+    Options a loss does not take are refused by name; an option set to None counts as not given
+    (so a command line can pass its unset flags through). A Loss instance is returned as it is.
+    """
+    options = {k: v for k, v in options.items() if v is not None}
     if isinstance(spec, Loss):
+        if options:
+            raise ValueError(f"options {sorted(options)} given with a ready-made {spec!r}")
         return spec
     if spec not in LOSSES:
         raise ValueError(f"unknown loss {spec!r}; expected one of {', '.join(LOSSES)}")
-    return LOSSES[spec](reduction)
+    cls = LOSSES[spec]
+    extra = [k for k in options if k not in cls.OPTIONS]
+    if extra:
+        takes = f"takes {', '.join(cls.OPTIONS)}" if cls.OPTIONS else "takes no options"
+        raise ValueError(f"loss {spec!r} {takes}; got {', '.join(map(repr, extra))}")
+    return cls(reduction, **options)

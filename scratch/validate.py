@@ -1,21 +1,33 @@
-"""Checks on user data, shared by the network, the lockstep and the loaders.
+"""Checks on user data, shared by the network, the lockstep, the losses and the loaders.
 
 Each failure raises ValueError or TypeError with a message that names the offending value and
-what was expected, before any of it reaches NumPy arithmetic.
+what was expected, before any of it reaches NumPy arithmetic. The labels' form depends on the
+task:
+
+    binary      (N,) or (N, 1), every label 0 or 1                    -> (N,) as given
+    multiclass  (N,) or (N, 1), whole numbers 0..C-1 (any int, bool    -> (N,) int64
+                or whole-valued float dtype)
+    regression  (N,), (N, 1) or (N, C), any finite real values         -> (N,) or (N, C), float
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["check_xy"]
+__all__ = ["TASKS", "check_labels", "check_xy"]
+
+TASKS = ("binary", "multiclass", "regression")
 
 
-def check_xy(X, y, *, width: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """X as a finite (N, D) float array and y as an (N,) array of 0/1 labels.
+def check_xy(
+    X, y, *, width: int | None = None, task: str = "binary", n_classes: int | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """X as a finite (N, D) float array and y as the task's labels (see the module docstring).
 
-    y may also be given as (N, 1). `width`, when given, is the D the network expects.
+    `width`, when given, is the D the network expects; `n_classes`, when given, the C that
+    multi-class labels must stay below.
     """
+    _check_task(task)
     X = _numeric(X, "X")
     y = _numeric(y, "y")
     if X.ndim != 2:
@@ -26,21 +38,85 @@ def check_xy(X, y, *, width: int | None = None) -> tuple[np.ndarray, np.ndarray]
         raise ValueError(f"X holds no features (shape {X.shape})")
     if width is not None and X.shape[1] != width:
         raise ValueError(f"X has {X.shape[1]} features but the network's input layer takes {width}")
+    y = _label_shape(y, task)
+    if len(y) != len(X):
+        raise ValueError(f"X has {len(X)} samples but y has {len(y)}")
+    _finite(X, "X")
+    return X, _label_values(y, task, n_classes, "")
+
+
+def check_labels(
+    y, task: str = "binary", *, n_classes: int | None = None, context: str = ""
+) -> np.ndarray:
+    """y alone, checked and converted as `check_xy` does; `context` ends the range message
+    (e.g. " for a network with 3 outputs")."""
+    _check_task(task)
+    y = _label_shape(_numeric(y, "y"), task)
+    if len(y) == 0:
+        raise ValueError("y holds no labels (shape (0, ...)); need at least one")
+    return _label_values(y, task, n_classes, context)
+
+
+def _check_task(task: str) -> None:
+    if task not in TASKS:
+        raise ValueError(f"unknown task {task!r}; expected one of {', '.join(TASKS)}")
+
+
+def _label_shape(y: np.ndarray, task: str) -> np.ndarray:
+    if task == "regression":
+        if y.ndim == 2 and y.shape[1] == 1:
+            y = y[:, 0]
+        if y.ndim not in (1, 2) or (y.ndim == 2 and y.shape[1] == 0):
+            raise ValueError(
+                f"regression targets must be (samples,) or (samples, outputs), got shape {y.shape}"
+            )
+        return y
     if y.ndim == 2 and y.shape[1] == 1:
         y = y[:, 0]
     if y.ndim != 1:
         raise ValueError(f"y must be 1-D (samples,) or (samples, 1), got shape {y.shape}")
-    if len(y) != len(X):
-        raise ValueError(f"X has {len(X)} samples but y has {len(y)}")
-    _finite(X, "X")
+    return y
+
+
+def _label_values(y: np.ndarray, task: str, n_classes: int | None, context: str) -> np.ndarray:
     _finite(y, "y")
-    bad = np.flatnonzero((y != 0) & (y != 1))
+    if task == "binary":
+        bad = np.flatnonzero((y != 0) & (y != 1))
+        if bad.size:
+            raise ValueError(
+                f"binary cross-entropy needs labels 0 or 1; y[{bad[0]}] = {float(y[bad[0]])} "
+                f"({bad.size} label(s) outside {{0, 1}})"
+            )
+        return y
+    if task == "regression":
+        return y if np.issubdtype(y.dtype, np.floating) else y.astype(np.float64)
+    # multiclass: whole numbers, then the range
+    classes = f"0..{n_classes - 1}" if n_classes is not None else "0..C-1"
+    if np.issubdtype(y.dtype, np.floating):
+        real = np.flatnonzero(y != np.floor(y))
+        if real.size:
+            i = real[0]
+            raise ValueError(
+                f"class labels must be whole numbers {classes}; y[{i}] = {float(y[i])} is "
+                "real-valued (for real-valued targets use a regression loss, e.g. mse)"
+            )
+    if n_classes is None:
+        bad = np.flatnonzero(y < 0)
+    else:
+        bad = np.flatnonzero((y < 0) | (y >= n_classes))
     if bad.size:
+        i = bad[0]
         raise ValueError(
-            f"binary cross-entropy needs labels 0 or 1; y[{bad[0]}] = {float(y[bad[0]])} "
-            f"({bad.size} label(s) outside {{0, 1}})"
+            f"class labels must lie in {classes}{context}; y[{i}] = {_show(y[i])} is outside "
+            f"({bad.size} label(s) outside)"
         )
-    return X, y
+    return y.astype(np.int64)
+
+
+def _show(v) -> str:
+    """A label as the user wrote it: 3 for 3 or 3.0, 2.5 for 2.5."""
+    v = float(v)
+    return str(int(v)) if v.is_integer() else repr(v)
 
 
 def _numeric(a, name: str) -> np.ndarray:

@@ -6,7 +6,20 @@ moons          two interleaved half circles, 200 points, drawn from the seed
 circles        a circle inside a circle, 200 points, drawn from the seed
 breast-cancer  the Wisconsin diagnostic data set, 569 x 30, from scikit-learn's bundled copy
                (no network access), standardised
-PATH.csv       numeric feature columns and one 0/1 label column (the last, or --label-column)
+iris           150 x 4, 3 classes (setosa, versicolor, virginica), standardised
+wine           178 x 13, 3 cultivars, standardised (the features span 0.1 to 1680)
+digits         1797 x 64, 10 classes: 8x8 images of handwritten digits, pixels 0..16 scaled to
+               [0, 1] by /16 and not standardised unless asked (the pixels share one scale)
+diabetes       442 x 10 regression: disease progression after a year; the features and the
+               target standardised (the raw target runs 25..346)
+PATH.csv       numeric feature columns and one label column (the last, or --label-column):
+               0/1 labels by default; multi-class or real-valued with `task=` (see load_csv)
+
+iris, wine, digits and diabetes, like breast-cancer, come from the copies bundled inside the
+scikit-learn package (sklearn/datasets/data), so nothing is downloaded.
+
+Every Dataset has a task: "binary" (y (N,) float64 0/1), "multiclass" (y (N,) int64 class
+indices 0..C-1, `classes` naming them) or "regression" (y (N,) float64).
 """
 
 from __future__ import annotations
@@ -17,11 +30,22 @@ from pathlib import Path
 
 import numpy as np
 from nn_parity.scratch import data as toy
-from nn_parity.scratch.validate import check_xy
+from nn_parity.scratch.validate import TASKS, check_xy
 
 __all__ = ["DATASETS", "Dataset", "load_csv", "load_dataset"]
 
-DATASETS = ("exam", "xor", "moons", "circles", "breast-cancer")
+DATASETS = (
+    "exam",
+    "xor",
+    "moons",
+    "circles",
+    "breast-cancer",
+    "iris",
+    "wine",
+    "digits",
+    "diabetes",
+)
+CSV_TASKS = (*TASKS, "auto")
 TOY_SAMPLES = 200
 
 
@@ -29,9 +53,25 @@ TOY_SAMPLES = 200
 class Dataset:
     name: str
     X: np.ndarray  # (N, D) float64
-    y: np.ndarray  # (N,) 0/1 float64
+    y: np.ndarray  # (N,): 0/1 float64 (binary), int64 0..C-1 (multiclass), float64 (regression)
     source: str
     feature_names: list[str]
+    task: str = "binary"
+    classes: list[str] | None = None  # multiclass: the name of each class index
+
+    @property
+    def n_classes(self) -> int | None:
+        """C for a multi-class set, 2 for a binary one, None for regression."""
+        if self.task == "multiclass":
+            return len(self.classes) if self.classes is not None else int(self.y.max()) + 1
+        return 2 if self.task == "binary" else None
+
+    @property
+    def n_outputs(self) -> int:
+        """The output width a network needs for this data: 1, C, or the target columns."""
+        if self.task == "multiclass":
+            return self.n_classes  # type: ignore[return-value]
+        return 1 if self.y.ndim == 1 else self.y.shape[1]
 
 
 def standardize(X: np.ndarray) -> np.ndarray:
@@ -46,8 +86,17 @@ def load_dataset(
     seed: int = 0,
     label_column: str | None = None,
     standardized: bool | None = None,
+    task: str | None = None,
 ) -> Dataset:
-    """A data set by name, or a CSV file by path. `standardized=None` means the set's default."""
+    """A data set by name, or a CSV file by path. `standardized=None` means the set's default.
+
+    `task` (None: the set's own; binary for a CSV) asks for a task, e.g. the chosen loss's
+    `loss.task`. A CSV is read for that task (see `load_csv`). A named set has its own task and
+    refuses another, except that a binary set may be read as 2-class multiclass (for ce or nll
+    with two outputs). For regression, `standardized` applies to the target as well as X.
+    """
+    if task is not None and task not in CSV_TASKS:
+        raise ValueError(f"unknown task {task!r}; expected one of {', '.join(CSV_TASKS)}")
     rng = np.random.default_rng(seed)
     is_csv = spec not in DATASETS and (spec.lower().endswith(".csv") or Path(spec).exists())
     if label_column is not None and not is_csv:
@@ -71,27 +120,85 @@ def load_dataset(
             list(bunch.feature_names),
         )
         standardized = True if standardized is None else standardized
+    elif spec in ("iris", "wine", "digits", "diabetes"):
+        ds = _sklearn(spec)
+        standardized = (spec != "digits") if standardized is None else standardized
     elif is_csv:
-        ds = load_csv(spec, label_column=label_column)
+        ds = load_csv(spec, label_column=label_column, task=task or "binary")
         standardized = True if standardized is None else standardized
     else:
         raise ValueError(
             f"unknown data set {spec!r}; expected one of {', '.join(DATASETS)} or a path to a "
             ".csv file"
         )
+    if task not in (None, "auto") and not is_csv and task != ds.task:
+        if not (ds.task == "binary" and task == "multiclass"):
+            raise ValueError(f"{spec!r} is a {ds.task} data set; it cannot be read as {task}")
+        ds.y, ds.task, ds.classes = ds.y.astype(np.int64), "multiclass", ["0", "1"]
     if standardized:
         ds.X = standardize(ds.X)
-        ds.source += ", standardised"
-    ds.X, ds.y = check_xy(ds.X, ds.y)
+        if ds.task == "regression":
+            ds.y = standardize(ds.y[:, None])[:, 0] if ds.y.ndim == 1 else standardize(ds.y)
+            ds.source += ", features and target standardised"
+        else:
+            ds.source += ", standardised"
+    ds.X, ds.y = check_xy(ds.X, ds.y, task=ds.task, n_classes=ds.n_classes)
     return ds
 
 
-def load_csv(path: str | Path, *, label_column: str | None = None) -> Dataset:
-    """Numeric features and one 0/1 label column from a CSV file, with or without a header.
+def _sklearn(name: str) -> Dataset:
+    """iris, wine, digits or diabetes from the copies bundled inside scikit-learn."""
+    from sklearn import datasets  # bundled data files, read from the package: no network
+
+    if name == "diabetes":
+        bunch = datasets.load_diabetes(scaled=False)  # raw values; standardised by the caller
+        return Dataset(
+            "diabetes",
+            bunch.data.astype(np.float64),
+            bunch.target.astype(np.float64),
+            "diabetes progression after one year (scikit-learn's bundled copy), regression",
+            list(bunch.feature_names),
+            task="regression",
+        )
+    bunch = getattr(datasets, f"load_{name}")()
+    X = bunch.data.astype(np.float64)  # (N, D)
+    what = {
+        "iris": "Fisher's iris flowers",
+        "wine": "wine from three cultivars",
+        "digits": "8x8 handwritten digits",
+    }[name]
+    source = f"{what} (scikit-learn's bundled copy), {len(bunch.target_names)} classes"
+    if name == "digits":
+        X = X / 16.0  # pixel counts 0..16 -> [0, 1]
+        source += ", pixels / 16"
+    return Dataset(
+        name,
+        X,
+        bunch.target.astype(np.int64),
+        source,
+        list(bunch.feature_names),
+        task="multiclass",
+        classes=[str(c) for c in bunch.target_names],
+    )
+
+
+def load_csv(path: str | Path, *, label_column: str | None = None, task: str = "binary") -> Dataset:
+    """Numeric features and one label column from a CSV file, with or without a header.
 
     The label column is the last unless `label_column` names it (a header name, or a 0-based
-    index). Every problem is reported with its row and column.
+    index). Every problem is reported with its row and column. `task` says what the labels are:
+
+    binary      0 or 1 only (the default, as before multi-class support)
+    multiclass  whole numbers >= 0, read as class indices: C = the largest label + 1, so labels
+                1..3 mean 4 classes with class 0 empty (relabel from 0 to avoid a dead output)
+    regression  any finite numbers
+    auto        decided from the values: binary if all are 0 or 1; multiclass if they are
+                exactly the whole numbers 0..C-1 for some C >= 3, each present; otherwise
+                regression (so a column of counts 0..4 with every count present is read as 5
+                classes: pass task="regression" to say otherwise)
     """
+    if task not in CSV_TASKS:
+        raise ValueError(f"unknown task {task!r}; expected one of {', '.join(CSV_TASKS)}")
     path = Path(path)
     try:
         raw = path.read_bytes()
@@ -151,16 +258,46 @@ def load_csv(path: str | Path, *, label_column: str | None = None) -> Dataset:
             f"{rows[i][j].strip()!r} is not a finite number"
         )
     y = values[:, label]
-    outside = np.flatnonzero((y != 0) & (y != 1))
-    if outside.size:
-        i = outside[0]
-        raise ValueError(
-            f"{path}: label column {names[label]!r} must hold 0 or 1; row "
+    if task == "auto":
+        task = _guess_task(y)
+
+    def bad_row(mask: np.ndarray, expected: str):
+        i = np.flatnonzero(mask)[0]
+        return ValueError(
+            f"{path}: label column {names[label]!r} must hold {expected}; row "
             f"{i + first_data_line} has {rows[i][label].strip()!r}"
         )
+
+    classes = None
+    if task == "binary":
+        if ((y != 0) & (y != 1)).any():
+            err = bad_row((y != 0) & (y != 1), "0 or 1")
+            raise ValueError(f"{err} (for other labels pass task='multiclass' or 'regression')")
+        kind = ""
+    elif task == "multiclass":
+        if (y != np.floor(y)).any():
+            raise bad_row(y != np.floor(y), "class numbers 0, 1, 2, ...")
+        if (y < 0).any():
+            raise bad_row(y < 0, "class numbers 0, 1, 2, ...")
+        y = y.astype(np.int64)
+        classes = [str(c) for c in range(int(y.max()) + 1)]
+        kind = f", {len(classes)} classes"
+    else:
+        kind = ", real-valued target"
     X = np.delete(values, label, axis=1)
     features = [n for j, n in enumerate(names) if j != label]
-    return Dataset(path.stem, X, y, f"{path} (label column {names[label]!r})", features)
+    source = f"{path} (label column {names[label]!r}{kind})"
+    return Dataset(path.stem, X, y, source, features, task=task, classes=classes)
+
+
+def _guess_task(y: np.ndarray) -> str:
+    """binary for 0/1, multiclass for exactly 0..C-1 (C >= 3, each present), else regression."""
+    values = np.unique(y)
+    if np.isin(values, (0.0, 1.0)).all():
+        return "binary"
+    if len(values) >= 3 and np.array_equal(values, np.arange(len(values))):
+        return "multiclass"
+    return "regression"
 
 
 def _is_number(cell: str) -> bool:

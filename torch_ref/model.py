@@ -17,8 +17,10 @@ from nn_parity.scratch.activations import (
     Activation,
     Identity,
     LeakyReLU,
+    LogSoftmax,
     ReLU,
     Sigmoid,
+    Softmax,
     Tanh,
     get_activation,
 )
@@ -36,11 +38,30 @@ def torch_dtype(dtype) -> torch.dtype:
     return TORCH_DTYPES[scratch.resolve_dtype(dtype).name]
 
 
-def torch_loss(loss: scratch.Loss, reduction: str | None = None) -> nn.Module:
-    """The torch loss module with the scratch loss's semantics (and its reduction, unless
-    another is given)."""
-    modules = {"bce": nn.BCELoss, "bce-logits": nn.BCEWithLogitsLoss}
-    return modules[loss.name](reduction=reduction or loss.reduction)
+def torch_loss(loss: scratch.Loss, reduction: str | None = None, *, dtype=None) -> nn.Module:
+    """The torch loss module with the scratch loss's semantics: its reduction (unless another is
+    given), class weights and label smoothing.
+
+    Class weights become a tensor of `dtype` (the network's; float64 when not given), since torch
+    refuses weights of another dtype than the input's.
+    """
+    reduction = reduction or loss.reduction
+    weight = getattr(loss, "weight", None)
+    w = None if weight is None else torch.tensor(weight, dtype=torch_dtype(dtype or "float64"))
+    if isinstance(loss, scratch.CrossEntropyLoss):
+        return nn.CrossEntropyLoss(
+            weight=w, reduction=reduction, label_smoothing=loss.label_smoothing
+        )
+    if isinstance(loss, scratch.NLLLoss):
+        return nn.NLLLoss(weight=w, reduction=reduction)
+    for cls, module in (
+        (scratch.BCELoss, nn.BCELoss),
+        (scratch.BCEWithLogitsLoss, nn.BCEWithLogitsLoss),
+        (scratch.MSELoss, nn.MSELoss),
+    ):
+        if isinstance(loss, cls):
+            return module(reduction=reduction)
+    raise ValueError(f"no torch mirror for loss {loss!r}")
 
 
 # What the network's output stands for, per loss: the torch twin of `Loss.probabilities`.
@@ -67,6 +88,9 @@ def torch_activation(act: Activation) -> nn.Module:
         (Tanh, nn.Tanh),
         (ReLU, nn.ReLU),
         (Identity, nn.Identity),
+        # over the last axis, like the scratch side: the classes, dim 1 of the (N, C) output
+        (Softmax, lambda: nn.Softmax(dim=-1)),
+        (LogSoftmax, lambda: nn.LogSoftmax(dim=-1)),
     ):
         if isinstance(act, cls):
             return module()
@@ -133,6 +157,14 @@ class TorchMLP(nn.Module):
 def _scratch_activation(module: nn.Module) -> Activation:
     if isinstance(module, nn.LeakyReLU):
         return get_activation(f"leaky_relu:{module.negative_slope}")
+    if isinstance(module, (nn.Softmax, nn.LogSoftmax)):
+        # the scratch form runs over the last axis; on (N, C) that is dim 1 or -1, nothing else
+        if module.dim not in (1, -1):
+            raise ValueError(
+                f"no scratch activation for {module!r}: the scratch {type(module).__name__} "
+                "runs over the classes, the last axis (dim=1 or dim=-1 on (N, C) outputs)"
+            )
+        return get_activation("softmax" if isinstance(module, nn.Softmax) else "log_softmax")
     names = {nn.Sigmoid: "sigmoid", nn.Tanh: "tanh", nn.ReLU: "relu", nn.Identity: "identity"}
     if type(module) not in names:
         raise ValueError(f"no scratch activation for torch module {module!r}")
