@@ -390,8 +390,9 @@ def _last_step(record: Record) -> int:
 def probs_figure(record: Record, path: Path | str) -> Path:
     """Scratch against torch output probability per sample, at step 0 and at the last step."""
     a = record.arrays
-    y = np.asarray(a["y"]).ravel()
+    y = labels = np.asarray(a["y"]).ravel()
     classes = np.unique(y[np.isfinite(y)]) if y.dtype.kind == "f" else np.unique(y)
+    regression = len(classes) > 12  # real-valued targets: predictions, one colour
 
     # A run cut short may have recorded only one of the two.
     panels = [
@@ -404,9 +405,11 @@ def probs_figure(record: Record, path: Path | str) -> Path:
     for ax, (when, step) in zip(axes, panels):
         ps = np.asarray(a[f"probs_{when}_scratch"], dtype=np.float64).ravel()
         pt = np.asarray(a[f"probs_{when}_torch"], dtype=np.float64).ravel()
-        ax.plot([0, 1], [0, 1], color="tab:gray", linewidth=1, label="y = x")
-        for k, c in enumerate(classes):
-            sel = y == c
+        y = np.asarray(a[f"probs_{when}_y"]).ravel() if f"probs_{when}_y" in a else labels
+        lo, hi = (float(np.nanmin(pt)), float(np.nanmax(pt))) if regression and len(pt) else (0, 1)
+        ax.plot([lo, hi], [lo, hi], color="tab:gray", linewidth=1, label="y = x")
+        for k, c in enumerate([None] if regression else classes):
+            sel = np.ones(len(ps), bool) if c is None else y == c
             style = CLASS_STYLE[k % len(CLASS_STYLE)]
             ax.scatter(
                 ps[sel],
@@ -414,18 +417,20 @@ def probs_figure(record: Record, path: Path | str) -> Path:
                 s=14,
                 alpha=0.7,
                 linewidths=0,
-                label=f"label y = {c:g}",
+                label="prediction" if c is None else f"label y = {c:g}",
                 color=style["color"],
                 marker=style["marker"],
                 rasterized=len(ps) > 5000,
             )
         # np.max lets a NaN through, which is what a diverged output should show.
         largest = float(np.max(np.abs(ps - pt))) if len(ps) else float("nan")
-        ax.set_xlim(0, 1)
-        ax.set_ylim(0, 1)
+        if not regression:
+            ax.set_xlim(0, 1)
+            ax.set_ylim(0, 1)
         ax.set_aspect("equal")
-        ax.set_xlabel("scratch P(class 1)")
-        ax.set_ylabel("torch P(class 1)")
+        what = "prediction" if regression else "P(true class)" if len(classes) > 2 else "P(class 1)"
+        ax.set_xlabel(f"scratch {what}")
+        ax.set_ylabel(f"torch {what}")
         ax.set_title(
             f"Step {step}: largest |p_scratch - p_torch| = {largest:.3g}", fontsize="medium"
         )

@@ -80,8 +80,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--loss",
         choices=list(scratch.LOSSES),
-        default="bce",
-        help="bce: on sigmoid probabilities; bce-logits: from logits",
+        help="bce: binary, on sigmoid probabilities; bce-logits: binary, from logits; ce: "
+        "softmax cross-entropy over C classes from logits; nll: on log-softmax outputs; mse: "
+        "regression (default: bce, ce or mse, by the data's task)",
     )
     run.add_argument("--reduction", choices=["mean", "sum"], default="mean")
     run.add_argument("--lr", type=_float, default=0.1, help="learning rate")
@@ -272,17 +273,23 @@ def plan(args: argparse.Namespace) -> dict:
         check_lr(args.lr)
     except ValueError as err:
         raise UsageError(f"--lr: {err}") from None
+    asked = scratch.get_loss(args.loss, args.reduction) if args.loss else None
     ds = load_dataset(
-        args.data, seed=args.seed, label_column=args.label_column, standardized=args.standardize
+        args.data,
+        seed=args.seed,
+        label_column=args.label_column,
+        standardized=args.standardize,
+        task=asked.task if asked else None,
     )
     D = ds.X.shape[1]
+    loss = asked or scratch.get_loss(_DEFAULT_LOSS[ds.task], args.reduction)
     if args.model is not None:
         return _plan_model(args, ds)
     exam = ds.name == "exam" and args.data == "exam"
-    sizes = _sizes(args.layers) if args.layers else (EXAM_SIZES if exam else [D, 8, 1])
+    default_sizes = EXAM_SIZES if exam else [D, 8, ds.n_outputs]
+    sizes = _sizes(args.layers) if args.layers else default_sizes
     if sizes[0] != D:
         raise UsageError(f"--layers starts with {sizes[0]} inputs but the data has {D} features")
-    loss = scratch.get_loss(args.loss, args.reduction)
     if loss.name in ("bce", "bce-logits") and sizes[-1] != 1:
         raise UsageError(
             f"--layers must end with 1 output for binary cross-entropy, got {sizes[-1]}"
@@ -294,7 +301,6 @@ def plan(args: argparse.Namespace) -> dict:
         acts = acts * hidden
     elif len(acts) != hidden:
         raise UsageError(f"--activation lists {len(acts)} activations for {hidden} hidden layers")
-    loss = scratch.get_loss(args.loss, args.reduction)
     acts = [*acts, loss.output_activation]
     article = exam and sizes == EXAM_SIZES and acts == EXAM_ACTIVATIONS and args.bias
     init = args.init or ("article" if article and args.weights is None else "xavier_uniform")
@@ -308,6 +314,8 @@ def plan(args: argparse.Namespace) -> dict:
         )
     return {"data": ds, "sizes": sizes, "activations": acts, "loss": loss, "init": init}
 
+
+_DEFAULT_LOSS = {"binary": "bce", "multiclass": "ce", "regression": "mse"}
 
 _ARCHITECTURE_FLAGS = {
     "layers": "--layers", "activation": "--activation", "init": "--init",
@@ -332,7 +340,8 @@ def _plan_model(args: argparse.Namespace, ds) -> dict:
         assert net.pmap is not None
         desc, loss = net.description(), net.loss
     elif isinstance(net, scratch.MLP):
-        desc, loss = net, scratch.get_loss(args.loss, args.reduction)
+        desc = net
+        loss = scratch.get_loss(args.loss or _DEFAULT_LOSS[ds.task], args.reduction)
     else:
         raise UsageError(
             f"--model: {args.model} returned a {type(net).__name__}; expected a network adapted "
@@ -421,10 +430,15 @@ def run(args: argparse.Namespace) -> int:
     X = ds.X.astype(desc.dtype)
 
     extras: dict = {"summary": {}, "arrays": {}}
-    two_d = X.shape[1] == 2
+    # the decision-boundary figure draws P(class 1): binary tasks on two-feature data
+    two_d = X.shape[1] == 2 and loss.task == "binary"
     if two_d:
         extras["arrays"].update(boundary(desc, ref, loss, ds.X, "before"))
-    sl = gradient_slice(desc, ref, loss, ds.X, ds.y.reshape(-1, 1))
+    try:
+        targets = loss.targets(ds.y, desc.sizes[-1], "float64")
+    except ValueError as err:
+        raise UsageError(str(err)) from None
+    sl = gradient_slice(desc, ref, loss, ds.X, targets)
     extras["summary"].update(sl["summary"])
     extras["arrays"].update(sl["arrays"])
 

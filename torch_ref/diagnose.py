@@ -167,11 +167,15 @@ def _reference_grads(ctx, at_z_layer: int | None) -> dict[str, np.ndarray]:
         a = 1 / (1 + np.exp(-z)) if name == "sigmoid" else np.tanh(z) if name == "tanh" else z
         cache.append((x, z, a))
         x = a
-    y = ctx.Y.astype(np.float64)
+    y = ctx.Y.astype(np.float64) if ctx.Y.dtype.kind == "f" else ctx.Y
     out = cache[-1][2]
-    dout = (out - y) / np.maximum(out * (1 - out), 1e-12) if ctx.loss.name == "bce" else out - y
-    if ctx.loss.reduction == "mean":
-        dout = dout / out.size
+    if ctx.loss.name in ("bce", "bce-logits"):
+        dout = (out - y) / np.maximum(out * (1 - out), 1e-12) if ctx.loss.name == "bce" else out - y
+        if ctx.loss.reduction == "mean":
+            dout = dout / out.size
+    else:  # the other losses' gradients, from a fresh float64 instance of the same loss
+        fresh = type(ctx.loss)(ctx.loss.reduction, **ctx.loss.options)
+        dout = fresh.backward(fresh.forward(out, ctx.Y)[1])
     grads = {}
     da = dout
     for l in range(len(net.layers) - 1, -1, -1):
@@ -206,6 +210,8 @@ def _saturation(div, ctx) -> dict | None:
     ):
         return None
     out = ctx.torch_cache[-1][1].detach()
+    if ctx.loss.task != "binary":
+        return None
     p = torch.sigmoid(out) if ctx.loss.name == "bce-logits" else out
     sat = ((p < 1e-7) | (p > 1 - 1e-7)).numpy().ravel()
     if not sat.any() or sat.all():

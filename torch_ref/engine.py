@@ -165,6 +165,8 @@ class LockstepResult:
     checked: dict = field(default_factory=dict)
     epochs: np.ndarray | None = None  # (steps,) with mini-batches: each step's epoch and batch
     batches: np.ndarray | None = None
+    rows_first: np.ndarray | None = None  # with mini-batches: the rows of probs_first, _last
+    rows_last: np.ndarray | None = None
 
     @property
     def labels(self) -> list[str]:
@@ -294,9 +296,7 @@ def _scratch_side(net, loss, optimizer, lr, X, y):
                 f"with loss {net.loss.name!r}"
             )
         loss_s = net.loss
-        Xc, Yc = _check_data(loss_s, X, y, net.dtype)
-        if net.pmap is None:
-            resolve_layout(net, np.asarray(X), np.asarray(y), _out_width(loss_s, Yc))
+        Xc, Yc = _check_data(loss_s, X, y, net.dtype, _user_sizes(net, X, y, loss_s))
         return (
             UserSide(net, _optimizer_factory(optimizer, lr), lr, np.asarray(X), np.asarray(y)),
             Xc,
@@ -324,27 +324,27 @@ def _scratch_side(net, loss, optimizer, lr, X, y):
     return MLPSide(net, loss_s, opt, lr), Xc, Yc
 
 
-def _out_width(loss_s, Y) -> int | None:
-    return 1 if loss_s.name in ("bce", "bce-logits") else None
+def _user_sizes(net: UserNetwork, X, y, loss_s) -> list[int]:
+    """The user network's [D, ..., C], from its layout (worked out here if not yet)."""
+    if net.pmap is None:
+        Xa = np.asarray(X)
+        if Xa.ndim != 2:
+            raise ValueError(f"X must be 2-D (samples, features), got shape {Xa.shape}")
+        resolve_layout(net, Xa, np.asarray(y), 1 if loss_s.task == "binary" else None)
+    assert net.pmap is not None
+    return net.pmap.sizes
 
 
-def _check_data(loss_s, X, y, dtype, sizes=None):
+def _check_data(loss_s, X, y, dtype, sizes):
     """X as a finite (N, D) array in the network's dtype, and the labels in the form the loss
-    takes: (N, 1) 0/1 floats for the binary losses, class indices or targets for the others."""
+    takes: (N, 1) 0/1 floats for the binary losses, (N,) class indices for ce and nll, (N, C)
+    targets for mse. `sizes` is the network's [D, ..., C]."""
     from nn_parity.scratch.validate import check_xy
 
-    width = sizes[0] if sizes else None
-    targets = getattr(loss_s, "targets", None)
-    if targets is None or loss_s.name in ("bce", "bce-logits"):
-        if sizes is not None and sizes[-1] != 1:
-            raise ValueError(f"binary cross-entropy needs one output, got sizes {sizes}")
-        X, y = check_xy(X, y, width=width)
-        Y = np.ascontiguousarray(y, dtype=dtype).reshape(-1, 1)
-    else:
-        X, _ = check_xy(X, np.zeros(len(X)), width=width)
-        Y = targets(y, sizes[-1] if sizes else None)
-        if Y.dtype.kind == "f":
-            Y = np.ascontiguousarray(Y, dtype=dtype)
+    if loss_s.task == "binary" and sizes[-1] != 1:
+        raise ValueError(f"binary cross-entropy needs one output, got sizes {sizes}")
+    X, _ = check_xy(X, y, width=sizes[0], task=loss_s.task, n_classes=sizes[-1])
+    Y = loss_s.targets(y, sizes[-1], dtype)
     return np.ascontiguousarray(X, dtype=dtype), Y
 
 
@@ -480,6 +480,7 @@ def lockstep(
     explained: dict[str, list[int]] = {"kink": [], "saturation": [], "drift": []}
     snapshot: dict = {}
     probs_first = None
+    rows_first = rows = None
     ran = 0
     items: list[Item] = []
     layout: dict[int, tuple[list[Item], list[_Group]]] = {}  # per batch size
@@ -530,6 +531,7 @@ def lockstep(
             p_idx = next((k for k, it in enumerate(step_items) if it.quantity == "prob"), None)
             if step == 0 and p_idx is not None:
                 probs_first = (np.array(svals[p_idx]), _np(tvals[p_idx]).copy())
+                rows_first = rows
 
             blowup = None
             if not (np.isfinite(max_abs[step]).all() and np.isfinite(rel_err[step]).all()):
@@ -599,6 +601,8 @@ def lockstep(
         not_compared=not_compared,
         checked=_checked(sside),
         epochs=epochs_at[:ran] if batch_size is not None else None,
+        rows_first=rows_first,
+        rows_last=rows,
         batches=batches_at[:ran] if batch_size is not None else None,
     )
 
@@ -807,7 +811,7 @@ def _fd_verdict(desc, sside, params_before, it: Item, m: Mismatch) -> tuple[floa
     oracle.load_state_dict({k: np.asarray(v, np.float64) for k, v in params_before.items()})
     X64 = sside.X.astype(np.float64)
     Y64 = sside.Y.astype(np.float64) if sside.Y.dtype.kind == "f" else sside.Y
-    fresh_loss = type(sside.loss)(sside.loss.reduction)
+    fresh_loss = type(sside.loss)(sside.loss.reduction, **sside.loss.options)
     grad, kinks = network_gradient(oracle, fresh_loss, X64, Y64, it.name, [m.index])
     if kinks:
         return math.nan, "undecided: the element sits on a relu kink"

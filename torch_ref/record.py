@@ -126,13 +126,28 @@ def write_record(folder: Path, result: LockstepResult, config: dict, extras: dic
     (folder / "summary.json").write_text(json.dumps(summary, indent=2, allow_nan=True) + "\n")
     (folder / "metrics.csv").write_text(metrics_csv(result))
     arrays = {"y": config["y"]}
-    for when, pair in (("first", result.probs_first), ("last", result.probs_last)):
+    for when, pair, rows in (
+        ("first", result.probs_first, result.rows_first),
+        ("last", result.probs_last, result.rows_last),
+    ):
         if pair is not None:
-            arrays[f"probs_{when}_scratch"] = np.ravel(pair[0])
-            arrays[f"probs_{when}_torch"] = np.ravel(pair[1])
+            y = np.asarray(config["y"]) if rows is None else np.asarray(config["y"])[rows]
+            arrays[f"probs_{when}_scratch"] = _per_sample(pair[0], y)
+            arrays[f"probs_{when}_torch"] = _per_sample(pair[1], y)
+            if rows is not None:  # a mini-batch: its own labels
+                arrays[f"probs_{when}_y"] = y
     arrays.update(extras.get("arrays", {}))
     np.savez(folder / "record.npz", **arrays)
     return summary
+
+
+def _per_sample(probs: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """One number per sample for the probabilities figure: P(class 1) of a binary output, the
+    probability of the true class over C classes, each prediction of a regression."""
+    probs = np.asarray(probs)
+    if probs.ndim == 2 and probs.shape[1] > 1 and np.asarray(y).dtype.kind in "iu":
+        return probs[np.arange(len(probs)), np.asarray(y)]
+    return np.ravel(probs)
 
 
 @contextmanager
@@ -168,12 +183,13 @@ def gradient_slice(
     parameters change.
     """
     name = "layers.0.weight"
-    Xd, Yd = X.astype(net.dtype), Y.astype(net.dtype)
+    Xd = X.astype(net.dtype)
+    Yd = Y.astype(net.dtype) if Y.dtype.kind == "f" else Y  # class indices stay integers
     out, cache = net.forward(Xd)
     _, lcache = loss.forward(out, Yd)
     g_s = net.backward(loss.backward(lcache), cache)[name].copy()
     ref.zero_grad(set_to_none=True)
-    torch_loss(loss)(ref(torch.from_numpy(Xd)), torch.from_numpy(Yd)).backward()
+    torch_loss(loss, dtype=net.dtype)(ref(torch.from_numpy(Xd)), torch.from_numpy(Yd)).backward()
     grad_t = dict(ref.named_parameters())[name].grad
     assert grad_t is not None
     g_t = grad_t.detach().numpy().copy()
@@ -182,7 +198,8 @@ def gradient_slice(
 
     oracle = scratch.MLP(net.sizes, net.activations, bias=net.bias, dtype="float64")
     oracle.flat_params[...] = net.flat_params
-    f = loss_fn(oracle, type(loss)(loss.reduction), X.astype(np.float64), Y.astype(np.float64))
+    Y64 = Y.astype(np.float64) if Y.dtype.kind == "f" else Y
+    f = loss_fn(oracle, type(loss)(loss.reduction, **loss.options), X.astype(np.float64), Y64)
     fd = float(numerical_gradient(f, oracle.params[name], [index])[index])
     w = oracle.params[name]
     w0 = float(w[index])

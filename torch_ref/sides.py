@@ -296,6 +296,10 @@ def _layer_cache(cache: Mapping, n: int, sizes: list[int]) -> tuple[dict, dict]:
     return out["z"], out["a"]
 
 
+def _dtype_of(by_name: dict):
+    return next(iter(by_name.values())).detach().numpy().dtype
+
+
 def _torch_optim():
     try:
         from .optim import torch_optimizer, torch_state
@@ -320,7 +324,7 @@ class TorchSide:
         torch_optimizer, torch_state = _torch_optim()
         self.ref, self.by_name, self.order = ref, by_name, order
         self.loss = loss
-        self.loss_fn = torch_loss(loss)
+        self.loss_fn = torch_loss(loss, dtype=_dtype_of(by_name))
         self.opt = torch_optimizer(opt_desc, {k: by_name[k] for k in order})
         self._torch_state = torch_state
         self.state_names: tuple[str, ...] = tuple(getattr(opt_desc, "state_names", ()))
