@@ -174,7 +174,7 @@ def _reference_grads(ctx, at_z_layer: int | None) -> dict[str, np.ndarray]:
         if ctx.loss.reduction == "mean":
             dout = dout / out.size
     else:  # the other losses' gradients, from a fresh float64 instance of the same loss
-        fresh = type(ctx.loss)(ctx.loss.reduction, **ctx.loss.options)
+        fresh = scratch.LOSSES[ctx.loss.name](ctx.loss.reduction, **ctx.loss.options)
         dout = fresh.backward(fresh.forward(out, ctx.Y)[1])
     grads = {}
     da = dout

@@ -134,8 +134,10 @@ def _staged(sside, tside, items, within, svals, tvals, flips):
     grad_of = {name: loss_k + 1 + j for j, name in enumerate(sside.order)}
     inputs = [sside.X] + [a for _, _, a in sside.cache[:-1]]
     for l, ((x, _, _), expected) in enumerate(zip(sside.cache, inputs)):
-        if not np.array_equal(x, expected):  # its backward would use what no check compares
-            return None, grad_of[f"layers.{l}.weight"]
+        if not np.array_equal(x, expected):
+            if l == 0:  # the forward ran on other data than the batch: z[0] is where it shows
+                return None, kinds.index("z")
+            return None, grad_of[f"layers.{l}.weight"]  # backward uses what no check compares
     try:
         net.flat_params[...] = sside.flat_before
         again = _rerun(sside)

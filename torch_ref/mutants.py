@@ -49,6 +49,9 @@ class Config:
     weight_scale: float = 1.0
     seed: int = 3
     zero_unit: bool = False  # unit 0 of layer 0 gets zero weights: its z is exactly 0
+    batch_size: int | None = None  # mini-batches (one seeded permutation per epoch)
+    epochs: int | None = None
+    optimizer: tuple = ()  # ("adam", {"betas": ...}): a stateful optimizer, by description
 
 
 @dataclass(frozen=True)
@@ -69,8 +72,21 @@ def make_case(cfg: Config) -> Case:
     if cfg.zero_unit:
         net.layers[0].weight[0] = 0
     X = rng.standard_normal((cfg.n, cfg.sizes[0]))
-    y = (X[:, 0] + 0.5 * rng.standard_normal(cfg.n) > 0).astype(float)
-    return Case(net, None, X, y, loss, cfg.lr, cfg.steps, scratch.SGD(net, cfg.lr))
+    C = cfg.sizes[-1]
+    if loss.task == "multiclass":  # the class of the largest of C noisy projections
+        y = np.argmax(X[:, :C] + 0.5 * rng.standard_normal((cfg.n, C)), axis=1)
+    elif loss.task == "regression":
+        y = X[:, :C] + 0.1 * rng.standard_normal((cfg.n, C))
+    else:
+        y = (X[:, 0] + 0.5 * rng.standard_normal(cfg.n) > 0).astype(float)
+    return Case(net, None, X, y, loss, cfg.lr, cfg.steps, _optimizer(net, cfg))
+
+
+def _optimizer(net: scratch.MLP, cfg: Config):
+    if not cfg.optimizer:
+        return scratch.SGD(net, cfg.lr)
+    name, hyper = cfg.optimizer
+    return scratch.optim.get_optimizer(name, net, lr=cfg.lr, **hyper)
 
 
 # --- building blocks: swap one method on one instance ----------------------------------------
@@ -314,6 +330,93 @@ def last_sample_dropped(case):
     _layer_backward(case, 2, fn)
 
 
+# --- many classes, regression, mini-batches ----------------------------------------------------
+
+
+def softmax_no_max_shift(case):
+    class Unshifted(type(case.loss)):  # type: ignore[misc]
+        def forward(self, out, y):
+            e = np.exp(out)  # overflows to inf once a logit passes ~709
+            lp = np.log(e / e.sum(axis=1, keepdims=True))  # (N, C)
+            value, wy, total = self._nll(lp, y)
+            return float(value), (lp, y, wy, total)
+
+    _loss(case, Unshifted)
+
+
+def ce_grad_missing_target(case):
+    class NoMinusOne(type(case.loss)):  # type: ignore[misc]
+        def backward(self, cache):
+            lp, y, _, _ = cache
+            return np.exp(lp) / len(y)  # softmax(z) / N: the -1 at the target class left out
+
+    _loss(case, NoMinusOne)
+
+
+def one_hot_off_by_one(case):
+    class Shifted(type(case.loss)):  # type: ignore[misc]
+        def backward(self, cache):
+            lp, y, wy, total = cache
+            C = lp.shape[1]
+            return super().backward((lp, (y + 1) % C, wy, total))  # one-hot built one class over
+
+    _loss(case, Shifted)
+
+
+def log_softmax_backward_elementwise(case):
+    _activation(case, len(case.net.layers) - 1, lambda da, z, a: da)  # softmax term dropped
+
+
+def mse_missing_two(case):
+    class Half(type(case.loss)):  # type: ignore[misc]
+        def backward(self, cache):
+            return super().backward(cache) / 2  # d(y - t)^2 = 2 (y - t): the 2 forgotten
+
+    _loss(case, Half)
+
+
+def batch_mean_over_data_size(case):
+    n_data = len(case.X)
+
+    class OverN(type(case.loss)):  # type: ignore[misc]
+        def backward(self, cache):
+            batch = len(cache[1])  # a mini-batch's mean taken over the whole data set's size
+            return super().backward(cache) * (batch / n_data)
+
+    _loss(case, OverN)
+
+
+def last_batch_dropped(case):
+    full = case.net.forward
+
+    class SkipsPartial(type(case.optimizer)):  # type: ignore[misc]
+        def step(self, *args):
+            if len(seen[-1]) == case_batch:  # the last, partial batch silently not applied
+                super().step(*args)
+
+    seen: list = []
+    case_batch = 8
+
+    def forward(X):
+        seen.append(X)
+        return full(X)
+
+    case.net.forward = forward  # type: ignore[method-assign]
+    opt = SkipsPartial.__new__(SkipsPartial)
+    opt.__dict__.update(case.optimizer.__dict__)
+    case.optimizer = opt
+
+
+def own_shuffle(case):
+    full = case.net.forward
+    rng = np.random.default_rng(99)
+
+    def forward(X):  # the scratch side draws its own batch order
+        return full(X[rng.permutation(len(X))])
+
+    case.net.forward = forward  # type: ignore[method-assign]
+
+
 MUTANTS: list[Mutant] = [
     Mutant(
         "missing-1/N",
@@ -422,6 +525,62 @@ MUTANTS: list[Mutant] = [
         grads_accumulate,
     ),
     Mutant(
+        "softmax-no-max-shift",
+        "softmax computed as e^z / sum e^z, without the max shift: inf at logits ~1000",
+        (0, "loss", None),
+        softmax_no_max_shift,
+        Config(sizes=(5, 5, 5, 3), loss="ce", weight_scale=300.0),
+    ),
+    Mutant(
+        "ce-grad-missing-1",
+        "softmax cross-entropy gradient without the -1 at the target class",
+        (0, "grad", 2),
+        ce_grad_missing_target,
+        Config(sizes=(5, 5, 5, 3), loss="ce"),
+    ),
+    Mutant(
+        "one-hot-off-by-one",
+        "the one-hot labels built one class over in the gradient",
+        (0, "grad", 2),
+        one_hot_off_by_one,
+        Config(sizes=(5, 5, 5, 3), loss="ce"),
+    ),
+    Mutant(
+        "log-softmax'-dropped",
+        "log-softmax's backward taken as the identity: the softmax term missing",
+        (0, "grad", 2),
+        log_softmax_backward_elementwise,
+        Config(sizes=(5, 5, 5, 3), loss="nll"),
+    ),
+    Mutant(
+        "mse-missing-2",
+        "the factor 2 of d(y - t)^2 left out",
+        (0, "grad", 2),
+        mse_missing_two,
+        Config(sizes=(5, 5, 5, 2), loss="mse"),
+    ),
+    Mutant(
+        "batch-mean-over-N",
+        "a mini-batch's mean taken over the whole data set's size",
+        (0, "grad", 2),
+        batch_mean_over_data_size,
+        Config(sizes=(5, 5, 5, 3), loss="ce", n=20, batch_size=8, epochs=2),
+    ),
+    Mutant(
+        "last-batch-dropped",
+        "each epoch's last, partial mini-batch silently not applied",
+        (2, "param", 2),
+        last_batch_dropped,
+        Config(sizes=(5, 5, 5, 3), loss="ce", n=20, batch_size=8, epochs=2),
+    ),
+    Mutant(
+        "own-shuffle",
+        "the scratch side draws its own batch order instead of the shared one",
+        (0, "z", 0),
+        own_shuffle,
+        Config(sizes=(5, 5, 5, 3), loss="ce", n=20, batch_size=8, epochs=2),
+    ),
+    Mutant(
         "last-sample-dropped",
         "an off-by-one slice drops a sample from dW",
         (0, "grad", 2),
@@ -434,9 +593,10 @@ def run_mutant(mutant: Mutant, **lockstep_kwargs) -> LockstepResult:
     case = make_case(mutant.config)
     case.ref = TorchMLP.from_scratch(case.net)  # mirrors the correct weights, before any bug
     mutant.apply(case)
+    batches = {"batch_size": mutant.config.batch_size, "epochs": mutant.config.epochs}
     return lockstep(
         case.net, case.ref, case.X, case.y, steps=case.steps, lr=case.lr, loss=case.loss,
-        optimizer=case.optimizer, **lockstep_kwargs,
+        optimizer=case.optimizer, **batches, **lockstep_kwargs,
     )  # fmt: skip
 
 
