@@ -488,10 +488,10 @@ def lockstep(
     Xt_full, Yt_full = torch.from_numpy(X), torch.from_numpy(Y)
     work = n * sside.desc.num_params
 
-    # Overflow and NaN are detected and reported as a blow-up below, not warned about.
+    # Overflow, NaN and log(0) are detected and reported as a blow-up below, not warned about.
     with (
         _side_by_side(work >= _CONCURRENT_WORK) as pool,
-        np.errstate(over="ignore", invalid="ignore"),
+        np.errstate(over="ignore", invalid="ignore", divide="ignore"),
     ):
         for step, (epoch, b, rows) in zip(range(steps), plan):
             Xb, Yb = (X, Y) if rows is None else (X[rows], Y[rows])
