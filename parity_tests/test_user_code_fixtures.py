@@ -42,8 +42,8 @@ RTOL, ATOL = 2**12 * EPS, 2**14 * EPS
 class DictGlue:
     """params dict, weights (in, out); grads returned by `loss_and_grads`, `sgd_step` updates."""
 
-    forward_names = [("z1", "a1"), ("z2", "a2")]
-    param_names = [("W1", "b1"), ("W2", "b2")]
+    forward_names = (("z1", "a1"), ("z2", "a2"))
+    param_names = (("W1", "b1"), ("W2", "b2"))
     loss_name = "loss"
     sizes = (3, 5, 1)
     acts = (nn.Tanh, nn.Sigmoid)
@@ -73,8 +73,8 @@ class DictGlue:
 class ClassGlue:
     """attributes W1 (in, out), b1 (1, H); a fused `backward(X, y, lr)`: implied gradients."""
 
-    forward_names = [("z1", "a1"), ("z2", "a2")]
-    param_names = [("W1", "b1"), ("W2", "b2")]
+    forward_names = (("z1", "a1"), ("z2", "a2"))
+    param_names = (("W1", "b1"), ("W2", "b2"))
     loss_name = "loss"
     sizes = (3, 4, 1)
     acts = (nn.Sigmoid, nn.Sigmoid)
@@ -107,14 +107,14 @@ class ClassGlue:
 class NielsenGlue:
     """lists of weights (out, in) and biases (out, 1); `update_mini_batch` rebinds the lists."""
 
-    sizes = [4, 4, 4, 1]  # square hidden layers: the transposed-nabla bug keeps its shapes
-    forward_names = [(None, None), (None, None), (None, "feedforward")]
-    param_names = [(f"weights[{l}]", f"biases[{l}]") for l in range(3)]
+    sizes = (4, 4, 4, 1)  # square hidden layers: the transposed-nabla bug keeps its shapes
+    forward_names = ((None, None), (None, None), (None, "feedforward"))
+    param_names = tuple((f"weights[{l}]", f"biases[{l}]") for l in range(3))
     loss_name = "total_cost"
     acts = (nn.Sigmoid, nn.Sigmoid, nn.Sigmoid)
 
     def __init__(self, factory, seed=0):
-        self.net = factory(self.sizes, seed=seed)
+        self.net = factory(list(self.sizes), seed=seed)
 
     def layers(self):
         return [(w, b.reshape(-1)) for w, b in zip(self.net.weights, self.net.biases)]
@@ -225,7 +225,7 @@ def test_bug_diverges_within_three_steps_where_declared(style, name, entry):
     factory, where, kind, _ = entry
     div, _ = first_divergence(style, factory, steps=3)
     assert div is not None, f"{style} bug {name} went unnoticed for 3 steps"
-    step, got_kind, got_where, size = div
+    _, got_kind, got_where, size = div
     assert (got_kind, got_where) == (kind, where), f"{name}: first divergence {div}"
     assert size > 1e-6, f"{name}: diverges by only {size:.3g}"
 
