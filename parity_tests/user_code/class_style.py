@@ -232,7 +232,8 @@ BUGS = {
         DerivativeOverwritesA1,
         "W2",
         "grad",
-        "d_sigmoid = self.a1; d_sigmoid *= 1 - self.a1 overwrites a1 before dW2 reads it",
+        "d_sigmoid = self.a1; d_sigmoid *= 1 - self.a1 overwrites a1 before dW2 reads it "
+        "(a1 as forward left it is right: read it before backward runs, or copy it)",
     ),
     "loss-without-negative-class": (
         LossWithoutNegativeClass,
