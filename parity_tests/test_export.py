@@ -199,6 +199,10 @@ def test_export_bad_network_and_folder(net, tmp_path):
     relu_out = scratch.MLP([2, 3, 2], ["tanh", "relu"])
     with pytest.raises(ValueError, match=r"no default loss for a relu output; pass loss="):
         export(relu_out, tmp_path)
+    diverged = scratch.MLP([2, 3, 1], ["tanh", "sigmoid"])
+    diverged.params["layers.0.weight"][1, 0] = np.nan
+    with pytest.raises(ValueError, match=r"layers.0.weight\[1, 0\] is nan: export takes finite"):
+        export(diverged, tmp_path)
     (tmp_path / "afile").write_text("")
     with pytest.raises(ValueError, match=r"exists and is not a folder"):
         export(net, tmp_path / "afile")

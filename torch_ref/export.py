@@ -243,6 +243,10 @@ def export(
     """
     if not isinstance(net, scratch.MLP):
         raise TypeError(f"export takes a scratch.MLP, got {type(net).__name__}")
+    for key, p in net.params.items():
+        if not np.isfinite(p).all():
+            at = tuple(int(i) for i in np.argwhere(~np.isfinite(p))[0])
+            raise ValueError(f"{key}{list(at)} is {p[at]}: export takes finite weights")
     name = _check_name(name)
     loss = _default_loss(net) if loss is None else scratch.get_loss(loss)
     folder = Path(folder)
