@@ -33,6 +33,8 @@ from .weights import save_pt
 __all__ = ["Exported", "export"]
 
 PROBE_ROWS = 8  # enough rows that every gradient is a sum over a batch, small to read
+# losses whose targets the probe batch draws as 0/1 floats shaped like the output, (N, C)
+LOSSES = ("bce", "bce-logits", "mse")
 
 
 @dataclass(frozen=True)
@@ -59,14 +61,19 @@ def _check_name(name) -> str:
     return name
 
 
-def _default_loss(net: scratch.MLP) -> scratch.Loss:
-    last = net.activations[-1].name
-    for loss_name, cls in scratch.LOSSES.items():
-        if cls.output_activation == last:
-            return scratch.get_loss(loss_name)
-    raise ValueError(
-        f"no default loss for a {last} output; pass loss= one of {', '.join(scratch.LOSSES)}"
-    )
+def _loss(net: scratch.MLP, spec: str | scratch.Loss | None) -> scratch.Loss:
+    """The loss given, or the one made for the network's output activation."""
+    known = [n for n in LOSSES if n in scratch.LOSSES]
+    if spec is None:
+        last = net.activations[-1].name
+        for loss_name in known:
+            if scratch.LOSSES[loss_name].output_activation == last:
+                return scratch.get_loss(loss_name)
+        raise ValueError(f"no default loss for a {last} output; pass loss= one of {known}")
+    loss = scratch.get_loss(spec)
+    if loss.name not in known:
+        raise ValueError(f"export draws targets for losses {known}, not {loss.name!r}")
+    return loss
 
 
 def _activation_code(act: Activation) -> str:
@@ -127,7 +134,7 @@ class Net(nn.Module):
 '''
 
 
-def test_source(net: scratch.MLP, name: str, loss: scratch.Loss) -> str:
+def pytest_source(net: scratch.MLP, name: str, loss: scratch.Loss) -> str:
     """The text of a pytest file checking `name.py` with `name.pt` against the recorded values."""
     dt = net.dtype.name
     tols = {q: tolerance(q, dt) for q in ("prob", "loss", "grad")}
@@ -236,8 +243,9 @@ def export(
 ) -> Exported:
     """Write `net` as framework code into `folder`; returns the four paths.
 
-    loss:       the loss the gradients are taken of; by default the one made for the network's
-                output activation (bce for sigmoid, bce-logits for identity)
+    loss:       the loss the gradients are taken of, one of `LOSSES` (targets drawn as 0/1);
+                by default the one made for the output activation (bce for a sigmoid,
+                bce-logits for identity)
     seed:       draws the probe batch
     overwrite:  replace files that exist (refused otherwise, naming the first)
     """
@@ -248,7 +256,7 @@ def export(
             at = tuple(int(i) for i in np.argwhere(~np.isfinite(p))[0])
             raise ValueError(f"{key}{list(at)} is {p[at]}: export takes finite weights")
     name = _check_name(name)
-    loss = _default_loss(net) if loss is None else scratch.get_loss(loss)
+    loss = _loss(net, loss)
     folder = Path(folder)
     if folder.exists() and not folder.is_dir():
         raise ValueError(f"folder {str(folder)!r} exists and is not a folder")
@@ -267,5 +275,5 @@ def export(
     paths.module.write_text(module_source(net, name))
     save_pt(net, paths.weights)
     np.savez(paths.expected, **record)  # type: ignore[arg-type]
-    paths.test.write_text(test_source(net, name, loss))
+    paths.test.write_text(pytest_source(net, name, loss))
     return paths
