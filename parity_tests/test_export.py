@@ -199,6 +199,12 @@ def test_export_bad_network_and_folder(net, tmp_path):
     relu_out = scratch.MLP([2, 3, 2], ["tanh", "relu"])
     with pytest.raises(ValueError, match=r"no default loss for a relu output; pass loss="):
         export(relu_out, tmp_path)
+
+    class Hinge(scratch.Loss):
+        name = "hinge"
+
+    with pytest.raises(ValueError, match=r"export draws targets for losses \['bce', 'bce-logits'"):
+        export(net, tmp_path, loss=Hinge())
     diverged = scratch.MLP([2, 3, 1], ["tanh", "sigmoid"])
     diverged.params["layers.0.weight"][1, 0] = np.nan
     with pytest.raises(ValueError, match=r"layers.0.weight\[1, 0\] is nan: export takes finite"):
