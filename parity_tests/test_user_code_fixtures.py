@@ -272,3 +272,23 @@ def test_the_glue_reports_a_one_ulp_weight_change_nowhere_but_a_real_one_at_once
     mine = glue.step(X, y, LR)
     bad = [k for k, t in ref.items() if not np.allclose(mine[k], t, rtol=RTOL, atol=ATOL)]
     assert bad[0] == ("forward", "z2"), bad
+
+
+def test_each_style_trains_with_its_own_loop():
+    # the styles' own training helpers run as their tutorials use them and lower the loss
+    X, y = make_data(64, 4, seed=1)
+    params = dict_style.init_params((4, 5, 1), seed=0)
+    first, _ = dict_style.loss_and_grads(params, X, y)
+    for _ in range(200):
+        loss, grads = dict_style.loss_and_grads(params, X, y)
+        dict_style.sgd_step(params, grads, lr=0.5)
+    assert loss < 0.6 * first
+
+    losses = class_style.NeuralNetwork(4, 4, 1, seed=0).train(X, y.reshape(-1, 1), 200, 0.5)
+    assert losses[-1] < 0.6 * losses[0]
+
+    data = [(x.reshape(-1, 1), t.reshape(-1, 1)) for x, t in zip(X, y)]
+    net = nielsen_style.Network([4, 4, 4, 1], seed=0)
+    before = net.total_cost(data)
+    net.SGD(data, epochs=20, mini_batch_size=8, eta=0.5)
+    assert net.total_cost(data) < 0.9 * before
