@@ -290,13 +290,13 @@ def test_torch_mlp_to_scratch_is_the_same_conversion():
         (
             lambda: nn.Sequential(nn.Linear(3, 4), nn.Dropout(), nn.Linear(4, 1)),
             ValueError,
-            r"nn.Sequential layer 1 \(Dropout\) is not supported; expected nn.Linear or one of "
-            r"nn.Sigmoid, nn.Tanh, nn.ReLU, nn.LeakyReLU, nn.Identity",
+            r"nn.Sequential layer 1 \(Dropout\) is not supported; expected nn.Linear or an "
+            r"activation with a scratch twin: no scratch activation for torch module Dropout",
         ),
         (
-            lambda: nn.Sequential(nn.Linear(3, 4), nn.Softmax(dim=1)),
+            lambda: nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4), nn.Tanh()),
             ValueError,
-            r"layer 1 \(Softmax\) is not supported",
+            r"layer 1 \(BatchNorm1d\) is not supported",
         ),
         (
             lambda: nn.Sequential(nn.Tanh(), nn.Linear(3, 1)),
@@ -342,7 +342,7 @@ def test_torch_mlp_to_scratch_is_the_same_conversion():
     ],
     ids=[
         "dropout",
-        "softmax",
+        "batchnorm",
         "act-first",
         "two-acts",
         "widths",

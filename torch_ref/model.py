@@ -108,22 +108,16 @@ class TorchMLP(nn.Module):
         return x, cache
 
 
-_NUMPY_DTYPES = {torch.float64: np.float64, torch.float32: np.float32}
-_SCRATCH_ACTIVATIONS = {
-    nn.Sigmoid: "sigmoid",
-    nn.Tanh: "tanh",
-    nn.ReLU: "relu",
-    nn.LeakyReLU: "leaky_relu",
-    nn.Identity: "identity",
-}
-
-
 def _scratch_activation(module: nn.Module) -> Activation:
     if isinstance(module, nn.LeakyReLU):
         return get_activation(f"leaky_relu:{module.negative_slope}")
-    if type(module) not in _SCRATCH_ACTIVATIONS:
+    names = {nn.Sigmoid: "sigmoid", nn.Tanh: "tanh", nn.ReLU: "relu", nn.Identity: "identity"}
+    if type(module) not in names:
         raise ValueError(f"no scratch activation for torch module {module!r}")
-    return get_activation(_SCRATCH_ACTIVATIONS[type(module)])
+    return get_activation(names[type(module)])
+
+
+_NUMPY_DTYPES = {torch.float64: np.float64, torch.float32: np.float32}
 
 
 def sequential_layers(module: nn.Module) -> list[tuple[nn.Linear, Activation]]:
@@ -140,23 +134,27 @@ def sequential_layers(module: nn.Module) -> list[tuple[nn.Linear, Activation]]:
             f"expected a TorchMLP or an nn.Sequential of nn.Linear and activations, "
             f"got {type(module).__name__}"
         )
-    supported = ", ".join(f"nn.{t.__name__}" for t in _SCRATCH_ACTIVATIONS)
     layers: list[list] = []  # [index, Linear, Activation | None]
     for i, m in enumerate(module):
         what = f"nn.Sequential layer {i} ({type(m).__name__})"
         if isinstance(m, nn.Linear):
             layers.append([i, m, None])
-        elif type(m) not in _SCRATCH_ACTIVATIONS:
-            raise ValueError(f"{what} is not supported; expected nn.Linear or one of {supported}")
-        elif not layers:
+            continue
+        try:
+            act = _scratch_activation(m)
+        except ValueError as err:
+            raise ValueError(
+                f"{what} is not supported; expected nn.Linear or an activation with a scratch "
+                f"twin: {err}"
+            ) from None
+        if not layers:
             raise ValueError(f"{what} comes before any nn.Linear; expected nn.Linear first")
-        elif layers[-1][2] is not None:
+        if layers[-1][2] is not None:
             raise ValueError(
                 f"{what} is a second activation after the nn.Linear at {layers[-1][0]}; "
                 "expected one activation per nn.Linear"
             )
-        else:
-            layers[-1][2] = _scratch_activation(m)
+        layers[-1][2] = act
     if not layers:
         raise ValueError("the nn.Sequential holds no nn.Linear; expected at least one")
     first = layers[0][1]
