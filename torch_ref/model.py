@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Sequence
+from typing import cast
 
 import numpy as np
 import torch
@@ -127,15 +128,7 @@ class TorchMLP(nn.Module):
 
     def to_scratch(self) -> scratch.MLP:
         """A scratch network with this module's architecture and weights."""
-        from .weights import torch_to_scratch
-
-        first = self.layers[0]
-        assert isinstance(first, nn.Linear)
-        dtype = {torch.float64: np.float64, torch.float32: np.float32}[first.weight.dtype]
-        acts = [_scratch_activation(m) for m in self.acts]
-        net = scratch.MLP(self.sizes, acts, bias=first.bias is not None, dtype=dtype)
-        torch_to_scratch(self, net)
-        return net
+        return to_scratch(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         for linear, act in zip(self.layers, self.acts):
@@ -169,3 +162,91 @@ def _scratch_activation(module: nn.Module) -> Activation:
     if type(module) not in names:
         raise ValueError(f"no scratch activation for torch module {module!r}")
     return get_activation(names[type(module)])
+
+
+_NUMPY_DTYPES = {torch.float64: np.float64, torch.float32: np.float32}
+
+
+def sequential_layers(module: nn.Module) -> list[tuple[nn.Linear, Activation]]:
+    """Each `nn.Linear` of a `TorchMLP` or an `nn.Sequential`, with its activation.
+
+    In a Sequential an activation module follows its Linear; a Linear followed by another Linear
+    (or ending the Sequential) has the identity. Anything else is refused, naming its index.
+    """
+    if isinstance(module, TorchMLP):
+        pairs = zip(module.layers, module.acts)  # layers holds nn.Linear only, by construction
+        return [(cast(nn.Linear, lin), _scratch_activation(act)) for lin, act in pairs]
+    if not isinstance(module, nn.Sequential):
+        raise TypeError(
+            f"expected a TorchMLP or an nn.Sequential of nn.Linear and activations, "
+            f"got {type(module).__name__}"
+        )
+    layers: list[list] = []  # [index, Linear, Activation | None]
+    for i, m in enumerate(module):
+        what = f"nn.Sequential layer {i} ({type(m).__name__})"
+        if isinstance(m, nn.Linear):
+            layers.append([i, m, None])
+            continue
+        try:
+            act = _scratch_activation(m)
+        except ValueError as err:
+            raise ValueError(
+                f"{what} is not supported; expected nn.Linear or an activation with a scratch "
+                f"twin: {err}"
+            ) from None
+        if not layers:
+            raise ValueError(f"{what} comes before any nn.Linear; expected nn.Linear first")
+        if layers[-1][2] is not None:
+            raise ValueError(
+                f"{what} is a second activation after the nn.Linear at {layers[-1][0]}; "
+                "expected one activation per nn.Linear"
+            )
+        layers[-1][2] = act
+    if not layers:
+        raise ValueError("the nn.Sequential holds no nn.Linear; expected at least one")
+    first = layers[0][1]
+    for (i, prev, _), (j, lin, _) in itertools.pairwise(layers):
+        if lin.in_features != prev.out_features:
+            raise ValueError(
+                f"nn.Sequential layer {j} (Linear) takes {lin.in_features} inputs, but layer "
+                f"{i} gives {prev.out_features}"
+            )
+    for j, lin, _ in layers:
+        if (lin.bias is None) != (first.bias is None):
+            raise ValueError(
+                f"nn.Sequential layer {j} (Linear) has bias={lin.bias is not None} unlike layer "
+                f"{layers[0][0]}; expected a bias on every Linear or on none"
+            )
+        if lin.weight.dtype not in _NUMPY_DTYPES:
+            raise TypeError(
+                f"nn.Sequential layer {j} (Linear) holds {lin.weight.dtype}; "
+                "expected torch.float64 or torch.float32"
+            )
+        if lin.weight.dtype != first.weight.dtype:
+            raise TypeError(
+                f"nn.Sequential layer {j} (Linear) holds {lin.weight.dtype} unlike layer "
+                f"{layers[0][0]} ({first.weight.dtype}); expected one dtype throughout"
+            )
+    return [(lin, act or get_activation("identity")) for _, lin, act in layers]
+
+
+@torch.no_grad()
+def to_scratch(module: nn.Module) -> scratch.MLP:
+    """A scratch network with the architecture, dtype and bit-identical weights of a `TorchMLP`
+    or of any `nn.Sequential` of `nn.Linear` and Sigmoid, Tanh, ReLU, LeakyReLU or Identity."""
+    layers = sequential_layers(module)
+    first = layers[0][0]
+    sizes = [first.in_features] + [lin.out_features for lin, _ in layers]
+    net = scratch.MLP(
+        sizes,
+        [act for _, act in layers],
+        bias=first.bias is not None,
+        dtype=_NUMPY_DTYPES[first.weight.dtype],
+    )
+    state = {}
+    for l, (lin, _) in enumerate(layers):
+        state[f"layers.{l}.weight"] = lin.weight.detach().cpu().numpy()
+        if lin.bias is not None:
+            state[f"layers.{l}.bias"] = lin.bias.detach().cpu().numpy()
+    net.load_state_dict(state)  # checks every name and shape as it copies
+    return net

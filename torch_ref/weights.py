@@ -47,10 +47,19 @@ def scratch_to_torch(net: scratch.MLP, module: nn.Module) -> None:
 
 
 @torch.no_grad()
-def torch_to_scratch(module: nn.Module, net: scratch.MLP) -> None:
-    """Copy every torch parameter into the scratch parameter of the same name."""
+def torch_to_scratch(module: nn.Module, net: scratch.MLP | None = None) -> scratch.MLP:
+    """Copy every torch parameter into the scratch parameter of the same name; returns `net`.
+
+    Without `net`, a new scratch network of the module's architecture receives the weights: the
+    module is then a `TorchMLP` or any `nn.Sequential` of `nn.Linear` and supported activations.
+    """
+    if net is None:
+        from .model import to_scratch  # model imports this module as it loads
+
+        return to_scratch(module)
     for name, t in _check_names(net, module).items():
         np.copyto(net.params[name], t.detach().cpu().numpy())
+    return net
 
 
 def save_pt(net: scratch.MLP, path) -> None:

@@ -1,0 +1,17 @@
+"""Hand-written NumPy networks in the three styles users bring, with their bug catalogues.
+
+Each module is written as its style is written in tutorials and courses, in that style's own
+names, importing NumPy only (never nn_parity): they are what the user-code adapter is tested on.
+
+    dict_style      parameter dict, weights (in, out), `loss_and_grads` + `sgd_step`
+    class_style     `class NeuralNetwork`, biases (1, H), fused `backward(X, y, lr)`
+    nielsen_style   `class Network`, lists of (out, in) weights and (out, 1) biases, per sample
+
+Each module's `BUGS` maps a name to `(factory, where, kind, description)`: `factory` builds the
+buggy program exactly as the correct one is built, `where` is the user's name of the parameter or
+quantity where the bug first shows, `kind` one of forward/loss/grad/param. "First" is in the
+lockstep's order within a step: forward quantities layer by layer, the loss, the gradients from
+the last layer back (weight before bias), then the updated parameters in the same order. For a
+fused step the gradient is the one the update implies, (before - after) / lr. `EQUIVALENTS` maps
+a name to `(factory, description)`: rewritings that compute the same numbers and must pass.
+"""

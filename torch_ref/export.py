@@ -1,0 +1,279 @@
+"""From a scratch network to framework code, for the user's own repository.
+
+    paths = export(net, "exported/")        # net: a scratch.MLP
+    exported/net.py               class Net(nn.Module): nn.Linear layers named like the scratch
+                                  parameters (`layers.0.weight`, (out, in)), needing only torch
+    exported/net.pt               its weights, a state dict (`torch.load(..., weights_only=True)`)
+    exported/net_expected.npz     a probe batch X, y and what the scratch network computed on it:
+                                  the output, the loss and every parameter's gradient
+    exported/test_net.py          pytest: Net with net.pt reproduces them (needs torch, numpy,
+                                  pytest; not nn_parity)
+
+The expected values come from the scratch network's own forward, loss and backward, so the
+generated test checks the torch module against the NumPy math it was exported from, within the
+tolerances of `compare.TOLERANCES` for the network's dtype.
+"""
+
+from __future__ import annotations
+
+import keyword
+import sys
+import textwrap
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from nn_parity import scratch
+from nn_parity.scratch.activations import Activation, LeakyReLU
+
+from .compare import tolerance
+from .model import torch_activation, torch_loss
+from .weights import save_pt
+
+__all__ = ["Exported", "export"]
+
+PROBE_ROWS = 8  # enough rows that every gradient is a sum over a batch, small to read
+# losses whose targets the probe batch draws as 0/1 floats shaped like the output, (N, C)
+LOSSES = ("bce", "bce-logits", "mse")
+
+
+@dataclass(frozen=True)
+class Exported:
+    """The four files `export` wrote."""
+
+    module: Path
+    weights: Path
+    expected: Path
+    test: Path
+
+    def __iter__(self):
+        return iter((self.module, self.weights, self.expected, self.test))
+
+
+def _check_name(name) -> str:
+    if not isinstance(name, str) or not name.isidentifier() or keyword.iskeyword(name):
+        raise ValueError(f"name {name!r} must be a Python identifier, e.g. 'net'")
+    # the test's folder goes first on sys.path: a module named like one it imports would shadow it
+    if name in {"torch", "numpy", "pytest"} or name in sys.stdlib_module_names:
+        raise ValueError(
+            f"name {name!r} would shadow the module {name!r}; choose another, e.g. 'net'"
+        )
+    return name
+
+
+def _loss(net: scratch.MLP, spec: str | scratch.Loss | None) -> scratch.Loss:
+    """The loss given, or the one made for the network's output activation."""
+    known = [n for n in LOSSES if n in scratch.LOSSES]
+    if spec is None:
+        last = net.activations[-1].name
+        for loss_name in known:
+            if scratch.LOSSES[loss_name].output_activation == last:
+                return scratch.get_loss(loss_name)
+        raise ValueError(f"no default loss for a {last} output; pass loss= one of {known}")
+    loss = scratch.get_loss(spec)
+    if loss.name not in known:
+        raise ValueError(f"export draws targets for losses {known}, not {loss.name!r}")
+    return loss
+
+
+def _activation_code(act: Activation) -> str:
+    module = torch_activation(act)  # the mirror's own choice, written out as code
+    if isinstance(act, LeakyReLU):
+        return f"nn.LeakyReLU(negative_slope={float(act.slope)!r})"
+    return f"nn.{type(module).__name__}()"
+
+
+def module_source(net: scratch.MLP, name: str) -> str:
+    """The text of a standalone module file defining `class Net(nn.Module)` for `net`."""
+    dtype = net.dtype.name
+    bias = "" if net.bias else ", bias=False"
+    linears = "".join(
+        f"                nn.Linear({layer.fan_in}, {layer.fan_out}{bias}, dtype=dtype),"
+        f"  # layers.{l}: {layer.fan_in} -> {layer.fan_out}\n"
+        for l, layer in enumerate(net.layers)
+    )
+    acts = "".join(
+        f"        self.act{l} = {_activation_code(a)}\n" for l, a in enumerate(net.activations)
+    )
+    steps = "".join(
+        f"        x = self.act{l}(self.layers[{l}](x))  # (N, {layer.fan_out})\n"
+        for l, layer in enumerate(net.layers)
+    )
+    arch = " -> ".join(
+        f"Linear({layer.fan_in}, {layer.fan_out}) -> {a.name}"
+        for layer, a in zip(net.layers, net.activations)
+    )
+    return f'''"""A PyTorch module exported by nn-parity from a NumPy network:
+
+    {net!r}
+    {arch}
+
+Parameter names are the NumPy network's: `layers.{{l}}.weight` is (out, in), as in nn.Linear,
+and `layers.{{l}}.bias` is (out,). Load the exported weights with
+
+    model = Net()
+    model.load_state_dict(torch.load("{name}.pt", weights_only=True))
+
+`test_{name}.py` beside this file checks that the two still compute what the NumPy network did.
+"""
+
+import torch
+from torch import nn
+
+
+class Net(nn.Module):
+    def __init__(self, dtype=torch.{dtype}):
+        super().__init__()
+        self.layers = nn.ModuleList(
+            [
+{linears}            ]
+        )
+{acts}
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (N, {net.sizes[0]})
+{steps}        return x
+'''
+
+
+def pytest_source(net: scratch.MLP, name: str, loss: scratch.Loss) -> str:
+    """The text of a pytest file checking `name.py` with `name.pt` against the recorded values."""
+    dt = net.dtype.name
+    tols = {q: tolerance(q, dt) for q in ("prob", "loss", "grad")}
+    loss_code = f'nn.{type(torch_loss(loss)).__name__}(reduction="{loss.reduction}")'
+    names = "".join(f'    "{p}",\n' for p in net.params)
+
+    def tol_line(key: str, q: str) -> str:
+        t = tols[q]
+        why = "".join(f"    # {line}\n" for line in textwrap.wrap(t.reason, 94))
+        return f'{why}    "{key}": {{"rtol": {t.rtol!r}, "atol": {t.atol!r}}},\n'
+
+    return f'''"""Checks that `{name}.py` with `{name}.pt` computes what the NumPy network computed.
+
+Generated by nn-parity from the NumPy network
+    {net!r}
+`{name}_expected.npz` holds a probe batch X (N, {net.sizes[0]}), its labels y, and the NumPy
+network's output, loss and every parameter's gradient on it, the loss being
+{loss_code}. Run with `pytest test_{name}.py`; it needs torch, numpy and pytest.
+
+Tolerances, |torch - numpy| <= atol + rtol |numpy|, are nn-parity's for {dt}: the two sides
+run the same math with sums in different orders, a few units of {dt} epsilon apart.
+"""
+
+import importlib.util
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+HERE = Path(__file__).resolve().parent
+NAMES = [
+{names}]
+TOLERANCES = {{
+{tol_line("output", "prob")}{tol_line("loss", "loss")}{tol_line("grad", "grad")}}}
+
+
+def _load_net_class():
+    spec = importlib.util.spec_from_file_location("{name}", HERE / "{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.Net
+
+
+@pytest.fixture(scope="module")
+def expected():
+    with np.load(HERE / "{name}_expected.npz", allow_pickle=False) as f:
+        return {{key: torch.from_numpy(f[key]) for key in f.files}}
+
+
+@pytest.fixture
+def model():
+    model = _load_net_class()()
+    model.load_state_dict(torch.load(HERE / "{name}.pt", weights_only=True))  # strict
+    return model
+
+
+def test_parameters_keep_the_numpy_names(model):
+    assert list(dict(model.named_parameters())) == NAMES
+
+
+def test_output(model, expected):
+    out = model(expected["X"]).detach()
+    torch.testing.assert_close(out, expected["output"], **TOLERANCES["output"])
+
+
+def test_loss_and_gradients(model, expected):
+    loss = {loss_code}(model(expected["X"]), expected["y"])
+    torch.testing.assert_close(loss.detach(), expected["loss"], **TOLERANCES["loss"])
+    loss.backward()
+    for name, p in model.named_parameters():
+        torch.testing.assert_close(
+            p.grad,
+            expected["grad." + name],
+            **TOLERANCES["grad"],
+            msg=lambda m, name=name: f"gradient of {{name}}: {{m}}",
+        )
+'''
+
+
+def expected_values(
+    net: scratch.MLP, loss: scratch.Loss, rng: np.random.Generator
+) -> dict[str, np.ndarray]:
+    """A probe batch and what `net` computes on it, on a copy (net's buffers stay untouched)."""
+    copy = scratch.MLP(net.sizes, net.activations, bias=net.bias, dtype=net.dtype)
+    copy.load_state_dict(net.state_dict())
+    X = rng.standard_normal((PROBE_ROWS, net.sizes[0])).astype(net.dtype)  # (N, D)
+    y = rng.integers(0, 2, (PROBE_ROWS, net.sizes[-1])).astype(net.dtype)  # (N, C)
+    out, cache = copy.forward(X)  # (N, C)
+    value, loss_cache = loss.forward(out, y)
+    grads = copy.backward(loss.backward(loss_cache), cache)
+    record = {"X": X, "y": y, "output": out, "loss": np.asarray(value, dtype=net.dtype)}
+    record.update({f"grad.{k}": g.copy() for k, g in grads.items()})
+    return record
+
+
+def export(
+    net: scratch.MLP,
+    folder,
+    name: str = "net",
+    *,
+    loss: str | scratch.Loss | None = None,
+    seed: int = 0,
+    overwrite: bool = False,
+) -> Exported:
+    """Write `net` as framework code into `folder`; returns the four paths.
+
+    loss:       the loss the gradients are taken of, one of `LOSSES` (targets drawn as 0/1);
+                by default the one made for the output activation (bce for a sigmoid,
+                bce-logits for identity)
+    seed:       draws the probe batch
+    overwrite:  replace files that exist (refused otherwise, naming the first)
+    """
+    if not isinstance(net, scratch.MLP):
+        raise TypeError(f"export takes a scratch.MLP, got {type(net).__name__}")
+    for key, p in net.params.items():
+        if not np.isfinite(p).all():
+            at = tuple(int(i) for i in np.argwhere(~np.isfinite(p))[0])
+            raise ValueError(f"{key}{list(at)} is {p[at]}: export takes finite weights")
+    name = _check_name(name)
+    loss = _loss(net, loss)
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise ValueError(f"folder {str(folder)!r} exists and is not a folder")
+    paths = Exported(
+        folder / f"{name}.py",
+        folder / f"{name}.pt",
+        folder / f"{name}_expected.npz",
+        folder / f"test_{name}.py",
+    )
+    if not overwrite:
+        for path in paths:
+            if path.exists():
+                raise ValueError(f"{path} exists; pass overwrite=True to replace it")
+    record = expected_values(net, loss, np.random.default_rng(seed))
+    folder.mkdir(parents=True, exist_ok=True)
+    paths.module.write_text(module_source(net, name))
+    save_pt(net, paths.weights)
+    np.savez(paths.expected, **record)  # type: ignore[arg-type]
+    paths.test.write_text(pytest_source(net, name, loss))
+    return paths
