@@ -290,6 +290,7 @@ class UserNetwork:
     fn: Callable
     update: Callable | None
     forward: Callable | None
+    loss_fn: Callable | None
     dtype: np.dtype
     pmap: ParamMap | None = None
     layout: dict[str, str] = field(default_factory=dict)
@@ -324,9 +325,11 @@ class UserNetwork:
         cache: dict = {}
         if isinstance(got, tuple) and len(got) == 2 and isinstance(got[1], Mapping):
             got, cache = got
+            # copies: a fused step may overwrite the arrays the cache holds (self.a1 *= ...)
+            cache = {k: np.array(v) for k, v in cache.items() if isinstance(v, np.ndarray)}
         elif isinstance(got, tuple):
             got = got[0]
-        out = np.asarray(got)
+        out = np.array(got)
         n, c = len(X), self.pmap.sizes[-1] if self.pmap else None
         if out.shape == (c, n) and c != n:
             out = out.T  # column-per-sample code (Nielsen's feedforward)
@@ -349,6 +352,15 @@ class UserNetwork:
                 raise ValueError(f"{self.names['fn']} returned the loss {loss!r}")
         self.last_raw_grads = got
         return loss, self._grads_by_slot(got)
+
+    def call_loss(self, X: np.ndarray, y: Any) -> float:
+        value = self.loss_fn(X, y)  # type: ignore[misc]
+        if not _is_scalar(value) and not (isinstance(value, np.ndarray) and value.size == 1):
+            raise ValueError(
+                f"{self.names['loss_fn']} returned {type(value).__name__} of shape "
+                f"{np.shape(value)}; expected one number"
+            )
+        return float(np.asarray(value).reshape(()))
 
     def _grads_by_slot(self, got: Any) -> dict[str, np.ndarray]:
         assert self.pmap is not None
@@ -423,6 +435,7 @@ def adapt(
     step: Callable | None = None,
     update: Callable | None = None,
     forward: Callable | None = None,
+    loss_fn: Callable | None = None,
     names: Sequence[str] | None = None,
     layout: Mapping[str, str] | None = None,
 ) -> UserNetwork:
@@ -443,6 +456,8 @@ def adapt(
                  the loss takes: probabilities for bce, logits for bce-logits), with z1, a1, ...
                  in `cache` compared layer by layer; nn-parity calls it before each step, as a
                  training loop does
+    loss_fn      optional `loss_fn(X, y) -> float`: your own loss at the parameters the step
+                 starts from, compared with torch's (a fused step shows no loss otherwise)
     layout       settles what neither shapes nor a probe can: {"W1": "in,out" or "out,in"}
 
     X reaches your functions as the float (N, D) array you pass to `lockstep`; y as the
@@ -452,7 +467,9 @@ def adapt(
         raise ValueError("give exactly one of grads=(X, y) -> grads and step=(X, y, lr)")
     if update is not None and grads is None:
         raise ValueError("update= goes with grads=; a fused step= updates by itself")
-    for role, fn in (("grads", grads), ("step", step), ("update", update), ("forward", forward)):
+    roles = (("grads", grads), ("step", step), ("update", update), ("forward", forward),
+             ("loss_fn", loss_fn))  # fmt: skip
+    for role, fn in roles:
         if fn is not None and not callable(fn):
             raise TypeError(f"{role} must be a function, got {type(fn).__name__} {fn!r}")
     acts = [get_activation(a) for a in activations]
@@ -470,12 +487,14 @@ def adapt(
         fn=fn,
         update=update,
         forward=forward,
+        loss_fn=loss_fn,
         dtype=dtype,
         layout=dict(layout or {}),
         names={
             "fn": _fn_name(fn),
             "forward": _fn_name(forward) if forward else "",
             "update": _fn_name(update) if update else "",
+            "loss_fn": _fn_name(loss_fn) if loss_fn else "",
         },
     )
     for key, value in net.layout.items():

@@ -74,7 +74,7 @@ class Item:
             what = self.buffer if self.quantity == "state" else self.quantity
             return f"{what} {self.user or self.name}"
         if self.quantity in ("z", "a"):
-            return f"{self.quantity}[{self.layer}]"
+            return self.user or f"{self.quantity}[{self.layer}]"
         return self.quantity
 
     def user_index(self, index: tuple[int, ...]) -> tuple[int, ...]:
@@ -625,10 +625,11 @@ def _items(sside, tside, svals) -> tuple[list[Item], list[int] | None, list[int]
         shape = tuple(np.shape(v))
         name = f"layers.{l}.{p}" if p is not None else None
         slot = by_canonical.get(name) if name else None
+        cache_name = getattr(sside, "cache_names", {}).get((q, l)) if q in ("z", "a") else None
         items.append(
             Item(
                 q, l, p, shape, buf,
-                user=slot.user if slot else None,
+                user=slot.user if slot else cache_name,
                 user_shape=slot.shape if slot else None,
                 transposed=slot.transposed if slot else False,
             )

@@ -171,6 +171,7 @@ class UserSide:
         self.keys: list[Key] = []
         self.before: dict[str, np.ndarray] = {}
         self.user_names = {s.canonical: s for s in net.pmap.slots}
+        self.cache_names: dict[tuple[str, int], str] = {}
 
     @property
     def params_before(self) -> dict[str, np.ndarray]:
@@ -196,11 +197,12 @@ class UserSide:
         prob = None
         if net.forward is not None:
             out, cache = net.call_forward(Xu)
-            z, a = _layer_cache(cache, len(X), self.desc.sizes)
+            z, a, self.cache_names = _layer_cache(cache, len(X), self.desc.sizes)
             prob = np.asarray(self.loss.probabilities(out.astype(self.dtype, copy=False)))
-        loss_value = None
+        loss_value = net.call_loss(Xu, yu) if net.loss_fn is not None else None
         if net.form == "grads":
-            loss_value, grads = net.call_grads(Xu, yu)
+            returned, grads = net.call_grads(Xu, yu)
+            loss_value = returned if loss_value is None else loss_value
             if net.update is not None:
                 net.update(net.last_raw_grads, lr)
                 after = net.get_params()
@@ -271,18 +273,21 @@ class UserSide:
         return [np.array(v) for v in self.step(X, Y, rows)]
 
 
-def _layer_cache(cache: Mapping, n: int, sizes: list[int]) -> tuple[dict, dict]:
+def _layer_cache(cache: Mapping, n: int, sizes: list[int]) -> tuple[dict, dict, dict]:
     """z and a per layer from the user's cache names: z1, a1, z_2, Z3, ... (1-based when no 0
     appears). Column-per-sample arrays (H, N) are turned to (N, H)."""
     import re
 
     found: dict[str, dict[int, np.ndarray]] = {"z": {}, "a": {}}
+    keys: dict[tuple[str, int], str] = {}
     for key, value in cache.items():
         m = re.fullmatch(r"([zZaA])_?(\d+)", str(key))
         if m and isinstance(value, np.ndarray):
             found[m.group(1).lower()][int(m.group(2))] = value
+            keys[(m.group(1).lower(), int(m.group(2)))] = str(key)
     base = 0 if 0 in found["z"] or 0 in found["a"] else 1
     out: dict[str, dict[int, np.ndarray]] = {"z": {}, "a": {}}
+    names: dict[tuple[str, int], str] = {}
     for q, by in found.items():
         for i, v in by.items():
             l = i - base
@@ -293,7 +298,10 @@ def _layer_cache(cache: Mapping, n: int, sizes: list[int]) -> tuple[dict, dict]:
                 out[q][l] = v
             elif v.shape == (h, n):
                 out[q][l] = v.T
-    return out["z"], out["a"]
+            else:
+                continue
+            names[(q, l)] = keys[(q, i)]
+    return out["z"], out["a"], names
 
 
 def _dtype_of(by_name: dict):
