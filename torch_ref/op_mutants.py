@@ -83,7 +83,7 @@ def gallery(dtype="float64", seed: int = 0) -> dict[str, dict]:
     )  # fmt: skip
     bn_state = lambda c: {  # noqa: E731
         "running_mean": normal(c, scale=0.5),
-        "running_var": rng.uniform(0.5, 2.0, c).astype(dt),
+        "running_var": np.asarray(rng.uniform(0.5, 2.0, c), dtype=dt),
     }
     cases["batchnorm"] = dict(
         forward=ops.batchnorm_forward, backward=ops.batchnorm_backward,

@@ -605,6 +605,7 @@ def _fingerprint(spec: _Spec, m: OpMismatch, s, t, ctx: dict) -> tuple[str, str]
     wrong-point the elementwise derivative evaluated at the output f(x) instead of at x, or
                 its output form (sigmoid: a (1 - a)) applied to x
     variance    biased where torch uses the unbiased variance, or the reverse
+    misplaced   torch's values, at other positions (an index or offset error)
     wrong-axis  the same total as torch's, spread differently: a sum over the wrong axis
     """
     what = f"scratch's {m.label.split('[')[0]}"
@@ -636,6 +637,12 @@ def _fingerprint(spec: _Spec, m: OpMismatch, s, t, ctx: dict) -> tuple[str, str]
     var = _variance_cause(spec, m, s, t, ctx)
     if var is not None:
         return var
+    if t.size > 1 and np.allclose(
+        np.sort(s, axis=None), np.sort(t, axis=None), rtol=1e-9, atol=1e-12
+    ):
+        return "misplaced", (
+            f"{what} holds torch's values at other positions: an index or offset error"
+        )
     ts = float(t.sum())
     if (
         t.size > 1
@@ -777,11 +784,13 @@ def check_op(
 
     order = [("out", "output"), *((k, "state") for k in spec.state)]
     order += [(k, "grad") for k in spec.grad_names]
-    stats = {k: [0.0, 0.0, True] for k, _ in order}
+    max_abs = dict.fromkeys(spec.arrays.keys() | {"out"}, 0.0)
+    max_rel = dict(max_abs)
     first: OpMismatch | None = None
     kinks: list[tuple[str, tuple[int, ...]]] = []
     tols = {k: _tol(k, kind, t_out.shape, spec.dtype, tolerances) for k, kind in order}
-    failures: list = []  # (order position, trial, name, kind, s, t, mismatch, dout)
+    # (position in order, trial, mismatch, scratch's and torch's values, dout, torch's output)
+    failures: list[tuple] = []
     for trial, dout in enumerate(douts):
         s_out, s_grads, s_state = _run_scratch(spec, dout)
         t_out, t_grads, t_state = _run_torch(spec, _copies(spec), dout, need_grads=True)
@@ -794,18 +803,15 @@ def check_op(
                     f"state {name!r} has shape {s.shape} after the forward; torch's has {t.shape}"
                 )
             rtol, atol = tols[name]
-            st = stats[name]
             s64, t64 = s.astype(np.float64), t.astype(np.float64)
-            diff = np.abs(s64 - t64)
-            st[0] = max(st[0], float(diff.max(initial=0.0)))  # NaN propagates
+            max_abs[name] = max(max_abs[name], float(np.abs(s64 - t64).max(initial=0.0)))
             nt, nd = float(np.linalg.norm(t64)), float(np.linalg.norm(s64 - t64))
-            st[1] = max(st[1], nd / nt if nt else (0.0 if nd == 0 else math.inf))
-            if s.dtype != t.dtype and s.ndim > 0:
-                st[2] = False
-                failures.append((pos, trial, OpMismatch(
-                    name, kind, None, None, None, trial,
-                    explanation=f"dtype {s.dtype} (scratch) != {t.dtype} (torch)", cause="dtype",
-                ), None, None, None))  # fmt: skip
+            max_rel[name] = max(max_rel[name], nd / nt if nt else (0.0 if nd == 0 else math.inf))
+            if s.dtype != t.dtype and s.ndim > 0:  # a 0-d loss may come back as a Python float
+                why = f"dtype {s.dtype} (scratch) != {t.dtype} (torch)"
+                mism = OpMismatch(name, kind, None, None, None, trial, explanation=why)
+                mism.cause = "dtype"
+                failures.append((pos, trial, mism, None, None, dout, t_out))
                 continue
             mm = first_mismatch(s64, t64, rtol, atol)
             if mm is None:
@@ -814,17 +820,19 @@ def check_op(
                 spec, name, kind, s64, t64, mm, rtol, atol, dout, trial, kinks
             )
             if found is not None:
-                st[2] = False
-                failures.append((pos, trial, found, s64, t64, (dout, t_out)))
+                failures.append((pos, trial, found, s64, t64, dout, t_out))
+    failed = {order[f[0]][0] for f in failures}
     items = [
-        ItemResult(k, kind, stats[k][0], stats[k][1], stats[k][2], *tols[k]) for k, kind in order
+        ItemResult(k, kind, max_abs[k], max_rel[k], k not in failed, *tols[k]) for k, kind in order
     ]
     if failures:
-        pos, trial, first, s64, t64, extra = min(failures, key=lambda f: (f[0], f[1]))
+        _, _, first, s64, t64, dout, t_out = min(failures, key=lambda f: (f[0], f[1]))
         if s64 is not None:
-            ctx = {"sizes": _sizes(spec, t_out.shape), "x64": _main_input(spec)}
-            if extra is not None:
-                ctx["wrong_point"] = _wrong_point_candidates(spec, first, extra[1], extra[0])
+            ctx = {
+                "sizes": _sizes(spec, t_out.shape),
+                "x64": _main_input(spec),
+                "wrong_point": _wrong_point_candidates(spec, first, t_out, dout),
+            }
             cause = _fingerprint(spec, first, s64, t64, ctx)
             if cause is not None:
                 first.cause, first.explanation = cause
@@ -870,15 +878,11 @@ def _first_unexplained(
     flat = np.flatnonzero(bad.ravel())
     for n_probe, f in enumerate(flat):
         index = tuple(int(i) for i in np.unravel_index(f, s.shape)) if s.shape else ()
-        m = OpMismatch(
-            name, kind, index, float(s[index]), float(t[index]), trial, mm.count, mm.total,
-            rtol, atol,
-        )  # fmt: skip
+        sv, tv = float(s[index]), float(t[index])
+        m = OpMismatch(name, kind, index, sv, tv, trial, mm.count, mm.total, rtol, atol)
         if kind != "grad" or n_probe >= _MAX_PROBES:
             return m
-        m.fd, one_sided, m.fd_agrees_with, kink = _fd_probe(
-            spec, name, index, dout, m.scratch, m.torch
-        )
+        m.fd, one_sided, m.fd_agrees_with, kink = _fd_probe(spec, name, index, dout, sv, tv)
         if kink and m.fd_agrees_with == "both":
             kinks.append((name, index))
             continue
