@@ -170,7 +170,7 @@ def test_a_float_mask_in_no_grad_is_passed_through_not_compared():
     case["inputs"]["mask"] = case["inputs"]["mask"].astype(np.float64)
     result = assert_op(**case, no_grad=["mask"])
     assert [it.name for it in result.items] == ["out", "x"]
-    with pytest.raises(ValueError, match=r"backward returned 1 gradients; expected .*: x, mask"):
+    with pytest.raises(ValueError, match=r"backward returned 1 gradient; expected .*: x, mask"):
         check_op(**case)
 
 
@@ -343,3 +343,24 @@ def test_tolerances_override_the_table_per_item():
     result = check_op(**case, tolerances={"x": (0.0, 0.0)})
     assert not result.passed and result.first_mismatch.name == "x"
     assert result.items[3].atol == 0.0
+
+
+class _WrongTanh(torch.autograd.Function):
+    """A torch reference whose own backward is wrong: finite differences must side with scratch."""
+
+    @staticmethod
+    def forward(ctx, z):
+        out = torch.tanh(z)
+        ctx.save_for_backward(out)
+        return out
+
+    @staticmethod
+    def backward(ctx, dout):
+        (out,) = ctx.saved_tensors
+        return dout * (1 - out)  # the square forgotten
+
+
+def test_finite_differences_side_with_scratch_when_the_reference_is_wrong():
+    m = check_op(**{**gallery()["tanh"], "torch_ref": _WrongTanh.apply}).first_mismatch
+    assert m.fd_agrees_with == "scratch", str(m)
+    assert m.fd == pytest.approx(m.scratch, rel=1e-6)

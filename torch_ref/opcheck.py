@@ -298,13 +298,13 @@ def _run_torch(spec: _Spec, arrays: Mapping[str, np.ndarray], dout, need_grads: 
                         f"{type(ref).__name__}.{spec.module_names[k]} has {tuple(target.shape)}"
                     )
                 target.copy_(tensors[k])
-        out = module(*(tensors[k] for k in spec.inputs))
+        out = _call_ref(module, [tensors[k] for k in spec.inputs])
         grad_at = [tensors[k] for k in grad_in] + [named[spec.module_names[k]] for k in spec.params]
         state_t = {k: named[spec.module_names[k]] for k in spec.state}
     else:
         for k in spec.params:
             tensors[k].requires_grad_(True)
-        out = ref(*(tensors[k] for k in spec.inputs + spec.params + spec.state))
+        out = _call_ref(ref, [tensors[k] for k in spec.inputs + spec.params + spec.state])
         grad_at = [tensors[k] for k in spec.grad_names]
         state_t = {k: tensors[k] for k in spec.state}
     if not isinstance(out, torch.Tensor):
@@ -328,6 +328,18 @@ def _run_torch(spec: _Spec, arrays: Mapping[str, np.ndarray], dout, need_grads: 
                 )
             grads[k] = _to_user(spec, k, g.numpy())
     return out_np, grads, state
+
+
+def _call_ref(ref, args: list[torch.Tensor]):
+    try:
+        return ref(*args)
+    except (RuntimeError, TypeError, ValueError, IndexError) as e:
+        shapes = ", ".join(str(tuple(a.shape)) for a in args)
+        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        raise ValueError(
+            f"the torch reference failed on tensors of shapes {shapes} (torch's layout): "
+            f"{type(e).__name__}: {first}"
+        ) from e
 
 
 def _tdtype(spec: _Spec) -> torch.dtype:
@@ -392,7 +404,8 @@ def _grads(spec: _Spec, got) -> dict[str, np.ndarray]:
         if not isinstance(seq, Sequence) and not isinstance(seq, list):
             raise TypeError(f"backward must return a dict, a tuple or an array, got {_what(got)}")
         if len(seq) != len(names):
-            raise ValueError(f"backward returned {len(seq)} gradients; expected {expected}")
+            n = len(seq)
+            raise ValueError(f"backward returned {n} gradient{'s' * (n != 1)}; expected {expected}")
         grads = dict(zip(names, seq))
     out = {}
     for name in names:
