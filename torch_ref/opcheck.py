@@ -39,6 +39,7 @@ import html
 import inspect
 import itertools
 import math
+import numbers
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -772,12 +773,19 @@ def check_op(
     spec = _validate(
         forward, backward, torch_ref, inputs, params, state, names, layouts, out_layout, no_grad
     )
-    if not isinstance(upstream, int) or isinstance(upstream, bool) or upstream < 1:
-        raise ValueError(f"upstream must be a positive integer, got {upstream!r}")
+    for what, n, low in (("upstream", upstream, 1), ("seed", seed, 0)):
+        if not isinstance(n, numbers.Integral) or isinstance(n, bool) or n < low:
+            kind = "a positive integer" if low else "an integer >= 0"
+            raise ValueError(f"{what} must be {kind}, got {n!r}")
+    upstream = int(upstream)
     tolerances = dict(tolerances or {})
-    for k, v in tolerances.items():
-        if not (isinstance(v, tuple) and len(v) == 2):
-            raise ValueError(f"tolerances[{k!r}] must be (rtol, atol), together, got {v!r}")
+    for k, pair in tolerances.items():
+        if not (isinstance(pair, tuple) and len(pair) == 2):
+            raise ValueError(f"tolerances[{k!r}] must be (rtol, atol), together, got {pair!r}")
+        if k not in spec.arrays and k != "out":
+            raise ValueError(
+                f"tolerances names {k!r}, which is not an item ({', '.join(spec.arrays)}, out)"
+            )
     # shapes first, without a backward: mismatched forwards are bad input, not a finding
     s_out, _, _ = _run_scratch(spec, None)
     t_out, _, _ = _run_torch(spec, _copies(spec), None, need_grads=False)
