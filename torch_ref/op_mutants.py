@@ -7,7 +7,8 @@ never applied to the shipped code. `op_score()` runs `check_op` on every mutant 
 whether it was caught (the check failed, or refused the op with an error naming the input) and
 located (the first mismatch names the item where the bug lives).
 
-    python -c "from nn_parity.torch_ref.op_mutants import op_score; print(op_score().table())"
+    python -m nn_parity.torch_ref.op_mutants            # the score table, float64
+    python -m nn_parity.torch_ref.op_mutants float32
 """
 
 from __future__ import annotations
@@ -474,3 +475,9 @@ def op_score(mutants: list[OpMutant] | None = None, dtype="float64") -> OpScore:
         rows.append({"name": m.name, "op": m.op, "caught": caught, "located": located,
                      "where": where})  # fmt: skip
     return OpScore(rows)
+
+
+if __name__ == "__main__":
+    import sys
+
+    print(op_score(dtype=sys.argv[1] if len(sys.argv) > 1 else "float64").table())

@@ -628,8 +628,16 @@ def _fingerprint(spec: _Spec, m: OpMismatch, s, t, ctx: dict) -> tuple[str, str]
         k = round(c) if c > 1 else round(1 / c) if 0 < c < 1 else None
         if k and k > 1 and abs((c if c > 1 else 1 / c) - k) <= 1e-6 * k and k in ctx["sizes"]:
             if c > 1:
-                return "reduction", f"{what} is {k} times torch's: a missing 1/N (N = {k})"
-            return "reduction", f"{what} is 1/{k} of torch's: 1/N applied twice (N = {k})"
+                return (
+                    "reduction",
+                    f"{what} is {k} times torch's: a missing 1/N, a sum where a mean is "
+                    f"meant (N = {k})",
+                )
+            return (
+                "reduction",
+                f"{what} is 1/{k} of torch's: 1/N once too often, a mean where a sum is "
+                f"meant or 1/N applied twice (N = {k})",
+            )
         if abs(c + 1) <= 1e-6:
             return "sign", f"{what} is -1 times torch's: a sign error"
         return "scale", f"{what} is {c:.6g} times torch's everywhere: a constant factor"
