@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
 from nn_parity.torch_ref import adapt, check
 
 from .helpers import make_data
