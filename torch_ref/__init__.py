@@ -4,6 +4,7 @@ from .adapter import UserNetwork, adapt
 from .compare import TOLERANCES, Tolerance, assert_parity, tolerance
 from .engine import Divergence, LockstepResult, check, lockstep
 from .model import TorchMLP, torch_dtype, torch_loss
+from .opcheck import assert_op, check_op
 from .weights import scratch_to_torch, torch_to_scratch
 
 __all__ = [
@@ -14,8 +15,10 @@ __all__ = [
     "TorchMLP",
     "UserNetwork",
     "adapt",
+    "assert_op",
     "assert_parity",
     "check",
+    "check_op",
     "lockstep",
     "scratch_to_torch",
     "tolerance",

@@ -550,11 +550,18 @@ def _checked(args: argparse.Namespace, p: dict, result) -> dict:
 
 
 def mutants() -> int:
+    """Both catalogues: whole-network bugs through the lockstep, op-level bugs through the op
+    check; exit 1 unless every one is caught."""
     from .mutants import MUTANTS, score
+    from .op_mutants import OP_MUTANTS, op_score
 
-    result = score()
+    result, ops = score(), op_score()
+    print("network bugs, through the lockstep")
     print(result.table())
-    return EXIT_PASS if result.caught == len(MUTANTS) else EXIT_DIVERGED
+    print("\nop bugs, through the op check")
+    print(ops.table())
+    caught = result.caught == len(MUTANTS) and ops.caught == len(OP_MUTANTS)
+    return EXIT_PASS if caught else EXIT_DIVERGED
 
 
 def main(argv: list[str] | None = None) -> int:
