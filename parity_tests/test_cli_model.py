@@ -98,3 +98,30 @@ def test_architecture_flags_do_not_apply_with_a_model(tmp_path, capsys):
     path = write_model(tmp_path)
     assert run(tmp_path, "--model", f"{path}:make", "--layers", "2,5,1") == 2
     assert "--layers does not apply with --model" in capsys.readouterr().err
+
+
+def test_export_after_a_user_model_run_writes_a_passing_torch_test(tmp_path, capsys):
+    import subprocess
+    import sys
+
+    path = write_model(tmp_path)
+    code = run(
+        tmp_path, "--model", f"{path}:make", "--steps", "20", "--export", str(tmp_path / "ex")
+    )
+    assert code == 0
+    assert sorted(p.name for p in (tmp_path / "ex").iterdir()) == [
+        "net.pt", "net.py", "net_expected.npz", "test_net.py",
+    ]  # fmt: skip
+    proc = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "test_net.py"],
+        cwd=tmp_path / "ex", capture_output=True, text=True,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    # edited to be wrong, the generated test fails
+    module = tmp_path / "ex" / "net.py"
+    module.write_text(module.read_text().replace("nn.Tanh()", "nn.Sigmoid()"))
+    proc = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "test_net.py"],
+        cwd=tmp_path / "ex", capture_output=True, text=True,
+    )  # fmt: skip
+    assert proc.returncode == 1, proc.stdout

@@ -158,6 +158,13 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="drop each epoch's last, partial batch (default: keep it)",
     )
+    run.add_argument(
+        "--export",
+        metavar="DIR",
+        type=Path,
+        help="after the run, write the network as framework code into DIR: a torch module file, "
+        "its trained weights (.pt) and a pytest file checking the two against the NumPy math",
+    )
     run.add_argument("--overwrite", action="store_true", help="replace an existing --out folder")
     run.add_argument(
         "--stop-at-divergence", action="store_true", help="stop at the first divergence"
@@ -525,6 +532,20 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(
             f"cannot write the report to {str(out)!r}: {err.strerror or err}"
         ) from None
+    if args.export is not None and summary["passed"]:
+        from .export import export
+
+        if "desc" in p and hasattr(net, "get_params"):
+            desc.load_state_dict(net.get_params())
+        try:
+            written = export(
+                desc,
+                args.export,
+                loss=loss.name if loss.name in ("bce", "bce-logits", "mse") else None,
+            )
+        except (ValueError, TypeError) as err:
+            raise UsageError(f"--export: {err}") from None
+        print(f"exported: {written.module} (test: {written.test})")
     if args.quiet:
         verdict = "PASS" if summary["passed"] else "DIVERGED"
         print(f"{verdict}: {summary['steps']} steps, report in {out}{note}")

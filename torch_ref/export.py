@@ -233,7 +233,7 @@ def expected_values(
 
 
 def export(
-    net: scratch.MLP,
+    net,
     folder,
     name: str = "net",
     *,
@@ -249,8 +249,16 @@ def export(
     seed:       draws the probe batch
     overwrite:  replace files that exist (refused otherwise, naming the first)
     """
+    from .adapter import UserNetwork
+
+    if isinstance(net, UserNetwork):  # the user's network: its description, at its values
+        if net.pmap is None:
+            raise ValueError("export a user network after its first check: its layout is unknown")
+        net = net.description()
     if not isinstance(net, scratch.MLP):
-        raise TypeError(f"export takes a scratch.MLP, got {type(net).__name__}")
+        raise TypeError(
+            f"export takes a scratch.MLP or a network adapted with adapt(), got {type(net).__name__}"
+        )
     for key, p in net.params.items():
         if not np.isfinite(p).all():
             at = tuple(int(i) for i in np.argwhere(~np.isfinite(p))[0])
