@@ -309,6 +309,64 @@ def test_one_element_nudged_by_a_few_ulps_is_named(case, dtype):
     assert found[3] == (() if buffer == "step" else index)
 
 
+# --- Adam under gradient noise: the bound of docs/optimizers.md --------------------------------
+
+
+def adam_step_bound(hyper, t, exp_avg_sq, delta, theta):
+    """Largest difference of one Adam step between two sides whose gradients have differed by
+    at most `delta` (absolute) at every step so far (docs/optimizers.md):
+
+        min(lr delta (1 + C_t) / (sqrt(v_hat) + eps), 2 lr C_t) + K u lr C_t + 2 u |theta|
+    """
+    (b1, b2), lr, eps = hyper["betas"], hyper["lr"], hyper["eps"]
+    r = b1 * b1 / b2
+    C = np.sqrt((1 - b1) ** 2 * (1 - b2**t) * (1 - r**t) / ((1 - b2) * (1 - b1**t) ** 2 * (1 - r)))
+    u = float(np.finfo(theta.dtype).eps)
+    vhat = exp_avg_sq.astype(np.float64) / (1 - b2**t)
+    noise = np.minimum(lr * delta * (1 + C) / (np.sqrt(vhat) + eps), 2 * lr * C)
+    return noise + K * u * lr * C + 2 * u * np.abs(theta.astype(np.float64))
+
+
+def _adam_under_noise(cls, steps=300, n=400):
+    """Worst (step difference / bound) over `steps` float32 steps, torch's gradients off by
+    delta = 4 ulps of 1 in random directions, gradient scales spread over 10^-10 .. 1."""
+    rng = np.random.default_rng(7)
+    dtype, delta = np.float32, 4 * float(np.finfo(np.float32).eps)
+    params = {"w": rng.standard_normal(n).astype(dtype)}
+    tparams = {"w": torch.nn.Parameter(torch.from_numpy(params["w"].copy()))}
+    opt = cls(params, lr=1e-3)
+    topt = torch_optimizer(opt, tparams)
+    scale = 10.0 ** rng.uniform(-10, 0, n)  # (n,)
+    worst, apart = 0.0, 0.0
+    for t in range(1, steps + 1):
+        g = (rng.standard_normal(n) * scale).astype(dtype)  # (n,)
+        before = params["w"].astype(np.float64)
+        tbefore = tparams["w"].detach().numpy().astype(np.float64)
+        opt.step({"w": g})
+        tparams["w"].grad = torch.from_numpy(
+            g + dtype(delta) * rng.choice([-1, 1], n).astype(dtype)
+        )
+        topt.step()
+        theta = tparams["w"].detach().numpy()
+        v = torch_state(topt, ["w"])["w"]["exp_avg_sq"]
+        diff = np.abs((params["w"] - before) - (theta - tbefore))
+        worst = max(worst, float(np.max(diff / adam_step_bound(opt.hyper, t, v, delta, theta))))
+        apart = max(apart, float(np.max(np.abs(params["w"] - theta))) / opt.lr)
+    return worst, apart
+
+
+def test_adam_update_difference_obeys_the_derived_bound():
+    worst, apart = _adam_under_noise(Adam)
+    assert worst <= 1.0, worst
+    # and the amplification is real: the parameters part by many learning rates
+    assert apart > 10, apart
+
+
+def test_adam_bound_is_broken_by_a_missing_bias_correction():
+    worst, _ = _adam_under_noise(AdamNoBiasCorrection, steps=5)
+    assert worst > 10, worst
+
+
 # --- state in and out -----------------------------------------------------------------------------
 
 
@@ -523,3 +581,91 @@ def test_adagrad_loaded_empty_starts_again_from_its_accumulator():
     opt.step({"w": np.ones(3)})
     np.testing.assert_array_equal(opt.state["w"]["sum"], np.full(3, 1.5))
     assert float(opt.state["w"]["step"]) == 1.0
+
+
+# --- the survey behind docs/optimizers.md: `python -m parity_tests.test_optim [steps]` ------------
+
+
+def _survey(steps: int) -> None:
+    """Largest difference seen, in units of u * S (the tensor's scale), over `steps` free-running
+    steps: scratch against torch (foreach=False), and torch's foreach=True against it."""
+    for dtype in DTYPES:
+        u = float(np.finfo(dtype).eps)
+        for name in OPTIMIZERS:
+            worst = {"scratch": 0.0, "foreach": 0.0}
+            same, total = 0, 0  # elements bitwise equal after the first step
+            for _, hyper in (c for c in GRID if c[0] == name):
+                opt, tparams, topt = _start(name, hyper, dtype)
+                tp2 = {k: torch.nn.Parameter(v.detach().clone()) for k, v in tparams.items()}
+                topt2 = torch_optimizer(opt, tp2, foreach=True)
+                scale: dict = {}
+                assert topt2.param_groups[0]["foreach"] is True
+                for t, grads in enumerate(_gradients(dtype, steps=steps), start=1):
+                    opt.step(grads)
+                    for k, g in grads.items():
+                        tparams[k].grad = torch.from_numpy(g.copy())
+                        tp2[k].grad = torch.from_numpy(g.copy())
+                    topt.step()
+                    topt2.step()
+                    ours, theirs = _snapshot(opt, tparams, topt)
+                    fe = torch_state(topt2, list(opt.params))
+                    for k in opt.params:
+                        fe[k]["param"] = tp2[k].detach().numpy()
+                        for q, b in theirs[k].items():
+                            s = scale[k, q] = max(scale.get((k, q), 0.0), _maxabs(b))
+                            if q == "step" or s == 0:
+                                continue
+                            for side, a in (("scratch", ours[k][q]), ("foreach", fe[k][q])):
+                                d = float(np.max(np.abs(a - b))) / (u * s)
+                                worst[side] = max(worst[side], d)
+                            if t == 1:
+                                same += int(np.count_nonzero(ours[k][q] == b))
+                                total += b.size
+            print(
+                f"{np.dtype(dtype).name:8s} {name:8s} scratch {worst['scratch']:8.2f} u*S   "
+                f"torch foreach {worst['foreach']:8.2f} u*S   "
+                f"bitwise equal after step 1: {100 * same / total:5.1f}%"
+            )
+
+
+def _probe(n: int = 1000) -> None:
+    """Each torch kernel the optimizers use against its NumPy expression and against a
+    correctly rounded fused multiply-add (exact rational arithmetic, rounded once)."""
+    from fractions import Fraction
+
+    rng = np.random.default_rng(0)
+    print(f"torch CPU capability {torch.backends.cpu.get_cpu_capability()}, {n} elements")
+    for dtype in DTYPES:
+        a, b = (rng.standard_normal(n).astype(dtype) for _ in range(2))  # (n,)
+        c = np.abs(rng.standard_normal(n)).astype(dtype) + dtype(0.1)  # (n,)
+        ta, tb, tc = (torch.from_numpy(x) for x in (a, b, c))
+        w, k = dtype(0.1), dtype(0.37)
+
+        def fma(x, y, z):
+            exact = [Fraction(float(p)) * Fraction(float(q)) + Fraction(float(r))
+                     for p, q, r in zip(*np.broadcast_arrays(x, y, z), strict=True)]  # fmt: skip
+            # float64: one rounding; float32: via float64, exact product, then float32
+            return np.array([float(e) for e in exact]).astype(np.result_type(x, y, z))
+
+        rows = [
+            ("add(x, alpha=k)", ta.add(tb, alpha=0.37), a + k * b, fma(k, b, a)),
+            ("addcmul(x, x, value=k)", ta.addcmul(tb, tb, value=0.37), a + k * b * b,
+             fma(k * b, b, a)),
+            ("lerp(x, 0.1)", ta.lerp(tb, 0.1), a + w * (b - a), fma(w, b - a, a)),
+            ("addcdiv(x, c, value=-k)", ta.addcdiv(tb, tc, value=-0.37), a + -k * b / c, None),
+            ("sqrt", tc.sqrt(), np.sqrt(c), None),
+        ]  # fmt: skip
+        for label, got, plain, fused in rows:
+            got = got.numpy()
+            line = f"{np.dtype(dtype).name:8s} {label:26s} differs from NumPy in "
+            line += f"{np.count_nonzero(got != plain):4d}"
+            if fused is not None:
+                line += f", from a fused multiply-add in {np.count_nonzero(got != fused):4d}"
+            print(line)
+
+
+if __name__ == "__main__":
+    import sys
+
+    _probe()
+    _survey(int(sys.argv[1]) if len(sys.argv) > 1 else 1000)
