@@ -185,8 +185,26 @@ def test_one_step_parity_from_torch_state(case, dtype):
 def test_state_keys_match_torch_before_and_after_the_first_step():
     for name, hyper in GRID:
         opt, tparams, topt = _start(name, hyper, np.float64)
-        ours, theirs = _snapshot(opt, tparams, topt)
-        assert {k: set(v) for k, v in ours.items()} == {k: set(v) for k, v in theirs.items()}
+        for grads in _gradients(np.float64, steps=2):
+            ours, theirs = _snapshot(opt, tparams, topt)
+            assert {k: set(v) for k, v in ours.items()} == {k: set(v) for k, v in theirs.items()}
+            opt.step(grads)
+            for k, g in grads.items():
+                tparams[k].grad = torch.from_numpy(g.copy())
+            topt.step()
+
+
+class SGDHyperLost(SGD):
+    """The torch side built without momentum: a hyper-parameter given to one side only."""
+
+    @property
+    def hyper(self):
+        return {**super().hyper, "momentum": 0.0}
+
+
+def test_a_buffer_on_one_side_only_is_named():
+    found = run("sgd", {"lr": 0.1, "momentum": 0.9}, np.float64, cls=SGDHyperLost)
+    assert found == (1, "momentum_buffer", W0, None, "present", "absent")
 
 
 # --- every check can fail: bugs planted on purpose -----------------------------------------------
@@ -473,6 +491,30 @@ def test_a_network_steps_on_its_own_gradients(name):
     for k, p in net.params.items():
         assert p is views[k] and np.shares_memory(p, net.flat_params)
         np.testing.assert_array_equal(p, twin[k])
+
+
+@pytest.mark.parametrize("case", GRID, ids=[_id(c) for c in GRID])
+def test_a_twin_from_hyper_reruns_a_step_from_torch_state(case):
+    """type(opt)(params, **opt.hyper) is the same optimiser: fed torch's parameters and state,
+    its one step agrees with torch's within the one-step tolerance (the lockstep's rerun)."""
+    name, hyper = case
+    opt, tparams, topt = _start(name, hyper, np.float64)
+    names = list(opt.params)
+    grads = list(_gradients(np.float64, steps=4))
+    for g in grads[:3]:
+        for k in names:
+            tparams[k].grad = torch.from_numpy(g[k].copy())
+        topt.step()
+    twin = type(opt)({k: tparams[k].detach().numpy().copy() for k in names}, **opt.hyper)
+    assert twin.hyper == opt.hyper
+    twin.load_state_dict(torch_state(topt, names))
+    before = {(k, q): v for k, qs in torch_state(topt, names).items() for q, v in qs.items()}
+    twin.step(grads[3])
+    for k in names:
+        tparams[k].grad = torch.from_numpy(grads[3][k].copy())
+    topt.step()
+    ours, theirs = _snapshot(twin, tparams, topt)
+    assert Tracker(np.float64).first_mismatch(4, 1, ours, theirs, before) is None
 
 
 def test_step_leaves_the_gradients_alone():
