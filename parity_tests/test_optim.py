@@ -385,6 +385,34 @@ def test_adam_bound_is_broken_by_a_missing_bias_correction():
     assert worst > 10, worst
 
 
+def test_centered_rmsprop_parts_beyond_the_tolerance_where_the_variance_cancels():
+    """The documented limit of the one-step tolerance: with a nearly constant gradient,
+    s - a^2 cancels to ulps of s, and g / (sqrt(s - a^2) + eps) magnifies the two sides'
+    roundings far past K u S. Both sides are right; the lockstep has to explain such a step."""
+    rng = np.random.default_rng(3)
+    n, names = 200, ["w"]
+    params = {"w": rng.standard_normal(n)}  # (n,)
+    tparams = {"w": torch.nn.Parameter(torch.from_numpy(params["w"].copy()))}
+    opt = RMSprop(params, lr=1e-2, centered=True)
+    topt = torch_optimizer(opt, tparams)
+    # a variance of 1e-12 under a mean square of 1: s - a^2 keeps ~4 significant digits
+    state = {"w": {"step": np.array(1000.0), "square_avg": np.full(n, 1 + 1e-12)}}
+    state["w"]["grad_avg"] = np.ones(n)
+    opt.load_state_dict(state)
+    set_torch_state(topt, names, state)
+    g = 1 + 1e-6 * rng.standard_normal(n)  # (n,)
+    before = params["w"].copy()
+    opt.step({"w": g})
+    tparams["w"].grad = torch.from_numpy(g.copy())
+    topt.step()
+    ours, theirs = _snapshot(opt, tparams, topt)
+    tracker = Tracker(np.float64)
+    mismatch = tracker.first_mismatch(1001, 1, ours, theirs, {("w", "param"): before})
+    assert mismatch is not None and mismatch[1:3] == ("param", "w"), mismatch
+    parted = np.max(np.abs(ours["w"]["param"] - theirs["w"]["param"]))
+    assert parted > 1e3 * K * float(np.finfo(np.float64).eps) * _maxabs(before)
+
+
 # --- state in and out -----------------------------------------------------------------------------
 
 

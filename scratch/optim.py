@@ -452,7 +452,10 @@ class RMSprop(Optimizer):
         if self.centered:
             a = state["grad_avg"]
             _lerp(a, g, 1 - alpha)
-            r = np.sqrt(s - a * a)  # torch: square_avg.addcmul(a, a, value=-1).sqrt_()
+            # torch: square_avg.addcmul(a, a, value=-1).sqrt_(). s - a^2 can round below 0
+            # when the gradient barely varies: NaN then, silently, as in torch
+            with np.errstate(invalid="ignore"):
+                r = np.sqrt(s - a * a)
         else:
             r = np.sqrt(s)
         r += self.eps
