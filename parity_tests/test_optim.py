@@ -545,6 +545,37 @@ def test_a_twin_from_hyper_reruns_a_step_from_torch_state(case):
     assert Tracker(np.float64).first_mismatch(4, 1, ours, theirs, before) is None
 
 
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
+@pytest.mark.parametrize("case", GRID, ids=[_id(c) for c in GRID])
+def test_a_network_updated_in_one_flat_pass_matches_the_loop_bit_for_bit(case, dtype):
+    """On a network, step() updates the flat buffers at once; a dict of copies stepped
+    parameter by parameter gives the same bits, state included, also after a load that gives
+    the parameters different step counts (which forces the loop)."""
+    name, hyper = case
+    net = scratch.MLP([3, 17, 2], ["tanh", "identity"], dtype=np.dtype(dtype).name, rng=0)
+    twin = {k: p.copy() for k, p in net.params.items()}
+    opt, ref = OPTIMIZERS[name](net, **hyper), OPTIMIZERS[name](twin, **hyper)
+    rng = np.random.default_rng(5)
+    for t in range(6):
+        net.flat_grads[...] = rng.standard_normal(net.flat_grads.size)
+        if t == 3 and "step" in opt.state_names:
+            state = opt.state_dict()
+            state["layers.0.bias"]["step"] = np.array(7.0)
+            opt.load_state_dict(state)
+            ref.load_state_dict(state)
+        opt.step()
+        ref.step({k: g.copy() for k, g in net.grads.items()})
+        for k in twin:
+            np.testing.assert_array_equal(net.params[k], twin[k], err_msg=f"{k} at step {t}")
+            assert opt.state[k].keys() == ref.state[k].keys()
+            for b, v in opt.state[k].items():
+                np.testing.assert_array_equal(v, ref.state[k][b], err_msg=f"{b} of {k}, {t}")
+    # the state is views into flat buffers, as the parameters are
+    for st in opt.state.values():
+        for b, v in st.items():
+            assert b == "step" or np.shares_memory(v, opt._flat[b]), b
+
+
 def test_step_leaves_the_gradients_alone():
     opt, _, _ = _start("adam", {"weight_decay": 0.1}, np.float64)
     grads = next(_gradients(np.float64))

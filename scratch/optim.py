@@ -137,6 +137,8 @@ class Optimizer:
         self.params = _check_params(params)
         self.lr = check_lr(lr)
         self.state: dict[str, dict[str, np.ndarray]] = {name: {} for name in self.params}
+        self._flat: dict[str, np.ndarray] = {}  # a network's state buffers, flat
+        self._flat_views: dict[str, dict[str, np.ndarray]] = {}
 
     @property
     def hyper(self) -> dict:
@@ -151,11 +153,69 @@ class Optimizer:
                     f"{type(self).__name__}.step() needs grads: the optimiser holds a dict of "
                     "arrays, not a network"
                 )
+            flat = self._flat_state()
+            if flat is not None:
+                self._flat_step(flat)
+                return
             grads = self.net.grads
         else:
             self._check_grads(grads)
         for name, p in self.params.items():
             self._update(p, grads[name], self.state[name])
+
+    # --- a network's parameters in one flat buffer: one update for all of them ---------------
+    #
+    # Every update is element-wise with scalars that depend on the step count only, so when
+    # all parameters share a step count, updating the network's flat buffers at once gives the
+    # same numbers, bit for bit, as the loop over parameters (a test checks it). The state then
+    # lives in flat buffers too, and each parameter's state holds views into them.
+
+    def _flat_state(self) -> dict[str, np.ndarray] | None:
+        """The state as flat buffers, or None when the parameters' states have come apart."""
+        states = list(self.state.values())
+        keys = set(states[0])
+        if any(set(st) != keys for st in states):
+            return None
+        steps = {float(st["step"]) for st in states} if "step" in keys else set()
+        if len(steps) > 1:
+            return None
+        buffers = sorted(keys - {"step"})
+        views = self._flat_views
+        if any(
+            b not in views or st[b] is not views[b][n]
+            for b in buffers
+            for n, st in self.state.items()
+        ):
+            # first flat step, or arrays replaced since: gather them once into flat buffers
+            flat = {b: np.concatenate([st[b].ravel() for st in states]) for b in buffers}
+            self._adopt(flat)
+        state = {b: self._flat[b] for b in buffers}
+        if steps:
+            state["step"] = np.array(steps.pop())
+        return state
+
+    def _flat_step(self, state: dict[str, np.ndarray]) -> None:
+        net = self.net
+        assert net is not None
+        self._update(net.flat_params, net.flat_grads, state)
+        self._adopt({b: v for b, v in state.items() if b != "step"})
+        if "step" in state:
+            for st in self.state.values():
+                if "step" in st:
+                    st["step"][...] = state["step"]
+                else:
+                    st["step"] = state["step"].copy()
+
+    def _adopt(self, flat: dict[str, np.ndarray]) -> None:
+        """Make each parameter's state views into the flat buffers `flat`."""
+        net = self.net
+        assert net is not None
+        for b, buf in flat.items():
+            if self._flat.get(b) is not buf:
+                self._flat[b] = buf
+                self._flat_views[b] = net._views(buf)
+                for n, st in self.state.items():
+                    st[b] = self._flat_views[b][n]
 
     def _update(self, p: np.ndarray, g: np.ndarray, state: dict[str, np.ndarray]) -> None:
         raise NotImplementedError
