@@ -644,6 +644,8 @@ BAD = [
     (lambda: Adam(P).load_state_dict({"w": {"momentum_buffer": np.zeros(3)}}), ValueError,
      r"adam state of 'w': unknown buffer\(s\) \['momentum_buffer'\]"),
     (lambda: Adam(P).load_state_dict({}), ValueError, r"missing \['w'\]"),
+    (lambda: Adam(P).load_state_dict({"w": np.zeros(3)}), TypeError,
+     r"state of 'w' must be a dict buffer name -> array, got ndarray"),
 ]  # fmt: skip
 
 

@@ -266,6 +266,11 @@ class Optimizer:
                 f"unexpected {extra or 'none'}"
             )
         for name, p in self.params.items():
+            if not isinstance(state[name], Mapping):
+                raise TypeError(
+                    f"state of {name!r} must be a dict buffer name -> array, "
+                    f"got {type(state[name]).__name__}"
+                )
             unknown = [b for b in state[name] if b not in self.state_names]
             if unknown:
                 raise ValueError(
