@@ -18,9 +18,17 @@ from .losses import (
     get_loss,
 )
 from .network import MLP, resolve_dtype
-from .optim import SGD
+from . import optim
+from .optim import OPTIMIZERS, SGD, Adagrad, Adam, AdamW, RMSprop, get_optimizer
 
 __all__ = [
+    "OPTIMIZERS",
+    "Adagrad",
+    "Adam",
+    "AdamW",
+    "RMSprop",
+    "get_optimizer",
+    "optim",
     "ACTIVATIONS",
     "LOSSES",
     "MLP",

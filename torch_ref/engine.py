@@ -350,62 +350,31 @@ def _check_data(loss_s, X, y, dtype, sizes):
 
 def _optimizer_factory(spec, lr):
     """A function params -> scratch optimizer, from None (plain SGD), a name or a dict
-    {"name": ..., **hyper-parameters}."""
+    {"name": ..., **hyper-parameters}: the one description both sides are built from."""
     if spec is None:
-        return lambda params: (
-            scratch.SGD(params, lr) if isinstance(params, scratch.MLP) else _DictSGD(params, lr)
-        )
+        spec = {"name": "sgd"}
     if isinstance(spec, str):
         spec = {"name": spec}
-    if isinstance(spec, Mapping):
-        spec = dict(spec)
-        name = spec.pop("name", None)
-        get = getattr(scratch.optim, "get_optimizer", None)
-        if get is None:
-            if name in (None, "sgd") and not spec:
-                return lambda params: scratch.SGD(params, lr)
-            raise ValueError(f"optimizer {name!r} is not available; expected 'sgd'")
-        return lambda params: get(name, params, lr=lr, **spec)
-    raise TypeError(
-        "for a user network give the optimizer by name or as a dict "
-        f"{{'name': 'adam', 'betas': (0.9, 0.999)}}, got {type(spec).__name__}"
-    )
-
-
-class _DictSGD:  # TEMPORARY until scratch.optim takes dicts
-    state_names: tuple[str, ...] = ()
-
-    def __init__(self, params, lr):
-        self.params, self.lr = params, lr
-
-    def step(self, grads):
-        for k, p in self.params.items():
-            p -= self.lr * grads[k]
-
-    def state_dict(self):
-        return {}
+    if not isinstance(spec, Mapping):
+        raise TypeError(
+            "for a user network give the optimizer by name or as a dict "
+            f"{{'name': 'adam', 'betas': (0.9, 0.999)}}, got {type(spec).__name__}"
+        )
+    spec = dict(spec)
+    name = spec.pop("name", "sgd")
+    scratch.get_optimizer(name, {"probe": np.zeros(1)}, lr=lr, **spec)  # refuse bad input now
+    return lambda params: scratch.get_optimizer(name, params, lr=lr, **spec)
 
 
 def _check_mirrored(opt) -> None:
-    """The torch side is built from the scratch optimizer's description; one without a known
-    description would be compared against the wrong thing."""
-    registry = getattr(scratch.optim, "OPTIMIZERS", {"sgd": scratch.SGD})
-    known = tuple(registry.values())
-    if not isinstance(opt, known) or (
-        type(opt).__mro__[0] not in known
-        and not hasattr(opt, "hyper")
-        and not isinstance(opt, scratch.SGD)
-    ):
+    """The torch side is built from the scratch optimizer's description (`opt.hyper`); an
+    optimizer without one would be compared against the wrong thing."""
+    registry = scratch.OPTIMIZERS
+    if not isinstance(opt, tuple(registry.values())):
         raise ValueError(
             f"optimizer {type(opt).__name__} has no torch mirror: nn-parity builds torch's from "
             f"the scratch optimizer's description; use one of {', '.join(registry)}"
         )
-    if type(opt) is scratch.SGD or isinstance(opt, scratch.SGD):
-        hyper = getattr(opt, "hyper", {})
-        if any(
-            hyper.get(k) for k in ("momentum", "weight_decay", "nesterov", "dampening")
-        ) and not hasattr(scratch.optim, "get_optimizer"):
-            raise ValueError("only plain SGD (no momentum or weight decay) is mirrored")
 
 
 def _torch_side(ref, sside, loss_s, opt_desc):
@@ -467,7 +436,7 @@ def lockstep(
     n = len(X)
     steps = run_length(steps, batch_size, epochs, drop_last, n)
     loss_s = sside.loss
-    opt_desc = sside.opt if sside.opt is not None else scratch.SGD(sside.canon, lr)
+    opt_desc = sside.opt if isinstance(sside, MLPSide) else sside.opt_desc
     tside = _torch_side(ref, sside, loss_s, opt_desc)
     relu_layers = [l for l, a in enumerate(sside.desc.activations) if _has_kink(a)]
     plan = _batches(n, batch_size, epochs or 1, seed, shuffle, drop_last)
@@ -668,9 +637,11 @@ def _missing_reason(key, sside) -> str:
     if q == "prob":
         return "no forward given"
     if q == "loss":
-        return "your gradient function returns no loss"
+        return "no loss returned by your gradient function, and no loss_fn"
     if q == "state":
         return "the update is yours, its state unseen"
+    if q == "grad":
+        return "a fused step with this optimizer implies no gradient: parameters compared"
     return "not reported"
 
 

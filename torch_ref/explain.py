@@ -111,16 +111,10 @@ def _staged(sside, tside, items, within, svals, tvals, flips):
     disagreed.
     """
     net, loss, dtype, opt = sside.net, sside.loss, sside.dtype, sside.opt
-    # An optimizer is rerunnable from torch's state when it can load one, or has none.
-    rerunnable_update = sside.stateful or type(opt) is scratch.SGD
     failing = {items[k].quantity for k in np.flatnonzero(~within)}
-    allowed = {"z", "a", "prob", "loss", "grad"}
-    if rerunnable_update:
-        allowed |= {"param", "state"}
-    if not failing <= allowed:
-        return None, None
     kinds = [it.quantity for it in items]
-    n_check = kinds.index("param")
+    # the update's quantities (state, then param) follow the gradients
+    n_check = next(k for k, q in enumerate(kinds) if q in ("state", "param"))
     loss_k = kinds.index("loss")
     original = [np.array(v) for v in svals[:n_check]]
     torch_values = [_np(v) for v in tvals]
@@ -162,8 +156,8 @@ def _staged(sside, tside, items, within, svals, tvals, flips):
         net.backward(loss.backward(lcache), patched)
         if (bad := first_disagreeing([net.grads[n] for n in sside.order], loss_k + 1)) is not None:
             return None, bad  # 3.
-        if rerunnable_update and failing & {"param", "state"}:
-            bad = _update_stage(sside, tside, items, n_check)
+        if failing & {"param", "state"}:
+            bad = _update_stage(sside, tside, items)
             if bad is not None:
                 return None, bad  # 4.
     finally:
@@ -174,7 +168,7 @@ def _staged(sside, tside, items, within, svals, tvals, flips):
     return _reason(sside, flips, out_t), None
 
 
-def _update_stage(sside, tside, items, n_check: int) -> int | None:
+def _update_stage(sside, tside, items) -> int | None:
     """Scratch's update from torch's parameters, gradients and optimizer state (as the step
     found them) against torch's updated parameters and state."""
     net, opt = sside.net, sside.opt
@@ -185,14 +179,16 @@ def _update_stage(sside, tside, items, n_check: int) -> int | None:
     if sside.stateful:
         opt.load_state_dict(tside.state_before)
     opt.step()
-    values = [net.params[n] for n in sside.order]
-    expected = list(tside.param_views)
-    if sside.stateful:
-        st, tt = opt.state_dict(), tside.state()
-        values += [st[n][b] for n in sside.order for b in sside.state_names]
-        expected += [tt[n][b] for n in sside.order for b in sside.state_names]
-    for k, (v, e) in enumerate(zip(values, expected), n_check):
-        tol = tolerance(items[k].quantity, sside.dtype)
+    mine = opt.state if sside.stateful else {}
+    torch_now = tside.state() if sside.stateful else {}
+    for k, it in enumerate(items):
+        if it.quantity == "param":
+            v, e = net.params[it.name], tside.by_name[it.name].detach().numpy()
+        elif it.quantity == "state":
+            v, e = mine[it.name][it.buffer], torch_now[it.name][it.buffer]
+        else:
+            continue
+        tol = tolerance(it.quantity, sside.dtype)
         if first_mismatch(np.asarray(v), np.asarray(e), tol.rtol, tol.atol) is not None:
             return k
     return None

@@ -257,7 +257,7 @@ def export(
         net = net.description()
     if not isinstance(net, scratch.MLP):
         raise TypeError(
-            f"export takes a scratch.MLP or a network adapted with adapt(), got {type(net).__name__}"
+            f"export takes a scratch.MLP or an adapted network, got {type(net).__name__}"
         )
     for key, p in net.params.items():
         if not np.isfinite(p).all():

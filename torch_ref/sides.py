@@ -38,6 +38,7 @@ from nn_parity import scratch
 
 from .adapter import UserNetwork
 from .model import torch_loss, torch_probabilities
+from .optim import torch_optimizer, torch_state
 
 __all__ = ["MLPSide", "TorchSide", "UserSide", "param_name"]
 
@@ -63,13 +64,21 @@ def forward_keys(n_layers: int, *, z: set[int], a: set[int], prob: bool, loss: b
 
 
 def update_keys(order: list[str], state_names: tuple[str, ...]) -> list[Key]:
-    """grad and param per parameter (in `order`: last layer first), then optimizer state."""
-    keys: list[Key] = []
+    """Per parameter (in `order`: last layer first): the gradient, the optimizer's state, then
+    the updated parameter, the order an update computes them in (Adam's moments before the
+    step they scale)."""
     split = [(int(n.split(".")[1]), n.split(".")[2]) for n in order]
-    for quantity in ("grad", "param"):
-        keys += [(quantity, l, p, None) for l, p in split]
+    keys: list[Key] = [("grad", l, p, None) for l, p in split]
     keys += [("state", l, p, b) for l, p in split for b in state_names]
+    keys += [("param", l, p, None) for l, p in split]
     return keys
+
+
+def active_state(names, state: Mapping[str, Mapping]) -> tuple[str, ...]:
+    """The buffers an optimizer keeps with its settings (SGD without momentum keeps none), in
+    its declared order, from its state after a step."""
+    kept = set().union(*(set(s) for s in state.values())) if state else set()
+    return tuple(b for b in names if b in kept)
 
 
 def backward_order(desc: scratch.MLP) -> list[str]:
@@ -97,16 +106,13 @@ class MLPSide:
         self.net, self.desc, self.loss, self.opt, self.lr = net, net, loss, opt, lr
         self.dtype = net.dtype
         self.order = backward_order(net)
-        self.state_names: tuple[str, ...] = tuple(getattr(opt, "state_names", ()))
-        self.stateful = bool(self.state_names)
-        L = len(net.layers)
-        every = set(range(L))
-        self.keys = forward_keys(L, z=every, a=every, prob=True, loss=True) + update_keys(
-            self.order, self.state_names
-        )
+        self.state_names: tuple[str, ...] = ()
+        self.stateful = False
+        self.keys: list[Key] = []  # known after the first step, when the optimizer's state is
         self.flat_before = np.empty_like(net.flat_params)
         # views into the flat gradient and parameter buffers: stable across steps
-        self.fixed = [net.grads[k] for k in self.order] + [net.params[k] for k in self.order]
+        self.grad_views = [net.grads[k] for k in self.order]
+        self.param_views = [net.params[k] for k in self.order]
 
     @property
     def params_before(self) -> dict[str, np.ndarray]:
@@ -127,10 +133,22 @@ class MLPSide:
         net.backward(self.loss.backward(self.lcache), self.cache)
         np.copyto(self.flat_before, net.flat_params)
         self.opt.step()
-        vals = self.forward_values(self.cache, out, self.loss_value) + self.fixed
+        if not self.keys:
+            self._set_keys()
+        vals = self.forward_values(self.cache, out, self.loss_value) + self.grad_views
         if self.stateful:
-            vals += _state_values(self.opt.state_dict(), self.order, self.state_names)
-        return vals
+            vals += _state_values(self.opt.state, self.order, self.state_names)
+        return vals + self.param_views
+
+    def _set_keys(self) -> None:
+        state = getattr(self.opt, "state", {})
+        self.state_names = active_state(getattr(self.opt, "state_names", ()), state)
+        self.stateful = bool(self.state_names)
+        L = len(self.net.layers)
+        every = set(range(L))
+        self.keys = forward_keys(L, z=every, a=every, prob=True, loss=True) + update_keys(
+            self.order, self.state_names
+        )
 
     def forward_values(self, cache: list, out, loss_value: float) -> list:
         """The forward quantities in key order: z and hidden a per layer, prob, loss."""
@@ -161,13 +179,22 @@ class UserSide:
         self.desc = net.description()
         self.order = backward_order(self.desc)
         self.X_user, self.y_user = X_user, y_user
-        self.recovered = net.form == "step"
         # nn-parity applies the update to a canonical copy it writes back; the user's own
-        # update or fused step updates their arrays, and the copy is read back
+        # update or fused step updates their arrays, and the copy is read back. Either way
+        # torch's optimizer is built from the one description, `opt_desc`.
         self.canon = net.get_params()
+        self.opt_desc = opt_factory({k: v.copy() for k, v in self.canon.items()})
         self.opt = opt_factory(self.canon) if net.form == "grads" and net.update is None else None
-        self.state_names: tuple[str, ...] = tuple(getattr(self.opt, "state_names", ()))
-        self.stateful = bool(self.state_names)
+        # (before - after) / lr is the gradient only for plain SGD; a fused Adam step's update
+        # implies no gradient, and only the parameters are compared
+        hyper = self.opt_desc.hyper
+        plain = type(self.opt_desc) is scratch.SGD and not (
+            hyper.get("momentum") or hyper.get("weight_decay")
+        )
+        self.recovered = net.form == "step" and plain
+        self.grads_seen = net.form == "grads" or self.recovered
+        self.state_names: tuple[str, ...] = ()
+        self.stateful = False
         self.keys: list[Key] = []
         self.before: dict[str, np.ndarray] = {}
         self.user_names = {s.canonical: s for s in net.pmap.slots}
@@ -218,6 +245,9 @@ class UserSide:
             after = net.get_params()
             grads = {k: (self.before[k] - after[k]) / lr for k in self.before}
         self.loss_value = math.nan if loss_value is None else loss_value
+        if not self.keys and self.opt is not None:
+            self.state_names = active_state(self.opt.state_names, self.opt.state)
+            self.stateful = bool(self.state_names)
         if not self.keys:
             self.keys = forward_keys(
                 len(self.desc.layers),
@@ -225,7 +255,8 @@ class UserSide:
                 a=set(a),
                 prob=net.forward is not None,
                 loss=loss_value is not None,
-            ) + update_keys(self.order, self.state_names)
+            ) + [k for k in update_keys(self.order, self.state_names)
+                 if k[0] != "grad" or self.grads_seen]  # fmt: skip
         for q, l, _, _ in self.keys[: self._n_forward()]:
             if q == "z":
                 forward.append(z[l])
@@ -235,11 +266,13 @@ class UserSide:
                 forward.append(prob)
             else:
                 forward.append(np.asarray(loss_value, self.dtype))
-        vals = forward + [np.asarray(grads[k], self.dtype) for k in self.order]
-        vals += [np.asarray(after[k]) for k in self.order]
+        vals = forward
+        if self.grads_seen:
+            vals = vals + [np.asarray(grads[k], self.dtype) for k in self.order]
         if self.stateful:
             assert self.opt is not None
             vals += _state_values(self.opt.state_dict(), self.order, self.state_names)
+        vals += [np.asarray(after[k]) for k in self.order]
         self.after = {k: np.array(after[k]) for k in self.order}
         return vals
 
@@ -308,20 +341,6 @@ def _dtype_of(by_name: dict):
     return next(iter(by_name.values())).detach().numpy().dtype
 
 
-def _torch_optim():
-    try:
-        from .optim import torch_optimizer, torch_state
-    except ImportError:  # plain SGD only, until torch_ref.optim lands
-
-        def torch_optimizer(opt, params):
-            return torch.optim.SGD(list(params.values()), lr=opt.lr)
-
-        def torch_state(opt, params):
-            return {}
-
-    return torch_optimizer, torch_state
-
-
 class TorchSide:
     """The torch side: an `nn.Module` whose Linear layers map one to one onto the canonical
     parameters, its loss, and the torch.optim optimizer built from the scratch one's
@@ -329,27 +348,23 @@ class TorchSide:
     forward hooks on its Linear layers."""
 
     def __init__(self, ref: torch.nn.Module, by_name: dict, loss: scratch.Loss, opt_desc, order):
-        torch_optimizer, torch_state = _torch_optim()
         self.ref, self.by_name, self.order = ref, by_name, order
         self.loss = loss
         self.loss_fn = torch_loss(loss, dtype=_dtype_of(by_name))
-        self.opt = torch_optimizer(opt_desc, {k: by_name[k] for k in order})
-        self._torch_state = torch_state
-        self.state_names: tuple[str, ...] = tuple(getattr(opt_desc, "state_names", ()))
+        self.opt_names = list(opt_desc.params)  # the torch optimizer's parameter order
+        self.opt = torch_optimizer(opt_desc, {k: by_name[k] for k in self.opt_names})
+        self.declared_state = tuple(getattr(opt_desc, "state_names", ()))
+        self.state_names: tuple[str, ...] = ()
         self.params = [by_name[k] for k in order]
         # updated in place by the optimiser: views made once serve every step
         self.param_views = [by_name[k].detach().numpy() for k in order]
         self.params_before = [v.copy() for v in self.param_views]
         self.linears = [m for m in ref.modules() if isinstance(m, torch.nn.Linear)]
         self.hooked = not hasattr(ref, "forward_cache")
-        L = len(self.linears)
-        every = set(range(L))
-        self.keys = forward_keys(L, z=every, a=every, prob=True, loss=True) + update_keys(
-            order, self.state_names
-        )
+        self.keys: list[Key] = []  # known after the first step, when the optimizer's state is
         if self.hooked:
-            self._z: list = [None] * L
-            self._x: list = [None] * L
+            self._z: list = [None] * len(self.linears)
+            self._x: list = [None] * len(self.linears)
             for l, lin in enumerate(self.linears):
                 lin.register_forward_hook(self._hook(l))
 
@@ -386,10 +401,15 @@ class TorchSide:
             for keep, now in zip(self.params_before, self.param_views):
                 np.copyto(keep, now)
             if self.state_names:  # for the update stage of an explanation
-                self.state_before = {
-                    n: {b: np.array(v) for b, v in bufs.items()} for n, bufs in self.state().items()
-                }
+                self.state_before = self.state()
             self.opt.step()
+        if not self.keys:
+            self.state_names = active_state(self.declared_state, self.state())
+            L = len(self.linears)
+            every = set(range(L))
+            self.keys = forward_keys(L, z=every, a=every, prob=True, loss=True) + update_keys(
+                self.order, self.state_names
+            )
         last = len(self.cache) - 1
         vals: list = []
         for l, (z, a) in enumerate(self.cache):
@@ -402,13 +422,12 @@ class TorchSide:
         self.loss_value = float(vals[-1])
         vals.extend(self.by_name[k].grad.numpy() for k in self.order)  # type: ignore[union-attr]
         self.last_values = vals
-        vals = vals + self.param_views
         if self.state_names:
-            vals += _state_values(self.state(), self.order, self.state_names)
-        return vals
+            vals = vals + _state_values(self.state(), self.order, self.state_names)
+        return vals + self.param_views
 
     def state(self) -> dict[str, dict[str, np.ndarray]]:
-        return self._torch_state(self.opt, {k: self.by_name[k] for k in self.order})
+        return torch_state(self.opt, self.opt_names)
 
     def params_now(self) -> dict[str, np.ndarray]:
         return {k: v.detach().numpy() for k, v in self.by_name.items()}
