@@ -356,3 +356,12 @@ def test_the_ci_docs_workflow_runs_what_ci_runs():
     # the report folder comes through pytest's own PYTEST_ADDOPTS and is kept as an artifact
     assert re.search(r"PYTEST_ADDOPTS: +--parity-report parity-reports$", workflow, re.M)
     assert "actions/upload-artifact" in workflow and "path: parity-reports" in workflow
+
+
+def test_the_readme_shows_the_example_file():
+    readme = (ROOT / "README.md").read_text()
+    section = readme.split("## In pytest and notebooks")[1].split("\n## ")[0]
+    shown = section.split("```python\n")[1].split("```")[0]
+    code = EXAMPLE.read_text().split('"""', 2)[2].lstrip("\n")  # without its docstring
+    assert shown == code
+    assert readme.index("## In pytest and notebooks") < readme.index("## The pieces")
