@@ -17,7 +17,7 @@ from nn_parity.reports import figures as drawing
 from nn_parity.reports.text import fmt
 from nn_parity.scratch.activations import Tanh
 from nn_parity.torch_ref import TorchMLP, lockstep
-from nn_parity.torch_ref.display import record_config
+from nn_parity.torch_ref.display import record_config, result_html
 from nn_parity.torch_ref.record import write_record
 
 
@@ -66,9 +66,10 @@ def test_html_of_a_passing_result(passing):
         cells = row(html, label)
         assert f">{fmt(w['max_abs'])}<" in cells and f">{fmt(w['max_rel'])}<" in cells
         assert ">pass</span>" in cells
-    assert "3-5-1 (tanh, sigmoid)" not in html  # the result does not know its activations
-    assert "network: 3-5-1, bias, 26 parameters" in html
-    assert "data: arrays, 16 samples x 3 features" in html
+    # what the result knows, and no guess at what it does not (its activations, lr, loss)
+    assert ">network 3-5-1, 26 parameters, 16 samples, float64, 6 steps</p>" in html
+    told = result_html(result, lr=0.5, loss="bce")  # what the caller knows, it can say
+    assert "16 samples, float64, 6 steps, lr 0.5, loss bce (mean)</p>" in told
 
 
 def test_html_of_a_failing_result(failing):

@@ -142,7 +142,7 @@ def _e(x: Any) -> str:
     return escape(str(x), quote=True)
 
 
-def _rows(head: list[str], rows: list[list[str]], numeric: set[int]) -> str:
+def _rows(head: list[str] | None, rows: list[list[str]], numeric: set[int]) -> str:
     """A plain table from escaped cells; inline styles only, as notebook front ends strip
     <style> blocks from untrusted output and a page-wide stylesheet would restyle the notebook."""
 
@@ -150,11 +150,39 @@ def _rows(head: list[str], rows: list[list[str]], numeric: set[int]) -> str:
         style = _NUMERIC if i in numeric else "text-align:left"
         return f'<{tag} style="{style}">{content}</{tag}>'
 
-    th = "".join(cell(i, "th", h) for i, h in enumerate(head))
+    thead = ""
+    if head:
+        thead = "<thead><tr>" + "".join(cell(i, "th", h) for i, h in enumerate(head))
+        thead += "</tr></thead>"
     body = "".join(
         "<tr>" + "".join(cell(i, "td", c) for i, c in enumerate(row)) + "</tr>" for row in rows
     )
-    return f"<table><thead><tr>{th}</tr></thead><tbody>{body}</tbody></table>"
+    return f"<table>{thead}<tbody>{body}</tbody></table>"
+
+
+def _facts(summary: dict) -> str:
+    """One line on the run, leaving out what the record does not know (None, "?")."""
+    arch, data = summary.get("architecture") or {}, summary.get("data") or {}
+
+    def known(value: Any) -> bool:
+        return value not in (None, "?", "")
+
+    net = "-".join(str(s) for s in arch.get("sizes") or []) or "?"
+    if arch.get("activations"):
+        net += " (" + ", ".join(arch["activations"]) + ")"
+    parts = [f"network {net}"]
+    if known(arch.get("parameters")):
+        parts.append(f"{arch['parameters']} parameters")
+    if known(data.get("samples")):
+        parts.append(f"{data['samples']} samples")
+    parts.append(f"{summary.get('dtype', '?')}, {summary.get('steps', '?')} steps")
+    if known(summary.get("lr")):
+        parts.append(f"lr {summary['lr']:g}")
+    if known(summary.get("loss")):
+        parts.append(f"loss {summary['loss']}" + (
+            f" ({summary['reduction']})" if summary.get("reduction") else ""
+        ))  # fmt: skip
+    return ", ".join(parts)
 
 
 def summary_html(summary: dict) -> str:
@@ -166,7 +194,6 @@ def summary_html(summary: dict) -> str:
         fd_verdict,
         fmt,
         index_text,
-        run_description,
         verdict,
     )
 
@@ -184,8 +211,7 @@ def summary_html(summary: dict) -> str:
         '<div class="nn-parity-result">',
         f'<p><strong style="color:{color};font-size:1.3em">{_e(word)}</strong> '
         f"{_e(detail)}</p>",
-        f'<p style="color:{_MUTED}">' + "<br>".join(_e(x) for x in run_description(summary))
-        + "</p>",
+        f'<p style="color:{_MUTED}">{_e(_facts(summary))}</p>',
     ]  # fmt: skip
     if div:
         rows = [
@@ -208,7 +234,7 @@ def summary_html(summary: dict) -> str:
             rows.append([headline or "diagnosis", " ".join(lines)])
         parts += [
             f'<p style="color:{_FAIL};font-weight:600;margin-bottom:0">First divergence</p>',
-            _rows(["", ""], [[_e(k), _e(v)] for k, v in rows], set()),
+            _rows(None, [[_e(k), _e(v)] for k, v in rows], set()),
         ]
     items = []
     for label, q in (summary.get("quantities") or {}).items():

@@ -124,12 +124,14 @@ class Parity:
         the result when every quantity agreed at every step.
         """
         __tracebackhide__ = True
+        import numpy as np
+
         from .engine import lockstep
 
         config = self._config
         forced = config.getoption("parity_dtype", None)
         built = getattr(net, "dtype", None)
-        if forced and built is not None and str(built) != forced:
+        if forced and built is not None and np.dtype(built).name != forced:
             pytest.fail(
                 f"--parity-dtype {forced}, but this test built its network in {built}: build "
                 "it with dtype=parity.dtype",
