@@ -327,8 +327,33 @@ def test_parity_op_fails_with_an_assert_style_checks_message(tmp_path, monkeypat
         raise AssertionError("dgamma of layernorm summed over the wrong axis")
 
     fake_opcheck(monkeypatch, check_op)
+    config = FakeConfig(tmp_path)
     with pytest.raises(pytest.fail.Exception, match="op check failed: dgamma of layernorm"):
-        Parity(FakeConfig(tmp_path), "t").op("layernorm")
+        Parity(config, "t").op("layernorm")
+    assert config.stash[pytest_plugin._CHECKS] == [{"kind": "op", "passed": False}]
+
+
+def test_an_op_check_that_raises_counts_as_failed(tmp_path, monkeypatch):
+    def check_op(*args, **kwargs):
+        raise ValueError("backward returned 1 gradient for 2 inputs")
+
+    fake_opcheck(monkeypatch, check_op)
+    config = FakeConfig(tmp_path)
+    with pytest.raises(ValueError, match="1 gradient for 2 inputs"):  # the test errors
+        Parity(config, "t").op("affine")
+    assert config.stash[pytest_plugin._CHECKS] == [{"kind": "op", "passed": False}]
+
+
+def test_a_divergence_of_another_shape_is_reported_in_its_own_words():
+    class Elsewhere:
+        def __str__(self):
+            return "step 3, out[2, 1]: mine 1.0 vs theirs 2.0"
+
+    result = types.SimpleNamespace(first_divergence=Elsewhere())
+    message = Parity._message(result, None)  # type: ignore[arg-type]
+    assert message.splitlines()[0] == (
+        "nn-parity: scratch and torch diverged: step 3, out[2, 1]: mine 1.0 vs theirs 2.0"
+    )
 
 
 def test_parity_op_skips_where_the_op_check_is_not_installed(tmp_path, monkeypatch):

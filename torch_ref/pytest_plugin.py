@@ -180,17 +180,17 @@ class Parity:
         check_op = _check_op()
         if check_op is None:
             pytest.skip("parity.op needs nn_parity.torch_ref.opcheck.check_op, not in this install")
-        record = {"kind": "op", "passed": True}
+        # counted as failed until it has passed: an op check that raises failed too
+        record = {"kind": "op", "passed": False}
         self._config.stash[_CHECKS].append(record)
         try:
             result = check_op(*args, **kwargs)
         except AssertionError as err:  # an assert-style check: its message is the report
-            record["passed"] = False
             pytest.fail(f"op check failed: {err}", pytrace=False)
         passed = getattr(result, "passed", result if isinstance(result, bool) else True)
         if not passed:
-            record["passed"] = False
             pytest.fail(f"op check failed: {_op_message(result)}", pytrace=False)
+        record["passed"] = True
         return result
 
     def _write_report(self, root: Path, result: LockstepResult, context: dict) -> Path:
@@ -214,24 +214,29 @@ class Parity:
         div = result.first_divergence
         lines = ["nn-parity: scratch and torch diverged"]
         if div is not None:
-            lines[0] += f" at step {div.step}, {div.label}, index {list(div.index)}"
-            lines += [
-                f"  scratch   {div.scratch!r}",
-                f"  torch     {div.torch!r}",
-                f"  |diff|    {div.abs_err:.3g} (relative {div.rel_err:.3g}); "
-                f"{div.mismatches} of {div.total} elements outside rtol {div.rtol:.3g}, "
-                f"atol {div.atol:.3g}",
-            ]
-            if div.fd is not None:
-                lines.append(
-                    f"  finite differences give {div.fd!r}: agrees with {div.fd_agrees_with}"
-                )
-            if div.diagnosis:
-                lines.append(
-                    f"  likely cause ({div.diagnosis['cause']}): {div.diagnosis['explanation']}"
-                )
+            try:
+                lines[0] += f" at step {div.step}, {div.label}, index {list(div.index)}"
+                lines += _divergence_lines(div)
+            except AttributeError:  # a Divergence of another shape: in its own words
+                lines[0] += f": {div}"
         lines.append(f"  report: {report}" if report else "  (--parity-report DIR keeps a report)")
         return "\n".join(lines)
+
+
+def _divergence_lines(div: Any) -> list[str]:
+    """Both values, the tolerance, the finite-difference verdict and the likely cause."""
+    lines = [
+        f"  scratch   {div.scratch!r}",
+        f"  torch     {div.torch!r}",
+        f"  |diff|    {div.abs_err:.3g} (relative {div.rel_err:.3g}); {div.mismatches} of "
+        f"{div.total} elements outside rtol {div.rtol:.3g}, atol {div.atol:.3g}",
+    ]
+    if div.fd is not None:
+        lines.append(f"  finite differences give {div.fd!r}: agrees with {div.fd_agrees_with}")
+    if div.diagnosis:
+        cause = div.diagnosis.get("cause")
+        lines.append(f"  likely cause ({cause}): {div.diagnosis.get('explanation')}")
+    return lines
 
 
 def _dtype_of(result: LockstepResult) -> str:
