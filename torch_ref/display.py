@@ -147,7 +147,9 @@ def _rows(head: list[str] | None, rows: list[list[str]], numeric: set[int]) -> s
     <style> blocks from untrusted output and a page-wide stylesheet would restyle the notebook."""
 
     def cell(i: int, tag: str, content: str) -> str:
-        style = _NUMERIC if i in numeric else "text-align:left"
+        style = "text-align:left"
+        if i in numeric:  # numbers right-aligned in monospace, so that digits line up
+            style = _NUMERIC if tag == "td" else "text-align:right"
         return f'<{tag} style="{style}">{content}</{tag}>'
 
     thead = ""
