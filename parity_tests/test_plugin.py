@@ -322,6 +322,17 @@ def test_parity_op_calls_check_op_and_fails_with_its_message(tmp_path, monkeypat
     assert [c["passed"] for c in config.stash[pytest_plugin._CHECKS]] == [True, False]
 
 
+def test_an_op_results_own_headline_is_not_repeated(tmp_path, monkeypatch):
+    class Headed(OpResult):
+        def __str__(self):
+            return "op check FAILED: 2 of 3 items agree\nfirst mismatch: dW[0, 1]"
+
+    fake_opcheck(monkeypatch, lambda *a, **k: Headed(passed=False))
+    with pytest.raises(pytest.fail.Exception) as failure:
+        Parity(FakeConfig(tmp_path), "t").op("affine")
+    assert str(failure.value).startswith("op check FAILED: 2 of 3 items agree\nfirst mismatch")
+
+
 def test_parity_op_fails_with_an_assert_style_checks_message(tmp_path, monkeypatch):
     def check_op(*args, **kwargs):
         raise AssertionError("dgamma of layernorm summed over the wrong axis")

@@ -103,7 +103,7 @@ def record_config(
         "lr": lr,
         "seed": seed,
         # record.npz needs an array; "no labels" is an empty one, dropped again on reading
-        "y": np.zeros(0) if y is None else np.ravel(np.asarray(y, dtype=np.float64)),
+        "y": np.zeros(0) if y is None else np.asarray(y),
     }
 
 

@@ -120,8 +120,8 @@ class Parity:
     def lockstep(self, net, ref=None, X=None, y=None, **kwargs) -> LockstepResult:
         """`nn_parity.torch_ref.lockstep(net, ref, X, y, **kwargs)`; fails the test on divergence.
 
-        `ref` defaults to `TorchMLP.from_scratch(net)`. --parity-steps replaces `steps`. Returns
-        the result when every quantity agreed at every step.
+        For a `scratch.MLP`, `ref` defaults to `TorchMLP.from_scratch(net)`. --parity-steps
+        replaces `steps`. Returns the result when every quantity agreed at every step.
         """
         __tracebackhide__ = True
         import numpy as np
@@ -141,9 +141,12 @@ class Parity:
         if steps is not None:
             kwargs["steps"] = steps
         if ref is None:
+            from nn_parity import scratch
+
             from .model import TorchMLP
 
-            ref = TorchMLP.from_scratch(net)
+            if isinstance(net, scratch.MLP):  # other networks: lockstep's own default, if any
+                ref = TorchMLP.from_scratch(net)
         result = lockstep(net, ref, X, y, **kwargs)
 
         root = report_root(config)
@@ -186,10 +189,10 @@ class Parity:
         try:
             result = check_op(*args, **kwargs)
         except AssertionError as err:  # an assert-style check: its message is the report
-            pytest.fail(f"op check failed: {err}", pytrace=False)
+            pytest.fail(_op_message(err), pytrace=False)
         passed = getattr(result, "passed", result if isinstance(result, bool) else True)
         if not passed:
-            pytest.fail(f"op check failed: {_op_message(result)}", pytrace=False)
+            pytest.fail(_op_message(result), pytrace=False)
         record["passed"] = True
         return result
 
@@ -256,13 +259,13 @@ def _check_op():
 
 
 def _op_message(result: Any) -> str:
+    """The op check's own words, headed "op check failed" unless they say so already."""
     if type(result).__str__ is not object.__str__:
-        return str(result)
-    for name in ("first_divergence", "first_mismatch", "message"):
-        value = getattr(result, name, None)
-        if value is not None:
-            return str(value)
-    return repr(result)
+        text = str(result)
+    else:
+        found = (getattr(result, k, None) for k in ("first_mismatch", "first_divergence"))
+        text = str(next((v for v in found if v is not None), repr(result)))
+    return text if text.lower().startswith("op check") else f"op check failed: {text}"
 
 
 @pytest.fixture
