@@ -247,6 +247,18 @@ def test_a_report_from_an_earlier_run_of_the_same_test_is_replaced(tmp_path):
     assert [p.name for p in old.parent.iterdir()] == ["t.py__t"]
 
 
+def test_a_report_that_cannot_be_written_still_fails_with_the_divergence(tmp_path):
+    (tmp_path / "out").write_text("a file where the report folder should go")
+    net, X, y = small_case()
+    net.layers[0].activation.backward = lambda da, z, a: 2 * da
+    parity = Parity(FakeConfig(tmp_path, parity_report="out/reports"), "t.py::t")
+    with pytest.raises(pytest.fail.Exception) as failure:
+        parity.lockstep(net, None, X, y, steps=2)
+    message = str(failure.value)
+    assert message.startswith("nn-parity: scratch and torch diverged at step 0, grad layers.0")
+    assert f"report: not written under {tmp_path / 'out' / 'reports'}: " in message
+
+
 def test_folder_names_are_safe_and_distinct():
     ids = [
         "tests/test_a.py::test_b",

@@ -150,7 +150,7 @@ class Parity:
         result = lockstep(net, ref, X, y, **kwargs)
 
         root = report_root(config)
-        report = None
+        report: Path | str | None = None
         if not result.passed and root is not None:
             context = {
                 name: p.default
@@ -158,7 +158,10 @@ class Parity:
                 if p.default is not inspect.Parameter.empty
             }
             context.update(kwargs, net=net, X=X, y=y)
-            report = self._write_report(root, result, context)
+            try:
+                report = self._write_report(root, result, context)
+            except OSError as err:  # the divergence is the finding: say it, and why no report
+                report = f"not written under {root}: {err.strerror or err}"
         config.stash[_CHECKS].append(
             {
                 "kind": "lockstep",
@@ -167,7 +170,7 @@ class Parity:
                 "items": len(result.items),
                 "quantities": sorted({it.quantity for it in result.items}),
                 "dtype": _dtype_of(result),
-                "report": str(report) if report else None,
+                "report": str(report) if isinstance(report, Path) else None,
             }
         )
         if not result.passed:
@@ -213,7 +216,7 @@ class Parity:
         return folder
 
     @staticmethod
-    def _message(result: LockstepResult, report: Path | None) -> str:
+    def _message(result: LockstepResult, report: Path | str | None) -> str:
         div = result.first_divergence
         lines = ["nn-parity: scratch and torch diverged"]
         if div is not None:
