@@ -3,7 +3,7 @@
 Nothing here imports torch.
 """
 
-from . import gradcheck
+from . import gradcheck, optim, weights
 from .activations import ACTIVATIONS, Activation, get_activation, sigmoid
 from .data import exam
 from .gradcheck import loss_fn, network_gradient, numerical_gradient
@@ -18,35 +18,35 @@ from .losses import (
     get_loss,
 )
 from .network import MLP, resolve_dtype
-from . import optim
 from .optim import OPTIMIZERS, SGD, Adagrad, Adam, AdamW, RMSprop, get_optimizer
 
 __all__ = [
-    "OPTIMIZERS",
-    "Adagrad",
-    "Adam",
-    "AdamW",
-    "RMSprop",
-    "get_optimizer",
-    "optim",
     "ACTIVATIONS",
     "LOSSES",
     "MLP",
+    "OPTIMIZERS",
     "SGD",
     "Activation",
+    "Adagrad",
+    "Adam",
+    "AdamW",
     "BCELoss",
     "BCEWithLogitsLoss",
     "CrossEntropyLoss",
     "Loss",
     "MSELoss",
     "NLLLoss",
+    "RMSprop",
     "exam",
     "get_activation",
     "get_loss",
+    "get_optimizer",
     "gradcheck",
     "loss_fn",
     "network_gradient",
     "numerical_gradient",
+    "optim",
     "resolve_dtype",
     "sigmoid",
+    "weights",
 ]

@@ -1,28 +1,62 @@
-"""nn-parity's PyTorch side: the mirror module, weights across both worlds, and the lockstep."""
+"""nn-parity's PyTorch side: the mirror module, user code through `adapt`, the lockstep, the op
+check, and weights across both worlds.
 
-from .adapter import UserNetwork, adapt
-from .compare import TOLERANCES, Tolerance, assert_parity, tolerance
-from .engine import Divergence, LockstepResult, check, lockstep
-from .model import TorchMLP, torch_dtype, torch_loss
-from .opcheck import assert_op, check_op
-from .weights import scratch_to_torch, torch_to_scratch
+Names are loaded on first use (PEP 562), so that `nn_parity.torch_ref.pytest_plugin`, which
+pytest imports in every run, and `nn-parity report`, which only draws, cost no torch import.
+"""
 
-__all__ = [
-    "TOLERANCES",
-    "Divergence",
-    "LockstepResult",
-    "Tolerance",
-    "TorchMLP",
-    "UserNetwork",
-    "adapt",
-    "assert_op",
-    "assert_parity",
-    "check",
-    "check_op",
-    "lockstep",
-    "scratch_to_torch",
-    "tolerance",
-    "torch_dtype",
-    "torch_loss",
-    "torch_to_scratch",
-]
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .adapter import UserNetwork, adapt
+    from .compare import TOLERANCES, Tolerance, assert_parity, tolerance
+    from .engine import Divergence, LockstepResult, check, lockstep
+    from .model import TorchMLP, torch_dtype, torch_loss
+    from .opcheck import assert_op, check_op
+    from .weights import scratch_to_torch, torch_to_scratch
+
+# public name -> the module that defines it: the one list of the public surface
+_WHERE = {
+    "UserNetwork": "adapter",
+    "adapt": "adapter",
+    "TOLERANCES": "compare",
+    "Tolerance": "compare",
+    "assert_parity": "compare",
+    "tolerance": "compare",
+    "Divergence": "engine",
+    "LockstepResult": "engine",
+    "check": "engine",
+    "lockstep": "engine",
+    "TorchMLP": "model",
+    "torch_dtype": "model",
+    "torch_loss": "model",
+    "assert_op": "opcheck",
+    "check_op": "opcheck",
+    "scratch_to_torch": "weights",
+    "torch_to_scratch": "weights",
+}
+
+__all__ = [  # noqa: RUF022 (grouped by module, as _WHERE)
+    "UserNetwork", "adapt",
+    "TOLERANCES", "Tolerance", "assert_parity", "tolerance",
+    "Divergence", "LockstepResult", "check", "lockstep",
+    "TorchMLP", "torch_dtype", "torch_loss",
+    "assert_op", "check_op",
+    "scratch_to_torch", "torch_to_scratch",
+]  # fmt: skip
+assert set(__all__) == set(_WHERE)
+
+
+def __getattr__(name: str):
+    if name not in _WHERE:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{_WHERE[name]}", __name__), name)
+    globals()[name] = value  # later look-ups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_WHERE))

@@ -2,6 +2,7 @@
 
     nn-parity run [options]     train scratch and torch in lockstep, write a report, give a verdict
     nn-parity mutants           the mutation score: the catalogued bugs caught and located
+    nn-parity report RECORD_DIR draw the figures and report.html of a saved run record
 
 Exit codes: 0 every quantity agreed at every step; 1 they diverged; 2 bad usage or bad input
 (one line on stderr, no traceback); 130 interrupted (no report written).
@@ -183,6 +184,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Run the lockstep on every catalogued hand-derivation bug; exit 1 unless "
         "every one is caught.",
     )
+    add_report_parser(sub)
     return parser
 
 
@@ -585,10 +587,75 @@ def mutants() -> int:
     return EXIT_PASS if caught else EXIT_DIVERGED
 
 
+def add_report_parser(sub) -> None:
+    rep = sub.add_parser(
+        "report",
+        help="draw the figures and report.html of a saved run record",
+        description="Draw the figures and report.html from a run record, e.g. one written by "
+        "`nn-parity run --no-figures` in CI: the same files a run with figures writes. Exit 0 "
+        "when drawn, 2 on bad input.",
+    )
+    rep.add_argument(
+        "record",
+        type=Path,
+        metavar="RECORD_DIR",
+        help="a folder written by `nn-parity run` (summary.json, metrics.csv, record.npz)",
+    )
+    rep.add_argument(
+        "--out",
+        type=Path,
+        help="write a copy of the record with its report here (a new or empty folder) "
+        "instead of drawing into RECORD_DIR",
+    )
+
+
+def report(args: argparse.Namespace) -> int:
+    """Draw a saved record's figures and report.html: into RECORD_DIR, or a copy at --out.
+
+    Either way the folder is assembled under a temporary name and renamed into place, so an
+    interrupted drawing leaves the record as it was.
+    """
+    import shutil
+
+    from nn_parity import reports
+
+    from .record import atomic_dir
+
+    src: Path = args.record
+    if not src.exists():
+        raise UsageError(f"RECORD_DIR {str(src)!r} does not exist")
+    if not src.is_dir():
+        raise UsageError(f"RECORD_DIR {str(src)!r} is not a folder")
+    if not (src / "summary.json").is_file():
+        raise UsageError(
+            f"{str(src)!r} is not a run record: it has no summary.json (see docs/record.md)"
+        )
+    try:
+        summary = reports.load_record(src).summary
+    except (OSError, ValueError) as err:  # unreadable, or not JSON / CSV / npz inside
+        raise UsageError(f"cannot read the record in {str(src)!r}: {err}") from None
+    if not isinstance(summary, dict):
+        raise UsageError(f"{str(src / 'summary.json')!r} does not hold a JSON object")
+    out: Path = args.out if args.out is not None else src
+    if args.out is not None and out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise UsageError(f"--out {str(out)!r} exists and is not an empty folder")
+    try:
+        with atomic_dir(out, overwrite=args.out is None) as tmp:
+            shutil.copytree(src, tmp, dirs_exist_ok=True)
+            reports.render(tmp)
+    except OSError as err:
+        reason = err.strerror or err
+        raise UsageError(f"cannot write the report to {str(out)!r}: {reason}") from None
+    print(f"report: {out / 'report.html'}")
+    return EXIT_PASS
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
+        if args.command == "report":
+            return report(args)
         return run(args) if args.command == "run" else mutants()
     except UsageError as err:
         print(f"nn-parity: error: {err}", file=sys.stderr)

@@ -192,6 +192,23 @@ class LockstepResult:
             for k, it in enumerate(self.items)
         }
 
+    def __repr__(self) -> str:  # the dataclass's would print every array
+        from .display import result_repr
+
+        return result_repr(self)
+
+    def _repr_html_(self) -> str:
+        """Jupyter's view: the verdict, the first divergence and the per-item table."""
+        from .display import result_html
+
+        return result_html(self)
+
+    def figures(self, **context):
+        """The report's figures as matplotlib Figures, no display needed (`display.py`)."""
+        from .display import result_figures
+
+        return result_figures(self, **context)
+
 
 class _Group:
     """Consecutive items compared together, packed into one buffer per side when small."""

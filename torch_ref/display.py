@@ -1,0 +1,318 @@
+"""A lockstep result in a notebook or a terminal: HTML, matplotlib figures and a short repr.
+
+Everything shown is drawn from the run record (docs/record.md) that `write_record` would save
+for the result, through the same code as `report.html`: `summary_dict` for the numbers, the
+figure functions of `nn_parity.reports.figures` for the pictures. A result does not know the
+data or the loss it was trained on; what the caller knows (`X`, `y`, `lr`, `loss`, ...) can be
+passed as context, and what nobody said is shown as unknown rather than guessed.
+
+    result                  # LockstepResult(PASS: 100 steps, 14 items, ...)
+    result._repr_html_()    # what Jupyter shows: verdict, per-item table, first divergence
+    result.figures(y=y)     # matplotlib Figures (Agg canvases, no display needed)
+"""
+
+from __future__ import annotations
+
+import tempfile
+import threading
+from html import escape
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+    from nn_parity.reports import Record
+
+    from .engine import LockstepResult
+
+__all__ = [
+    "record_config",
+    "record_figures",
+    "result_figures",
+    "result_html",
+    "result_repr",
+    "result_summary",
+    "summary_html",
+]
+
+_PASS, _FAIL, _MUTED = "#1a7f37", "#c62828", "#59636e"
+_NUMERIC = "text-align:right;font-family:monospace;white-space:nowrap"
+
+
+def _dtype_name(result: LockstepResult, net: Any) -> str:
+    dtype = getattr(net, "dtype", None)
+    if dtype is None:  # the output probabilities are in the run's dtype
+        pair = result.probs_first or result.probs_last
+        dtype = pair[0].dtype if pair is not None else np.float64
+    return np.dtype(dtype).name
+
+
+def record_config(
+    result: LockstepResult,
+    *,
+    net: Any = None,
+    X: Any = None,
+    y: Any = None,
+    steps: int | None = None,
+    lr: float | None = None,
+    loss: Any = None,
+    data: str | None = None,
+    seed: int | None = None,
+    **_: Any,
+) -> dict:
+    """The `config` that `write_record` and `summary_dict` take, for a result and its context.
+
+    Sizes, bias, parameter count and sample count are read from the result's items; the
+    activations from `net` when given. Unknown values are None. Other keywords (the rest of a
+    lockstep call) are accepted and ignored.
+    """
+    by_label = {it.label: it for it in result.items}
+    weights = [by_label[f"grad layers.{l}.weight"] for l in range(len(by_label))
+               if f"grad layers.{l}.weight" in by_label]  # fmt: skip
+    sizes = [weights[0].shape[1], *(w.shape[0] for w in weights)] if weights else None
+    z0 = by_label.get("z[0]")
+    samples = z0.shape[0] if z0 is not None else (len(X) if X is not None else None)
+    params = [it for it in result.items if it.quantity == "param"]
+    acts = getattr(net, "activations", None)
+    if loss is None:  # shown as "loss ?"
+        loss_name, reduction = "?", None
+    else:
+        loss_name = getattr(loss, "name", loss)
+        reduction = getattr(loss, "reduction", "mean")
+    return {
+        "steps": steps if steps is not None else result.steps,
+        "dtype": _dtype_name(result, net),
+        "architecture": {
+            "sizes": sizes,
+            "activations": [getattr(a, "name", str(a)) for a in acts] if acts else None,
+            "bias": any(it.param == "bias" for it in params),
+            "init": None,
+            "parameters": sum(it.size for it in params),
+        },
+        "data": {
+            "name": data or "arrays",
+            "samples": samples,
+            "features": sizes[0] if sizes else None,
+            "feature_names": None,
+            "source": None,
+        },
+        "loss": loss_name,
+        "reduction": reduction,
+        "lr": lr,
+        "seed": seed,
+        # record.npz needs an array; "no labels" is an empty one, dropped again on reading
+        "y": np.zeros(0) if y is None else np.asarray(y),
+    }
+
+
+def result_summary(result: LockstepResult, **context: Any) -> dict:
+    """The summary.json object `write_record` would save for this result."""
+    from .record import summary_dict
+
+    return summary_dict(result, record_config(result, **context), {})
+
+
+# --- text -----------------------------------------------------------------------------------
+
+
+def result_repr(result: LockstepResult) -> str:
+    """One line: the verdict, the size of the run, and where it diverged or how close it was."""
+    head = f"{type(result).__name__}({'PASS' if result.passed else 'DIVERGED'}: "
+    head += f"{result.steps} step{'s' * (result.steps != 1)}, {len(result.items)} items"
+    div = result.first_divergence
+    if div is not None:
+        cause = (div.diagnosis or {}).get("cause")
+        index = ", ".join(str(i) for i in div.index)
+        where = f"; first divergence at step {div.step}, {div.label}[{index}]: "
+        where += f"scratch {div.scratch:.6g} vs torch {div.torch:.6g}"
+        return head + where + (f", likely cause {cause})" if cause else ")")
+    if not result.steps:
+        return head + ")"
+    k = int(np.argmax(np.max(result.rel_err, axis=0)))
+    worst = float(np.max(result.rel_err[:, k]))
+    return head + f"; largest relative error {worst:.3g} in {result.items[k].label})"
+
+
+# --- HTML -----------------------------------------------------------------------------------
+
+
+def _e(x: Any) -> str:
+    return escape(str(x), quote=True)
+
+
+def _rows(head: list[str] | None, rows: list[list[str]], numeric: set[int]) -> str:
+    """A plain table from escaped cells; inline styles only, as notebook front ends strip
+    <style> blocks from untrusted output and a page-wide stylesheet would restyle the notebook."""
+
+    def cell(i: int, tag: str, content: str) -> str:
+        style = "text-align:left"
+        if i in numeric:  # numbers right-aligned in monospace, so that digits line up
+            style = _NUMERIC if tag == "td" else "text-align:right"
+        return f'<{tag} style="{style}">{content}</{tag}>'
+
+    thead = ""
+    if head:
+        thead = "<thead><tr>" + "".join(cell(i, "th", h) for i, h in enumerate(head))
+        thead += "</tr></thead>"
+    body = "".join(
+        "<tr>" + "".join(cell(i, "td", c) for i, c in enumerate(row)) + "</tr>" for row in rows
+    )
+    return f"<table>{thead}<tbody>{body}</tbody></table>"
+
+
+def _facts(summary: dict) -> str:
+    """One line on the run, leaving out what the record does not know (None, "?")."""
+    arch, data = summary.get("architecture") or {}, summary.get("data") or {}
+
+    def known(value: Any) -> bool:
+        return value not in (None, "?", "")
+
+    net = "-".join(str(s) for s in arch.get("sizes") or []) or "?"
+    if arch.get("activations"):
+        net += " (" + ", ".join(arch["activations"]) + ")"
+    parts = [f"network {net}"]
+    if known(arch.get("parameters")):
+        parts.append(f"{arch['parameters']} parameters")
+    if known(data.get("samples")):
+        parts.append(f"{data['samples']} samples")
+    parts.append(f"{summary.get('dtype', '?')}, {summary.get('steps', '?')} steps")
+    if known(summary.get("lr")):
+        parts.append(f"lr {summary['lr']:g}")
+    if known(summary.get("loss")):
+        parts.append(f"loss {summary['loss']}" + (
+            f" ({summary['reduction']})" if summary.get("reduction") else ""
+        ))  # fmt: skip
+    return ", ".join(parts)
+
+
+def summary_html(summary: dict) -> str:
+    """An HTML fragment for a notebook: verdict, run, first divergence, per-item table."""
+    from nn_parity.reports.text import (
+        diagnosis_of,
+        diagnosis_parts,
+        divergence_where,
+        fd_verdict,
+        fmt,
+        index_text,
+        verdict,
+    )
+
+    word = verdict(summary)
+    div = summary.get("first_divergence")
+    if summary.get("passed"):
+        steps = summary.get("steps")
+        detail = f"scratch and torch agree within tolerance at every one of {steps} steps"
+    elif div:
+        detail = f"scratch and torch part at step {div.get('step')}: {div.get('label')}"
+    else:
+        detail = "scratch and torch disagree beyond tolerance"
+    color = _PASS if word == "PASS" else _FAIL
+    parts = [
+        '<div class="nn-parity-result">',
+        f'<p><strong style="color:{color};font-size:1.3em">{_e(word)}</strong> '
+        f"{_e(detail)}</p>",
+        f'<p style="color:{_MUTED}">{_e(_facts(summary))}</p>',
+    ]  # fmt: skip
+    if div:
+        rows = [
+            ["step", fmt(div.get("step"))],
+            ["item", divergence_where(div)],
+            ["element index", index_text(div.get("index"))],
+            ["scratch", fmt(div.get("scratch"), ".17g")],
+            ["torch", fmt(div.get("torch"), ".17g")],
+            ["|scratch - torch|", fmt(div.get("abs_err"))],
+            ["relative error", fmt(div.get("rel_err"))],
+            ["tolerance", f"rtol {fmt(div.get('rtol'))}, atol {fmt(div.get('atol'))}"],
+            ["outside tolerance", f"{fmt(div.get('mismatches'))} of {fmt(div.get('total'))}"],
+        ]
+        fd = fd_verdict(div)
+        if fd:
+            rows.append(["finite differences", fd])
+        diagnosis = diagnosis_of(summary)
+        if diagnosis is not None:
+            headline, lines = diagnosis_parts(diagnosis)
+            rows.append([headline or "diagnosis", " ".join(lines)])
+        parts += [
+            f'<p style="color:{_FAIL};font-weight:600;margin-bottom:0">First divergence</p>',
+            _rows(None, [[_e(k), _e(v)] for k, v in rows], set()),
+        ]
+    items = []
+    for label, q in (summary.get("quantities") or {}).items():
+        ok = q.get("passed")
+        mark = f'<span style="color:{_PASS if ok else _FAIL};font-weight:600">'
+        mark += ("pass" if ok else "FAIL") + "</span>"
+        items.append(
+            [
+                f"<code>{_e(label)}</code>",
+                _e(fmt(q.get("max_abs"))),
+                _e(fmt(q.get("max_rel"))),
+                mark,
+                _e(fmt(q.get("first_failing_step"))),
+            ]
+        )
+    parts += [
+        '<p style="font-weight:600;margin-bottom:0">Compared quantities, worst over all steps</p>',
+        _rows(["item", "max |diff|", "max rel. error", "passed", "first failing step"], items,
+              {1, 2, 4}),
+        "</div>",
+    ]  # fmt: skip
+    return "\n".join(parts)
+
+
+def result_html(result: LockstepResult, **context: Any) -> str:
+    """What Jupyter shows for a result: `summary_html` of its summary."""
+    return summary_html(result_summary(result, **context))
+
+
+# --- figures --------------------------------------------------------------------------------
+
+# The report's figure functions build each Figure and save it in one call (`_save`). To hand
+# the Figures themselves to a notebook through the very same drawing code, that call is
+# replaced, for the calling thread only, by one that keeps the figure instead of writing it.
+_capturing = threading.Lock()
+
+
+def record_figures(record: Record) -> list[Figure]:
+    """The report's figures for a record, as matplotlib Figures on Agg canvases, unsaved."""
+    from nn_parity.reports import figures as drawing
+
+    me = threading.get_ident()
+    kept: list[Figure] = []
+    with _capturing:
+        save = drawing._save
+
+        def keep(fig: Figure, path: Path | str) -> Path:
+            if threading.get_ident() != me:  # another thread's report: save as usual
+                return save(fig, path)
+            kept.append(fig)
+            return Path(path)
+
+        drawing._save = keep
+        try:
+            for spec in drawing.FIGURES:
+                if spec.available(record):
+                    spec.draw(record, Path(spec.filename))
+        finally:
+            drawing._save = save
+    return kept
+
+
+def result_figures(result: LockstepResult, **context: Any) -> list[Figure]:
+    """The report's figures for a result (loss, errors, and probabilities when `y` is given).
+
+    The record is written to a temporary folder with `write_record` and read back with
+    `load_record`, exactly as `nn-parity report` reads a saved one.
+    """
+    from nn_parity.reports import load_record
+
+    from .record import write_record
+
+    config = record_config(result, **context)
+    with tempfile.TemporaryDirectory(prefix="nn-parity-figures-") as tmp:
+        write_record(Path(tmp), result, config, {})
+        record = load_record(tmp)
+    if record.arrays.get("y") is not None and record.arrays["y"].size == 0:
+        del record.arrays["y"]  # no labels given: the probability figure is not drawn
+    return record_figures(record)
