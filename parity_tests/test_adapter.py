@@ -157,7 +157,8 @@ class Network:
         self.sizes = sizes
         self.biases = [rng.standard_normal((y, 1)) for y in sizes[1:]]
         self.weights = [
-            rng.standard_normal((y, x)) / np.sqrt(x) for x, y in zip(sizes[:-1], sizes[1:])  # noqa: RUF007
+            rng.standard_normal((y, x)) / np.sqrt(x)
+            for x, y in zip(sizes[:-1], sizes[1:])  # noqa: RUF007
         ]
 
     def feedforward(self, a):

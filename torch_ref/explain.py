@@ -116,7 +116,7 @@ def _staged(sside, tside, items, within, svals, tvals, flips):
     # the update's quantities (state, then param) follow the gradients
     n_check = next(k for k, q in enumerate(kinds) if q in ("state", "param"))
     loss_k = kinds.index("loss")
-    original = [np.array(v) for v in svals[:n_check]]
+    original = [np.array(v) for v in svals]  # copies: the reruns below overwrite the live ones
     torch_values = [_np(v) for v in tvals]
     cache_t = [(_np(z), _np(a)) for z, a in tside.cache]
     updated, grads = net.flat_params.copy(), net.flat_grads.copy()  # the step's record
@@ -157,6 +157,9 @@ def _staged(sside, tside, items, within, svals, tvals, flips):
         if (bad := first_disagreeing([net.grads[n] for n in sside.order], loss_k + 1)) is not None:
             return None, bad  # 3.
         if failing & {"param", "state"}:
+            bad = _update_repeats(sside, items, original, grads)
+            if bad is not None:
+                return None, bad  # 0., for the update
             bad = _update_stage(sside, tside, items)
             if bad is not None:
                 return None, bad  # 4.
@@ -166,6 +169,27 @@ def _staged(sside, tside, items, within, svals, tvals, flips):
         if state is not None:
             opt.load_state_dict(state)
     return _reason(sside, flips, out_t), None
+
+
+def _update_repeats(sside, items, svals, grads: np.ndarray) -> int | None:
+    """Scratch's update again, from its own parameters, gradients and state as the step found
+    them: it must give the same parameters and state bit for bit."""
+    net, opt = sside.net, sside.opt
+    net.flat_params[...] = sside.flat_before
+    net.flat_grads[...] = grads  # the step's own, not the backward stage's
+    if sside.stateful:
+        opt.load_state_dict(sside.state_before)
+    opt.step()
+    for k, it in enumerate(items):
+        if it.quantity == "param":
+            again = net.params[it.name]
+        elif it.quantity == "state":
+            again = opt.state[it.name][it.buffer]
+        else:
+            continue
+        if not np.array_equal(again, svals[k]):
+            return k
+    return None
 
 
 def _update_stage(sside, tside, items) -> int | None:

@@ -417,6 +417,105 @@ def own_shuffle(case):
     case.net.forward = forward  # type: ignore[method-assign]
 
 
+# --- optimizers with state: each a subclass changing one line of torch's definition ----------
+
+
+def _optimizer_bug(case, update) -> None:
+    """Swap the per-parameter update of the case's optimizer for `update(opt, p, g, state)`."""
+    base = type(case.optimizer)
+
+    class Mutated(base):  # type: ignore[misc,valid-type]
+        def _flat_state(self):
+            return None  # per parameter, through the mutated _update
+
+        def _update(self, p, g, state):
+            update(self, p, g, state)
+
+    case.optimizer = Mutated(case.net, **case.optimizer.hyper)
+
+
+def _adam_moments(opt, p, g, state):
+    beta1, beta2 = opt.betas
+    opt._start(state, p, "exp_avg", "exp_avg_sq")
+    state["step"] += 1
+    m, v = state["exp_avg"], state["exp_avg_sq"]
+    m += (1 - beta1) * (g - m)
+    v *= beta2
+    v += (1 - beta2) * g * g
+    return beta1, beta2, m, v, float(state["step"])
+
+
+def adam_no_bias_correction(case):
+    def update(opt, p, g, state):
+        _, _, m, v, _ = _adam_moments(opt, p, g, state)
+        p -= opt.lr * m / (np.sqrt(v) + opt.eps)  # m and v used raw, not m_hat and v_hat
+
+    _optimizer_bug(case, update)
+
+
+def adam_eps_inside_sqrt(case):
+    def update(opt, p, g, state):
+        beta1, beta2, m, v, t = _adam_moments(opt, p, g, state)
+        p -= opt.lr / (1 - beta1**t) * m / np.sqrt(v / (1 - beta2**t) + opt.eps)
+
+    _optimizer_bug(case, update)
+
+
+def adamw_decay_as_l2(case):
+    base = scratch.Adam._update
+
+    def update(opt, p, g, state):
+        opt.decoupled = False  # AdamW's decay added to the gradient, through the moments
+        base(opt, p, g, state)
+
+    _optimizer_bug(case, update)
+
+
+def adam_l2_decoupled(case):
+    base = scratch.Adam._update
+
+    def update(opt, p, g, state):
+        opt.decoupled = True  # Adam's L2 applied as AdamW's decoupled decay
+        base(opt, p, g, state)
+
+    _optimizer_bug(case, update)
+
+
+def momentum_buffer_from_zero(case):
+    def update(opt, p, g, state):
+        buf = state.setdefault("momentum_buffer", np.zeros_like(p))  # torch starts it at g
+        buf *= opt.momentum
+        buf += (1 - opt.dampening) * g
+        p -= opt.lr * buf
+
+    _optimizer_bug(case, update)
+
+
+def nesterov_twice(case):
+    def update(opt, p, g, state):
+        buf = state.get("momentum_buffer")
+        if buf is None:
+            buf = state["momentum_buffer"] = np.array(g, copy=True)
+        else:
+            buf *= opt.momentum
+            buf += g
+        p -= opt.lr * (g + 2 * opt.momentum * buf)  # the look-ahead added twice
+
+    _optimizer_bug(case, update)
+
+
+def rmsprop_sqrt_forgotten(case):
+    def update(opt, p, g, state):
+        opt._start(state, p, "square_avg")
+        state["step"] += 1
+        s = state["square_avg"]
+        s *= opt.alpha
+        s += (1 - opt.alpha) * g * g
+        p -= opt.lr * g / (s + opt.eps)  # divides by the mean square, not its root
+
+    _optimizer_bug(case, update)
+
+
 MUTANTS: list[Mutant] = [
     Mutant(
         "missing-1/N",
@@ -581,6 +680,55 @@ MUTANTS: list[Mutant] = [
         Config(sizes=(5, 5, 5, 3), loss="ce", n=20, batch_size=8, epochs=2),
     ),
     Mutant(
+        "adam-no-bias-correction",
+        "Adam stepping with m and v, not the bias-corrected m_hat and v_hat",
+        (0, "param", 2),
+        adam_no_bias_correction,
+        Config(optimizer=("adam", {}), lr=0.01),
+    ),
+    Mutant(
+        "adam-eps-inside-sqrt",
+        "Adam's eps inside the square root: sqrt(v_hat + eps)",
+        (0, "param", 2),
+        adam_eps_inside_sqrt,
+        Config(optimizer=("adam", {}), lr=0.01),
+    ),
+    Mutant(
+        "adamw-decay-as-l2",
+        "AdamW's decoupled decay added to the gradient instead (Adam's L2)",
+        (0, "state", 2),
+        adamw_decay_as_l2,
+        Config(optimizer=("adamw", {"weight_decay": 0.1}), lr=0.01),
+    ),
+    Mutant(
+        "adam-l2-as-decoupled",
+        "Adam's L2 weight decay applied as AdamW's decoupled decay",
+        (0, "state", 2),
+        adam_l2_decoupled,
+        Config(optimizer=("adam", {"weight_decay": 0.1}), lr=0.01),
+    ),
+    Mutant(
+        "momentum-from-zero",
+        "the momentum buffer started at zero, not at the first gradient (torch's)",
+        (0, "state", 2),
+        momentum_buffer_from_zero,
+        Config(optimizer=("sgd", {"momentum": 0.9, "dampening": 0.5})),
+    ),
+    Mutant(
+        "nesterov-twice",
+        "Nesterov's look-ahead mu * b added twice",
+        (0, "param", 2),
+        nesterov_twice,
+        Config(optimizer=("sgd", {"momentum": 0.9, "nesterov": True})),
+    ),
+    Mutant(
+        "rmsprop-no-sqrt",
+        "RMSprop dividing by the running mean square, not its square root",
+        (0, "param", 2),
+        rmsprop_sqrt_forgotten,
+        Config(optimizer=("rmsprop", {}), lr=0.01),
+    ),
+    Mutant(
         "last-sample-dropped",
         "an off-by-one slice drops a sample from dW",
         (0, "grad", 2),
@@ -613,10 +761,10 @@ class Score:
         return sum(r["located"] for r in self.rows)
 
     def table(self) -> str:
-        lines = [f"{'mutant':<20} {'caught':<7} {'located':<8} first divergence"]
+        lines = [f"{'mutant':<24} {'caught':<7} {'located':<8} first divergence"]
         for r in self.rows:
             lines.append(
-                f"{r['name']:<20} {'yes' if r['caught'] else 'NO':<7} "
+                f"{r['name']:<24} {'yes' if r['caught'] else 'NO':<7} "
                 f"{'yes' if r['located'] else 'NO':<8} {r['where']}"
             )
         n = len(self.rows)

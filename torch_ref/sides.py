@@ -132,6 +132,8 @@ class MLPSide:
         self.loss_value, self.lcache = self.loss.forward(out, Y)
         net.backward(self.loss.backward(self.lcache), self.cache)
         np.copyto(self.flat_before, net.flat_params)
+        if self.stateful or not self.keys:  # for the explanation's update stage
+            self.state_before = self.opt.state_dict()
         self.opt.step()
         if not self.keys:
             self._set_keys()
@@ -400,7 +402,7 @@ class TorchSide:
             loss.backward()
             for keep, now in zip(self.params_before, self.param_views):
                 np.copyto(keep, now)
-            if self.state_names:  # for the update stage of an explanation
+            if self.state_names or not self.keys:  # for the update stage of an explanation
                 self.state_before = self.state()
             self.opt.step()
         if not self.keys:
