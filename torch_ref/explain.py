@@ -113,8 +113,6 @@ def _staged(sside, tside, items, within, svals, tvals, flips):
     net, loss, dtype, opt = sside.net, sside.loss, sside.dtype, sside.opt
     failing = {items[k].quantity for k in np.flatnonzero(~within)}
     kinds = [it.quantity for it in items]
-    # the update's quantities (state, then param) follow the gradients
-    n_check = next(k for k, q in enumerate(kinds) if q in ("state", "param"))
     loss_k = kinds.index("loss")
     original = [np.array(v) for v in svals]  # copies: the reruns below overwrite the live ones
     torch_values = [_np(v) for v in tvals]
