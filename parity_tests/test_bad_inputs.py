@@ -12,7 +12,7 @@ import pytest
 import torch
 from nn_parity import scratch
 from nn_parity.scratch import weights as scratch_weights
-from nn_parity.torch_ref import TorchMLP, lockstep
+from nn_parity.torch_ref import TorchMLP, adapt, lockstep
 from nn_parity.torch_ref.cli import main
 from nn_parity.torch_ref.weights import load_weights
 
@@ -80,13 +80,20 @@ def test_bad_input_gets_a_clear_message(call, message, files, capsys, monkeypatc
         assert message in err, err
     else:
         net = scratch.MLP([2, 3, 1], ["tanh", "sigmoid"], rng=0)
+        rng = np.random.default_rng(1)
+        P = {"W1": rng.normal(size=(2, 3)), "b1": np.zeros(3),
+             "W2": rng.normal(size=(3, 1)), "b2": np.zeros(1)}  # fmt: skip
+        before = {k: v.copy() for k, v in P.items()}
         env = {
             "np": np, "torch": torch, "scratch": scratch, "lockstep": lockstep,
             "TorchMLP": TorchMLP, "load_weights": load_weights, "net": net,
             "ref": TorchMLP.from_scratch(net), "X": np.random.default_rng(0).normal(size=(8, 2)),
-            "y": np.array([0.0, 1.0] * 4),
+            "y": np.array([0.0, 1.0] * 4), "adapt": adapt, "P": P,
+            "G": lambda X, y: {k: np.full_like(v, 0.1) for k, v in P.items()},
+            "net3": scratch.MLP([2, 4, 3], ["tanh", "identity"], rng=0),
         }  # fmt: skip
         with pytest.raises((ValueError, TypeError)) as err:
             eval(call, env)
         assert message in str(err.value)
+        assert all(np.array_equal(P[k], before[k]) for k in P), "a refused call changed P"
     assert not (files / "pwned").exists(), "a pickled payload ran"

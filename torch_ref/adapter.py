@@ -263,13 +263,22 @@ def _layout_error(shapes: dict[str, tuple[int, ...]], width: int, layers: int, o
     chain = f"{layers} layers from {width} inputs" + (
         f" to {out_width} outputs" if out_width is not None else ""
     )
-    matrices = {n: s for n, s in shapes.items() if len(s) == 2}
+    used: list[str] = []
     w = width
-    for n, s in matrices.items():
-        if w in s:
-            w = s[1] if s[0] == w else s[0]
+    for n, s in shapes.items():
+        if len(s) != 2:
             continue
-        return f"parameter {n!r} of shape {s} fits no layer of {chain}: no layer takes {w} inputs"
+        if len(used) == layers:
+            return (
+                f"parameter {n!r} of shape {s} is left over: the {chain} use "
+                f"{', '.join(used)} (an extra parameter?)"
+            )
+        if w not in s:
+            return (
+                f"parameter {n!r} of shape {s} fits no layer of {chain}: the next takes {w} inputs"
+            )
+        used.append(n)
+        w = s[1] if s[0] == w else s[0]
     return (
         f"the parameters {', '.join(f'{n} {s}' for n, s in shapes.items())} do not form {chain} "
         "(a missing or extra parameter?)"

@@ -360,6 +360,8 @@ def _check_data(loss_s, X, y, dtype, sizes):
 
     if loss_s.task == "binary" and sizes[-1] != 1:
         raise ValueError(f"binary cross-entropy needs one output, got sizes {sizes}")
+    if loss_s.task != "binary":  # the loss names a width that cannot fit its labels first
+        loss_s.targets(y, sizes[-1], dtype)
     X, _ = check_xy(X, y, width=sizes[0], task=loss_s.task, n_classes=sizes[-1])
     Y = loss_s.targets(y, sizes[-1], dtype)
     return np.ascontiguousarray(X, dtype=dtype), Y

@@ -246,6 +246,8 @@ class UserSide:
             net.fn(Xu, yu, lr)
             after = net.get_params()
             grads = {k: (self.before[k] - after[k]) / lr for k in self.before}
+        if net.form == "step" or net.update is not None:
+            _check_changed(net, self.before, after)
         self.loss_value = math.nan if loss_value is None else loss_value
         if not self.keys and self.opt is not None:
             self.state_names = active_state(self.opt.state_names, self.opt.state)
@@ -306,6 +308,16 @@ class UserSide:
         if self.opt is not None and state is not None:
             self.opt.load_state_dict(state)
         return [np.array(v) for v in self.step(X, Y, rows)]
+
+
+def _check_changed(net: UserNetwork, before: Mapping, after: Mapping) -> None:
+    """A step that leaves every parameter as it was has updated a copy, or nothing."""
+    if all(np.array_equal(before[k], after[k]) for k in before):
+        fn = net.names["fn"] if net.form == "step" else net.names["update"]
+        raise ValueError(
+            f"{fn} changed no parameter: it must update them in place (W -= lr * dW) or "
+            "rebind them where nn-parity reads them (the dict, the attributes, the lists)"
+        )
 
 
 def _layer_cache(cache: Mapping, n: int, sizes: list[int]) -> tuple[dict, dict, dict]:
