@@ -21,9 +21,8 @@ run of any length stays in bounded memory.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -32,8 +31,8 @@ from nn_parity import scratch
 from nn_parity.scratch.gradcheck import network_gradient
 from nn_parity.scratch.optim import check_lr
 from nn_parity.scratch.validate import check_xy
-from threadpoolctl import threadpool_limits
 
+from . import threads
 from .compare import Mismatch, compare_segments, first_mismatch, segment_starts, tolerance
 from .diagnose import Context, diagnose
 from .model import TorchMLP, torch_loss
@@ -217,26 +216,17 @@ def _check_data(net: scratch.MLP, X, y) -> tuple[np.ndarray, np.ndarray]:
     return X, Y
 
 
-# Above this much work per step (batch x parameters), the torch step runs in a worker thread
-# while scratch steps in the caller's, each library on one core. Run one after the other, the
-# two thread pools contend: OpenBLAS's idle workers spin while torch's OpenMP team runs, and
-# the other way round (measured at 2.7-3.5x the two steps alone for 784-256-128-1 x 256).
-# Below it, Python overhead dominates and a thread hand-off would cost more than it saves.
-_CONCURRENT_WORK = 1 << 20
+# The threading arrangement is chosen per run from the run's own first steps (threads.py): which
+# one is fastest depends on the CPU, the BLAS kernel, the sizes and the machine's load, so no
+# fixed size threshold is right everywhere. A single arrangement here means no choice is made.
+_ARRANGEMENTS: tuple[threads.Arrangement, ...] = threads.ARRANGEMENTS
+_TRIAL_STEPS = 2  # per arrangement; min of 2 sets aside the first step's one-off costs
 
 
-@contextmanager
-def _side_by_side(concurrent: bool) -> Iterator[ThreadPoolExecutor | None]:
-    if not concurrent:
-        yield None
-        return
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        with threadpool_limits(1, user_api="blas"), ThreadPoolExecutor(1) as pool:
-            yield pool
-    finally:
-        torch.set_num_threads(threads)
+def _side_by_side() -> AbstractContextManager[threads.Schedule]:
+    """Per step, a `pair(scratch_step, torch_step)`: the steps run in each arrangement in turn,
+    then in the fastest; the trial steps are the run's own first steps."""
+    return threads.schedule(_ARRANGEMENTS, _TRIAL_STEPS)
 
 
 class _ScratchSide:
@@ -383,13 +373,11 @@ def lockstep(
 
     # Overflow and NaN are detected and reported as a blow-up below, not warned about.
     with (
-        _side_by_side(n * net.num_params >= _CONCURRENT_WORK) as pool,
+        _side_by_side() as pairs,
         np.errstate(over="ignore", invalid="ignore"),
     ):
-        for step in range(steps):
-            pending = pool.submit(tside.step) if pool else None
-            svals = sside.step()
-            tvals = pending.result() if pending else tside.step()
+        for step, pair in zip(range(steps), pairs):
+            svals, tvals = pair(sside.step, tside.step)
             if step == 0:
                 _check_dtypes(items, svals, tvals)
 
