@@ -3,7 +3,7 @@
 Nothing here imports torch.
 """
 
-from . import gradcheck
+from . import gradcheck, weights  # modules of the public API: scratch.weights.save_npz
 from .activations import ACTIVATIONS, Activation, get_activation, sigmoid
 from .data import exam
 from .gradcheck import loss_fn, network_gradient, numerical_gradient
@@ -29,4 +29,5 @@ __all__ = [
     "numerical_gradient",
     "resolve_dtype",
     "sigmoid",
+    "weights",
 ]
