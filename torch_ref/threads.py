@@ -4,11 +4,11 @@ A lockstep step runs a NumPy step (OpenBLAS, its own pthread pool) and a torch s
 ATen on an OpenMP team). Run one after the other with both pools at their default size, the
 pools can contend: one library's idle workers spin on the cores while the other's team wants
 them. How much depends on the CPU, the BLAS kernel, the sizes and what else the machine runs:
-at 30-32-16-1 x 569 one AMD machine measured 9.8 ms a step interleaved against 3.3 ms with one
-BLAS thread, while on an Intel machine the same size barely cares, and at 784-256-128-1 x 256
-running the torch step in a worker thread beside the scratch step, one thread each, was the
-only arrangement near the two bare steps. No fixed size threshold is right everywhere, so
-`choose` times a few real steps in each `Arrangement` and keeps the fastest.
+at 30-32-16-1 x 569 one quiet AMD machine measured 9.8 ms a step interleaved against 3.3 ms
+with one BLAS thread, and a loaded 2-core Intel machine 120 ms against 1.6; at 784-256-128-1 x
+256 running the torch step in a worker thread beside the scratch step, one thread each, was
+the fastest. No fixed size threshold is right everywhere, so `choose` times a few real steps
+in each `Arrangement` and keeps the fastest.
 
     with schedule(ARRANGEMENTS, trial_steps=2) as pairs:   # a loop that owns its steps
         for step, pair in zip(range(steps), pairs):
@@ -21,9 +21,8 @@ only arrangement near the two bare steps. No fixed size threshold is right every
 The trial steps are real steps of the run, each run once: nothing is repeated or undone. What
 choosing costs is the time the trial steps spend in the slower arrangement: `trial_steps *
 (t_slow - t_best)`, or one step's worth where `give_up` cuts a trial short. With the two
-default arrangements, measured here at most 2 steps' worth and usually a fraction of one (the
-two one-thread arrangements rarely differ by more than 2x); below 1% of a 100-step run at
-every size in benchmarks/bench_step.py.
+default arrangements, measured at most about one step's worth (they differed by 5-60% a step
+at the sizes in benchmarks/bench_step.py): about 1% of a 100-step run, or less.
 
 The arrangement changes where threads compute, never what: with float64 a run gives the same
 numbers, bit for bit, whichever default arrangement it ran in, or when the choice was made
@@ -42,7 +41,7 @@ from __future__ import annotations
 import math
 import statistics
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
@@ -194,7 +193,7 @@ class Schedule:
     def close(self) -> None:
         self._gen.close()  # runs the active arrangement's exit: the caller's threads are back
 
-    def _pairs(self, arrangements, trial_steps, clock, give_up) -> Iterator[Pair]:
+    def _pairs(self, arrangements, trial_steps, clock, give_up) -> Generator[Pair, None, None]:
         with ExitStack() as active:
             current: Arrangement | None = None
             pair: Pair = _interleaved
