@@ -1,120 +1,240 @@
-"""Step-time ratios measured in one run: scratch vs torch eager, and lockstep vs the two steps.
+"""What the lockstep costs against the ideal: the two bare training steps, measured in one run.
 
-    python benchmarks/bench_step.py [--quick] [--json FILE]
+    python benchmarks/bench_step.py [--quick] [--repeats 5] [--each] [--json FILE]
 
-For each network and dtype it times, interleaved and repeated, the best of several blocks of:
-  - one scratch training step (forward, loss, backward, SGD update),
-  - one torch training step (zero_grad, forward, loss, backward, optim.SGD step),
-  - one lockstep iteration (both steps plus every comparison), via `lockstep(steps=R)`,
-and prints scratch/torch and lockstep/(scratch + torch). Ratios, not seconds, are the result:
-this machine's absolute times are noisy, ratios measured side by side much less so.
+For each network, batch and dtype it times, in blocks of R steps, interleaved and repeated:
+  - a bare hand-written NumPy step (tanh hidden layers, sigmoid output, mean BCE, SGD), as a
+    learner writes it, without nn-parity's scratch classes;
+  - a bare torch eager step: nn.Sequential + nn.BCELoss + torch.optim.SGD, zero_grad, backward;
+  - the lockstep: `lockstep(steps=R)`, both steps plus every comparison, from fresh weights,
+    including choosing its threading arrangement on its first steps (torch_ref/threads.py).
+Each bare step is timed with the user's default threads and with one thread, and the faster
+counts: the lockstep gets no threading advantage the bare loops do not also get (on a loaded
+machine, default threads can make a bare step many times slower). Each repeat gives one ratio
+lockstep / (bare NumPy + bare torch) from blocks measured side by side; the table shows the
+median over repeats and their spread (min-max). Ratios, not seconds, are the result: on a
+shared machine absolute times drift, ratios measured side by side much less.
+`--each` also times the lockstep held in each arrangement, `threads.POOLED` included.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 import torch
+from sklearn.datasets import load_breast_cancer, load_wine  # bundled, no network
+from threadpoolctl import threadpool_limits
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from nn_parity import scratch
-from nn_parity.torch_ref import TorchMLP, lockstep
-
-CONFIGS = [
-    ([2, 3, 1], 4),
-    ([30, 16, 1], 569),
-    ([784, 256, 128, 1], 256),
-    ([1024, 2048, 2048, 1], 1024),
-]
+from nn_parity.torch_ref import TorchMLP, engine, lockstep, threads
 
 
-def setup(sizes, n, dtype):
+def random_data(n, d):
     rng = np.random.default_rng(0)
-    X = rng.standard_normal((n, sizes[0])).astype(dtype)
-    y = (rng.random(n) < 0.5).astype(dtype)
+    return rng.standard_normal((n, d)), (rng.random(n) < 0.5).astype(np.float64)
+
+
+def wine(_n, _d):
+    X, target = load_wine(return_X_y=True)  # 178 x 13, three cultivars
+    return X, (target == 0).astype(np.float64)  # cultivar 0 against the rest
+
+
+def breast_cancer(_n, _d):
+    return load_breast_cancer(return_X_y=True)  # 569 x 30
+
+
+# (layer sizes, batch, data, in --quick)
+CONFIGS = [
+    ([2, 3, 1], 4, random_data, True),
+    ([13, 10, 1], 178, wine, True),
+    ([30, 32, 16, 1], 569, breast_cancer, True),
+    ([784, 256, 128, 1], 256, random_data, True),
+    ([1024, 2048, 2048, 1], 1024, random_data, False),
+]
+LR = 1e-3
+
+
+def setup(sizes, n, data, dtype):
+    X, y = data(n, sizes[0])
+    X = (X - X.mean(0)) / np.where(X.std(0) > 0, X.std(0), 1)  # standardised, as `run` does
     acts = ["tanh"] * (len(sizes) - 2) + ["sigmoid"]
     net = scratch.MLP(sizes, acts, dtype=dtype, rng=1)
-    return net, TorchMLP.from_scratch(net), X, y
+    return net, X.astype(dtype), y.astype(dtype)
 
 
-def scratch_steps(net, X, y, reps):
-    loss, opt, Y = scratch.BCELoss(), scratch.SGD(net, 1e-3), y.reshape(-1, 1)
+def numpy_steps(net, X, y, reps):
+    """The bare NumPy step: forward, mean BCE, backward, SGD, written out by hand."""
+    Ws = [net.params[f"layers.{l}.weight"].copy() for l in range(len(net.layers))]  # (out, in)
+    bs = [net.params[f"layers.{l}.bias"].copy() for l in range(len(net.layers))]
+    Y = y.reshape(-1, 1)  # (N, 1)
+    N, L = len(X), len(Ws)
     t0 = time.perf_counter()
     for _ in range(reps):
-        out, cache = net.forward(X)
-        _, lcache = loss.forward(out, Y)
-        net.backward(loss.backward(lcache), cache)
-        opt.step()
+        acts = [X]
+        for W, b in zip(Ws[:-1], bs[:-1]):
+            acts.append(np.tanh(acts[-1] @ W.T + b))  # (N, H)
+        p = 1 / (1 + np.exp(-(acts[-1] @ Ws[-1].T + bs[-1])))  # (N, 1)
+        _loss = -np.mean(Y * np.log(p) + (1 - Y) * np.log(1 - p))
+        dz = (p - Y) / N  # (N, 1): the fused sigmoid + mean BCE gradient
+        for l in range(L - 1, -1, -1):
+            dW, db = dz.T @ acts[l], dz.sum(0)  # (out, in), (out,)
+            if l:
+                dz = (dz @ Ws[l]) * (1 - acts[l] ** 2)  # (N, in), through tanh
+            Ws[l] -= LR * dW
+            bs[l] -= LR * db
     return (time.perf_counter() - t0) / reps
 
 
-def torch_steps(ref, X, y, reps):
-    loss, opt = torch.nn.BCELoss(), torch.optim.SGD(ref.parameters(), lr=1e-3)
+def torch_steps(net, X, y, reps):
+    """The bare torch eager step, as the torch tutorials write it."""
+    layers: list[torch.nn.Module] = []
+    for l, layer in enumerate(net.layers):
+        layers.append(torch.nn.Linear(layer.fan_in, layer.fan_out, dtype=torch.from_numpy(X).dtype))
+        layers.append(torch.nn.Tanh() if l < len(net.layers) - 1 else torch.nn.Sigmoid())
+    model = torch.nn.Sequential(*layers)
+    loss, opt = torch.nn.BCELoss(), torch.optim.SGD(model.parameters(), lr=LR)
     Xt, Yt = torch.from_numpy(X), torch.from_numpy(y.reshape(-1, 1))
     t0 = time.perf_counter()
     for _ in range(reps):
         opt.zero_grad()
-        loss(ref(Xt), Yt).backward()
+        loss(model(Xt), Yt).backward()
         opt.step()
     return (time.perf_counter() - t0) / reps
 
 
-def lockstep_steps(net, ref, X, y, reps):
-    t0 = time.perf_counter()
-    result = lockstep(net, ref, X, y, steps=reps, lr=1e-3)
-    elapsed = (time.perf_counter() - t0) / reps
+@contextmanager
+def one_thread():
+    held = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with threadpool_limits(1, user_api="blas"):
+            yield
+    finally:
+        torch.set_num_threads(held)
+
+
+def best_threads(steps, *args):
+    """The faster of the user's default threads and one thread."""
+    default = steps(*args)
+    with one_thread():
+        return min(default, steps(*args))
+
+
+@contextmanager
+def watching_the_choice():
+    """The lockstep's threads.Schedule, to read which arrangement it chose."""
+    seen = []
+    original = threads.schedule
+
+    @contextmanager
+    def spy(*args, **kwargs):
+        with original(*args, **kwargs) as sched:
+            seen.append(sched)
+            yield sched
+
+    threads.schedule = spy
+    try:
+        yield seen
+    finally:
+        threads.schedule = original
+
+
+def lockstep_steps(sizes, n, data, dtype, reps, arrangements=None):
+    net, X, y = setup(sizes, n, data, dtype)
+    ref = TorchMLP.from_scratch(net)
+    held = engine._ARRANGEMENTS
+    if arrangements is not None:
+        engine._ARRANGEMENTS = arrangements
+    try:
+        with watching_the_choice() as seen:
+            t0 = time.perf_counter()
+            result = lockstep(net, ref, X, y, steps=reps, lr=LR)
+            elapsed = (time.perf_counter() - t0) / reps
+    finally:
+        engine._ARRANGEMENTS = held
     assert result.passed, result.first_divergence
-    return elapsed
+    return elapsed, seen[0].choice
 
 
-def measure(sizes, n, dtype, budget):
-    net, ref, X, y = setup(sizes, n, dtype)
-    one = scratch_steps(net, X, y, 1) + torch_steps(ref, X, y, 1)  # also warms up
-    reps = max(1, min(2000, int(budget / one)))
-    best = {"scratch": np.inf, "torch": np.inf, "lockstep": np.inf}
-    for _ in range(3):
-        best["scratch"] = min(best["scratch"], scratch_steps(net, X, y, reps))
-        best["torch"] = min(best["torch"], torch_steps(ref, X, y, reps))
-        net, ref, X, y = setup(sizes, n, dtype)  # lockstep from identical weights
-        best["lockstep"] = min(best["lockstep"], lockstep_steps(net, ref, X, y, reps))
-    return {
+def measure(sizes, n, data, dtype, budget, repeats, each):
+    net, X, y = setup(sizes, n, data, dtype)
+    one = numpy_steps(net, X, y, 2) + torch_steps(net, X, y, 2)  # also warms both up
+    lockstep_steps(sizes, n, data, dtype, 2)
+    reps = max(50, min(2000, int(budget / one)))
+    ratios, t_np, t_torch, t_lock, chosen = [], [], [], [], []
+    for _ in range(repeats):
+        a = best_threads(numpy_steps, net, X, y, reps)
+        b = best_threads(torch_steps, net, X, y, reps)
+        c, choice = lockstep_steps(sizes, n, data, dtype, reps)
+        ratios.append(c / (a + b))
+        t_np.append(a)
+        t_torch.append(b)
+        t_lock.append(c)
+        chosen.append(choice.best.name)
+    row = {
         "net": "-".join(map(str, sizes)),
         "batch": n,
         "dtype": dtype,
         "reps": reps,
-        "scratch_over_torch": best["scratch"] / best["torch"],
-        "lockstep_over_both": best["lockstep"] / (best["scratch"] + best["torch"]),
-        "torch_over_scratch": best["torch"] / best["scratch"],
+        "numpy_ms": 1e3 * statistics.median(t_np),
+        "torch_ms": 1e3 * statistics.median(t_torch),
+        "lockstep_ms": 1e3 * statistics.median(t_lock),
+        "ratio": statistics.median(ratios),
+        "ratio_min": min(ratios),
+        "ratio_max": max(ratios),
+        "chosen": max(set(chosen), key=chosen.count),
     }
+    if each:
+        ideal = statistics.median(t_np) + statistics.median(t_torch)
+        for arr in (*threads.ARRANGEMENTS, threads.POOLED):
+            held = arr if arr.min_step == 0 else type(arr)(arr.name)  # held, never skipped
+            t, _ = lockstep_steps(sizes, n, data, dtype, reps, (held,))
+            row[f"held: {arr.name}"] = t / ideal
+    return row
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="skip the 1024-2048-2048-1 network")
-    parser.add_argument("--budget", type=float, default=0.4, help="seconds per timed block")
+    parser.add_argument("--budget", type=float, default=0.5, help="seconds per timed block")
+    parser.add_argument("--repeats", type=int, default=5, help="blocks per size and dtype")
+    parser.add_argument(
+        "--each", action="store_true", help="also time the lockstep held in each arrangement"
+    )
     parser.add_argument("--json", type=Path, help="also write the rows here")
     args = parser.parse_args(argv)
 
-    threads = torch.get_num_threads()
-    print(f"numpy {np.__version__}, torch {torch.__version__}, torch threads {threads}")
-    head = ("network", "batch", "dtype", "scratch/torch", "torch/scratch", "lockstep/(s+t)")
-    print(f"{head[0]:>22} {head[1]:>5} {head[2]:>7} {head[3]:>13} {head[4]:>13} {head[5]:>14}")
+    print(
+        f"numpy {np.__version__}, torch {torch.__version__}, "
+        f"torch threads {torch.get_num_threads()}; ratio = lockstep / (bare numpy + bare torch), "
+        f"median [min-max] of {args.repeats}"
+    )
+    head = f"{'network':>18} {'batch':>5} {'dtype':>7} {'numpy ms':>9} {'torch ms':>9} "
+    head += f"{'lockstep ms':>11} {'ratio':>5} {'spread':>11}  chosen"
+    print(head)
     rows = []
-    for sizes, n in CONFIGS[:-1] if args.quick else CONFIGS:
+    for sizes, n, data, quick in CONFIGS:
+        if args.quick and not quick:
+            continue
         for dtype in ("float64", "float32"):
-            row = measure(sizes, n, dtype, args.budget)
+            row = measure(sizes, n, data, dtype, args.budget, args.repeats, args.each)
             rows.append(row)
-            print(
-                f"{row['net']:>22} {n:>5} {dtype:>7} {row['scratch_over_torch']:>13.2f} "
-                f"{row['torch_over_scratch']:>13.2f} {row['lockstep_over_both']:>14.2f}",
-                flush=True,
+            line = (
+                f"{row['net']:>18} {n:>5} {dtype:>7} {row['numpy_ms']:>9.3f} "
+                f"{row['torch_ms']:>9.3f} {row['lockstep_ms']:>11.3f} {row['ratio']:>5.2f} "
+                f"{row['ratio_min']:>5.2f}-{row['ratio_max']:<5.2f}  {row['chosen']}"
             )
+            held = [f"{k[6:]} {v:.2f}" for k, v in row.items() if k.startswith("held: ")]
+            print(line + (f"\n{'':>18} held: " + "; ".join(held) if held else ""), flush=True)
     if args.json:
         args.json.write_text(json.dumps(rows, indent=2) + "\n")
 

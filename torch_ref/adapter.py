@@ -432,7 +432,7 @@ def _flatten(x: Any):
 
 def _fn_name(fn: Callable) -> str:
     name = getattr(fn, "__qualname__", None) or repr(fn)
-    return "your lambda" if name == "<lambda>" else name
+    return "your lambda" if name.endswith("<lambda>") else name
 
 
 def adapt(

@@ -36,6 +36,22 @@ class _Parser(argparse.ArgumentParser):
         raise UsageError(message)
 
 
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows a default only where it informs: not None (the help says what happens instead),
+    not for on/off flags (their help says which way they switch), not twice."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if (
+            "(default" in text
+            or action.default is None
+            or isinstance(action.default, bool)
+            or action.nargs == 0  # store_true / store_false and friends
+        ):
+            return text
+        return super()._get_help_string(action) or text
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="nn-parity",
@@ -50,7 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Run scratch and torch in lockstep with full-batch gradient descent and "
         "write a report folder. With no options: the seed article's four students through its "
         "2-3-1 network.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=_HelpFormatter,
     )
     run.add_argument(
         "--data",
@@ -77,7 +93,12 @@ def build_parser() -> argparse.ArgumentParser:
         "comma list, one per hidden layer; leaky_relu:0.2 sets the slope "
         "(default: identity on exam, as the article, tanh otherwise)",
     )
-    run.add_argument("--no-bias", dest="bias", action="store_false", help="layers without biases")
+    run.add_argument(
+        "--no-bias",
+        dest="bias",
+        action="store_false",
+        help="layers without bias terms (default: with biases)",
+    )
     run.add_argument(
         "--loss",
         choices=list(scratch.LOSSES),
@@ -85,7 +106,12 @@ def build_parser() -> argparse.ArgumentParser:
         "softmax cross-entropy over C classes from logits; nll: on log-softmax outputs; mse: "
         "regression (default: bce, ce or mse, by the data's task)",
     )
-    run.add_argument("--reduction", choices=["mean", "sum"], default="mean")
+    run.add_argument(
+        "--reduction",
+        choices=["mean", "sum"],
+        default="mean",
+        help="how the loss combines the batch's per-sample losses, on both sides",
+    )
     run.add_argument("--lr", type=_float, default=0.1, help="learning rate")
     run.add_argument(
         "--steps",
@@ -93,7 +119,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="training steps (default: 100 full-batch steps; with --batch-size, every batch of "
         "--epochs)",
     )
-    run.add_argument("--dtype", choices=["float64", "float32"], default="float64")
+    run.add_argument(
+        "--dtype",
+        choices=["float64", "float32"],
+        default="float64",
+        help="floating-point type of both networks and the data; float32 is compared with "
+        "its own, looser tolerances",
+    )
     run.add_argument("--seed", type=_int, default=0, help="seed for the data and the weights")
     run.add_argument(
         "--init",
@@ -166,17 +198,26 @@ def build_parser() -> argparse.ArgumentParser:
         help="after the run, write the network as framework code into DIR: a torch module file, "
         "its trained weights (.pt) and a pytest file checking the two against the NumPy math",
     )
-    run.add_argument("--overwrite", action="store_true", help="replace an existing --out folder")
     run.add_argument(
-        "--stop-at-divergence", action="store_true", help="stop at the first divergence"
+        "--overwrite", action="store_true", help="replace an existing --out folder (default: no)"
     )
-    run.add_argument("--quiet", action="store_true", help="print only the verdict line")
+    run.add_argument(
+        "--stop-at-divergence",
+        action="store_true",
+        help="stop at the first divergence (default: run every step)",
+    )
+    run.add_argument(
+        "--quiet",
+        action="store_true",
+        help="print only the verdict line, no progress bar (default: the summary)",
+    )
     run.add_argument(
         "--no-figures",
         dest="figures",
         action="store_false",
         help="write the record only (summary.json, metrics.csv, record.npz): no PNGs, no "
-        "report.html; for CI, where only the verdict and the numbers are read",
+        "report.html; for CI, where only the verdict and the numbers are read (default: "
+        "figures and report.html are written)",
     )
     sub.add_parser(
         "mutants",
@@ -417,10 +458,27 @@ def check_writable(folder: Path) -> None:
         raise UsageError(f"cannot write the report: {str(parent)!r} is not writable")
 
 
+def progress_bar(total: int, *, quiet: bool, stream=None):
+    """The lockstep's progress bar, on stderr, drawn only on a terminal: in a log file or a CI
+    capture each redraw would be one more line. It appears after a second, so a quick run
+    prints nothing but its result."""
+    from tqdm import tqdm
+
+    stream = sys.stderr if stream is None else stream
+    return tqdm(
+        total=total,
+        desc="lockstep",
+        unit="step",
+        delay=1.0,
+        disable=quiet or not stream.isatty(),
+        file=stream,
+        leave=False,
+    )
+
+
 def run(args: argparse.Namespace) -> int:
     import torch
     from nn_parity import reports
-    from tqdm import tqdm
 
     from .engine import lockstep, run_length
     from .model import TorchMLP
@@ -460,15 +518,7 @@ def run(args: argparse.Namespace) -> int:
         steps = run_length(args.steps, args.batch_size, args.epochs, args.drop_last, len(X))
     except ValueError as err:
         raise UsageError(str(err)) from None
-    bar = tqdm(
-        total=steps,
-        desc="lockstep",
-        unit="step",
-        delay=1.0,
-        disable=args.quiet,
-        file=sys.stderr,
-        leave=False,
-    )
+    bar = progress_bar(steps, quiet=args.quiet)
     try:
         result = lockstep(
             net,

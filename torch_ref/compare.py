@@ -202,6 +202,8 @@ def assert_parity(
     __tracebackhide__ = True
     if (rtol is None) != (atol is None):
         raise ValueError("set rtol and atol together, or neither")
+    if where and where[0].isalnum():  # "step 0" reads "grad[layers.0.weight], step 0"
+        where = f", {where}"
     if not isinstance(actual, Mapping):
         actual, expected = {"": np.asarray(actual)}, {"": expected}  # type: ignore[dict-item]
     assert isinstance(expected, Mapping)

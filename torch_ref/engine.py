@@ -22,9 +22,8 @@ run of any length stays in bounded memory.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator, Mapping
-from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
+from collections.abc import Callable, Mapping
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field, replace
 
 import numpy as np
@@ -32,8 +31,8 @@ import torch
 from nn_parity import scratch
 from nn_parity.scratch.gradcheck import network_gradient
 from nn_parity.scratch.optim import check_lr
-from threadpoolctl import threadpool_limits
 
+from . import threads
 from .adapter import UserNetwork, resolve_layout
 from .compare import Mismatch, compare_segments, first_mismatch, segment_starts, tolerance
 from .diagnose import Context, diagnose
@@ -247,26 +246,17 @@ def _groups(items: list[Item], dtype: np.dtype) -> list[_Group]:
     return [_Group(g, items, dtype) for g in groups if g]
 
 
-# Above this much work per step (batch x parameters), the torch step runs in a worker thread
-# while scratch steps in the caller's, each library on one core. Run one after the other, the
-# two thread pools contend: OpenBLAS's idle workers spin while torch's OpenMP team runs, and
-# the other way round (measured at 2.7-3.5x the two steps alone for 784-256-128-1 x 256).
-# Below it, Python overhead dominates and a thread hand-off would cost more than it saves.
-_CONCURRENT_WORK = 1 << 20
+# The threading arrangement is chosen per run from the run's own first steps (threads.py): which
+# one is fastest depends on the CPU, the BLAS kernel, the sizes and the machine's load, so no
+# fixed size threshold is right everywhere. A single arrangement here means no choice is made.
+_ARRANGEMENTS: tuple[threads.Arrangement, ...] = threads.ARRANGEMENTS
+_TRIAL_STEPS = 2  # per arrangement; min of 2 sets aside the first step's one-off costs
 
 
-@contextmanager
-def _side_by_side(concurrent: bool) -> Iterator[ThreadPoolExecutor | None]:
-    if not concurrent:
-        yield None
-        return
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        with threadpool_limits(1, user_api="blas"), ThreadPoolExecutor(1) as pool:
-            yield pool
-    finally:
-        torch.set_num_threads(threads)
+def _side_by_side() -> AbstractContextManager[threads.Schedule]:
+    """Per step, a `pair(scratch_step, torch_step)`: the steps run in each arrangement in turn,
+    then in the fastest; the trial steps are the run's own first steps."""
+    return threads.schedule(_ARRANGEMENTS, _TRIAL_STEPS)
 
 
 def _batches(
@@ -474,22 +464,22 @@ def lockstep(
     layout: dict[int, tuple[list[Item], list[_Group]]] = {}  # per batch size
     pick_s = pick_t = None
     Xt_full, Yt_full = torch.from_numpy(X), torch.from_numpy(Y)
-    work = n * sside.desc.num_params
 
     # Overflow, NaN and log(0) are detected and reported as a blow-up below, not warned about.
     with (
-        _side_by_side(work >= _CONCURRENT_WORK) as pool,
+        _side_by_side() as pairs,
         np.errstate(over="ignore", invalid="ignore", divide="ignore"),
     ):
-        for step, (epoch, b, rows) in zip(range(steps), plan):
+        for step, (epoch, b, rows), pair in zip(range(steps), plan, pairs):
             Xb, Yb = (X, Y) if rows is None else (X[rows], Y[rows])
             Xt, Yt = (
                 (Xt_full, Yt_full) if rows is None else (torch.from_numpy(Xb), torch.from_numpy(Yb))
             )
             epochs_at[step], batches_at[step] = epoch, b
-            pending = pool.submit(tside.step, Xt, Yt) if pool else None
-            svals = sside.step(Xb, Yb, rows)
-            tvals = pending.result() if pending else tside.step(Xt, Yt)
+            svals, tvals = pair(
+                lambda: sside.step(Xb, Yb, rows),  # noqa: B023 (called within this iteration)
+                lambda: tside.step(Xt, Yt),  # noqa: B023
+            )
             if step == 0:
                 items, pick_s, pick_t, not_compared = _items(sside, tside, svals)
                 max_abs = np.zeros((steps, len(items)))
