@@ -431,8 +431,8 @@ def _flatten(x: Any):
 
 
 def _fn_name(fn: Callable) -> str:
-    name = getattr(fn, "__qualname__", None) or repr(fn)
-    return "your lambda" if name.endswith("<lambda>") else name
+    name = (getattr(fn, "__qualname__", None) or repr(fn)).split("<locals>.")[-1]
+    return "your lambda" if name == "<lambda>" else name
 
 
 def adapt(
