@@ -99,6 +99,7 @@ def test_breast_cancer_30_16_1_passes_500_steps(tmp_path, dtype):
         "500",
         "--dtype",
         dtype,
+        "--no-figures",  # what is checked here is the record
     )
     summary = json.loads((out / "summary.json").read_text())
     assert code == 0, summary["first_divergence"]
