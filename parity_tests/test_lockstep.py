@@ -349,12 +349,23 @@ def test_a_deterministic_bug_that_appears_late_is_not_excused_as_drift():
     # nothing differs until training gets there, and rerun from torch's weights the bug repeats.
     X, y = make_data(32, 3, seed=0)
     net, ref = make_pair([3, 4, 1], ["tanh", "sigmoid"], seed=0)
-    sig = net.layers[1].activation
-    sig.backward = lambda da, z, a: np.where(a > 0.9, 1.001, 1.0) * da * (1 - a) * a
-    result = lockstep(net, ref, X, y, steps=300, lr=1.0)
+    steps_done, acts_at = [0], []  # the steps at which the bug first changes a gradient
+
+    def backward(da, z, a):
+        if (a > 0.9).any() and not acts_at:
+            acts_at.append(steps_done[0])
+        return np.where(a > 0.9, 1.001, 1.0) * da * (1 - a) * a
+
+    net.layers[1].activation.backward = backward
+
+    def progress(step):
+        steps_done[0] = step + 1
+
+    result = lockstep(net, ref, X, y, steps=300, lr=1.0, progress=progress)
     div = result.first_divergence
-    assert div is not None and div.step > 0 and div.quantity == "grad", str(div)
-    assert result.drift_steps == []
+    assert div is not None and div.quantity == "grad", str(div)
+    # reported at the step the bug first acts (whatever rounding was explained before it)
+    assert acts_at and div.step == acts_at[0] > 0, (acts_at, str(div))
 
 
 def test_a_forward_that_caches_the_wrong_layer_input_is_not_excused():
@@ -394,8 +405,9 @@ def test_raw_unscaled_inputs_do_not_raise_false_alarms():
 
 
 def test_a_bug_that_starts_on_a_drifting_step_is_located_where_it_lives():
-    # Raw inputs make z drift past the fixed atol at the very step a carried-state bug starts:
-    # the divergence must point at the gradients, not at the harmless z.
+    # Raw inputs can make z drift past the fixed atol at the very step a carried-state bug
+    # starts (whether they do depends on the CPU's rounding and BLAS kernel): the
+    # divergence must point at the gradients, not at the harmless z, either way.
     rng = np.random.default_rng(0)
     X = np.round(255 * rng.random((64, 784)))
     y = rng.integers(0, 2, 64).astype(float)
