@@ -7,7 +7,8 @@ import os
 # One thread per pool, in every run (serial or under pytest-xdist) and in the subprocesses the
 # tests start, which inherit the environment. The suite's networks are small: OpenBLAS's and
 # torch's pools on a few cores only contend with each other and with the other xdist worker
-# (measured on 2 cores: 243 s serial with default threads, 111 s with one thread per pool).
+# (issue 8, on a 2-core AMD EPYC: 243 s serial with default threads, 111 s with one thread
+# per pool).
 # Set before NumPy and torch load their thread pools; the calls below cover a library that a
 # plugin imported first.
 for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
