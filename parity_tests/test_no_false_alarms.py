@@ -36,7 +36,7 @@ def run(cfg: NetConfig):
 
 
 # Configurations the sweep once flagged, before the lockstep learned to tell amplified
-# rounding from error (see torch_ref.engine._explained): kept as regressions that must pass.
+# rounding from error (drift_steps, saturation_steps): kept as regressions that must pass.
 # Whether they still drift or saturate past tolerance depends on the machine's BLAS kernels,
 # CPU and thread count (the first did not drift on a 2-core Intel Xeon), so what they assert is no
 # false alarm, not that an explanation was needed; test_lockstep.py makes drift, kinks and
