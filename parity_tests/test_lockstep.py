@@ -191,8 +191,8 @@ DRIFT_STEP = 8
 
 
 def drifting_run(dtype="float64"):
-    """After step 7, torch's copy of one weight moves 2^16 ulps: at step 8 the two sides start
-    from weights 16 times the parameter rtol (2^12 ulps) apart, as if rounding differences had
+    """After step 7, torch's copy of one weight moves 2^16 ulps, 8 to 16 times the parameter
+    rtol of 2^12 eps: step 8 starts from weights that far apart, as if rounding differences had
     been amplified over earlier steps, and every stage of the step is right."""
     X, y = make_data(64, 4, seed=1, dtype=dtype)
     net, ref = make_pair([4, 8, 8, 1], ["tanh", "tanh", "sigmoid"], seed=2, dtype=dtype)
@@ -233,7 +233,7 @@ class _SigmoidRoundingDownAtOne(torch.autograd.Function):
     @staticmethod
     def forward(ctx, z):
         p = torch.sigmoid(z)
-        below_one = float(np.nextafter(np.ones((), z.numpy(force=True).dtype), 0))
+        below_one = 1 - torch.finfo(z.dtype).eps / 2  # the float just below 1, exactly
         p = torch.where(p == 1, torch.full_like(p, below_one), p)
         ctx.save_for_backward(p)
         return p
