@@ -262,9 +262,8 @@ def _assert_png(path: Path) -> None:
 # render
 
 # A render draws five figures (about a second of matplotlib); the tests below that only read
-# what was rendered share one render per record, built once per module. `make test` keeps this
-# module on one xdist worker (the xdist_group mark and --dist loadgroup), so each is built once.
-pytestmark = pytest.mark.xdist_group("reports")
+# what was rendered share one render per record, built once per module. `make test` keeps a
+# module on one xdist worker (--dist loadfile), so each is built once there too.
 
 
 @pytest.fixture(scope="module")
