@@ -154,6 +154,7 @@ def test_console_entry_point_runs_as_a_module(tmp_path):
             "--out",
             str(tmp_path / "r"),
             "--quiet",
+            "--no-figures",  # what is checked here is the exit code and the verdict line
         ],
         capture_output=True,
         text=True,
