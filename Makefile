@@ -15,8 +15,11 @@ $(STAMP): pyproject.toml constraints.txt
 run: $(STAMP)  ## the main job on the seed article's example
 	$(BIN)/nn-parity run $(ARGS)
 
+# Over up to two xdist workers, one thread each (parity_tests/conftest.py pins the pools);
+# loadfile keeps each test file on one worker, so module-scoped fixtures (test_reports.py's
+# shared renders) are built once.
 test: $(STAMP)  ## the parity suite
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -n auto --maxprocesses 2 --dist loadfile $(PYTEST_ARGS)
 
 sweep: $(STAMP)  ## 1,000 random configurations, no false alarm allowed, over both cores
 	HYPOTHESIS_PROFILE=sweep $(BIN)/python -m pytest -m slow -n 2 -p no:cacheprovider \

@@ -101,6 +101,7 @@ def test_breast_cancer_30_16_1_passes_500_steps(tmp_path, dtype):
         "500",
         "--dtype",
         dtype,
+        "--no-figures",  # what is checked here is the record
     )
     summary = json.loads((out / "summary.json").read_text())
     assert code == 0, summary["first_divergence"]
@@ -155,6 +156,7 @@ def test_console_entry_point_runs_as_a_module(tmp_path):
             "--out",
             str(tmp_path / "r"),
             "--quiet",
+            "--no-figures",  # what is checked here is the exit code and the verdict line
         ],
         capture_output=True,
         text=True,

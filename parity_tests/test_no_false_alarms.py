@@ -1,6 +1,7 @@
 """No false alarms: the unmutated implementations never diverge, whatever the configuration.
 
-CI runs a bounded, derandomised profile (30 examples). The full sweep, 4 shards x 250 = 1,000
+`make test` draws 30 examples, the same on every run (derandomised, locally as in CI; the
+`explore` profile in conftest.py draws new ones). The full sweep, 4 shards x 250 = 1,000
 configurations over both cores:
 
     HYPOTHESIS_PROFILE=sweep .venv/bin/python -m pytest -m slow -n 2 -p no:cacheprovider \
@@ -35,7 +36,11 @@ def run(cfg: NetConfig):
 
 
 # Configurations the sweep once flagged, before the lockstep learned to tell amplified
-# rounding from error (see torch_ref.engine._explained): kept as regressions.
+# rounding from error (drift_steps, saturation_steps): kept as regressions that must pass.
+# Whether they still drift or saturate past tolerance depends on the machine's BLAS kernels,
+# CPU and thread count (the first did not drift on a 2-core Intel Xeon), so what they assert is no
+# false alarm, not that an explanation was needed; test_lockstep.py makes drift, kinks and
+# saturation happen by construction and checks that they are explained.
 FOUND = [
     NetConfig((1, 1, 1, 1, 1), ("leaky_relu:0.3", "identity", "leaky_relu:0.3"), "bce", False,
               "float64", 10, 4.0, 0.3, "he_normal", 3),
@@ -45,11 +50,12 @@ FOUND = [
 ]  # fmt: skip
 
 
-@pytest.mark.parametrize("cfg", FOUND, ids=["drift-f64", "saturation-f64", "saturation-f32"])
+@pytest.mark.parametrize(
+    "cfg", FOUND, ids=["once-drifted-f64", "once-saturated-f64", "once-saturated-f32"]
+)
 def test_configurations_the_sweep_found(cfg):
     result = run(cfg)
     assert result.passed, f"{cfg}\n{result.first_divergence}"
-    assert result.drift_steps or result.saturation_steps  # explained, not merely lucky
 
 
 @given(net_configs())

@@ -9,7 +9,6 @@ import json
 import re
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +17,8 @@ import pytest
 from matplotlib.image import imread
 from nn_parity import reports
 from nn_parity.reports import load_record, render, summary_text
+from nn_parity.reports.figures import probs_figure
+from nn_parity.reports.html import page as html_page
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 ALWAYS = ["loss.png", "errors.png", "probs.png", "gradient_descent.png"]
@@ -260,10 +261,44 @@ def _assert_png(path: Path) -> None:
 # --------------------------------------------------------------------------------------------
 # render
 
+# A render draws five figures (about a second of matplotlib); the tests below that only read
+# what was rendered share one render per record, built once per module. `make test` keeps a
+# module on one xdist worker (--dist loadfile), so each is built once there too.
 
-def test_render_writes_every_figure_and_the_page(tmp_path):
-    run = write_record(tmp_path / "run")
-    written = render(run)
+
+@pytest.fixture(scope="module")
+def rendered(tmp_path_factory):
+    """`rendered(name, **record)` -> (run folder, paths render() wrote), rendered once."""
+    cache: dict[str, tuple[Path, list[Path]]] = {}
+
+    def get(name: str, **record) -> tuple[Path, list[Path]]:
+        if name not in cache:
+            run = write_record(tmp_path_factory.mktemp(name) / "run", **record)
+            if name == "no-grid":  # left over from other data, to be removed
+                (run / "boundary.png").write_bytes(PNG_SIGNATURE)
+            cache[name] = run, render(run)
+        return cache[name]
+
+    return get
+
+
+@pytest.fixture
+def passing(rendered):
+    return rendered("passing")
+
+
+@pytest.fixture
+def diverged(rendered):
+    return rendered("diverged", diverge_at=7)
+
+
+@pytest.fixture
+def no_grid(rendered):
+    return rendered("no-grid", sizes=(5, 4, 3, 1))
+
+
+def test_render_writes_every_figure_and_the_page(passing):
+    run, written = passing
     expected = [*ALWAYS, "boundary.png", "report.html"]
     assert sorted(p.name for p in written) == sorted(expected)
     assert written[-1].name == "report.html"
@@ -271,33 +306,29 @@ def test_render_writes_every_figure_and_the_page(tmp_path):
         assert p.parent == run and p.is_file() and p.stat().st_size > 1000, p
 
 
-def test_every_png_is_a_valid_image(tmp_path):
-    run = write_record(tmp_path / "run", diverge_at=7)
-    pngs = [p for p in render(run) if p.suffix == ".png"]
+def test_every_png_is_a_valid_image(diverged):
+    pngs = [p for p in diverged[1] if p.suffix == ".png"]
     assert len(pngs) == 5
     for p in pngs:
         _assert_png(p)
 
 
-def test_no_boundary_figure_without_a_grid(tmp_path):
-    run = write_record(tmp_path / "run", sizes=(5, 4, 3, 1))
-    names = {p.name for p in render(run)}
-    assert names == {*ALWAYS, "report.html"}
+def test_no_boundary_figure_without_a_grid(no_grid):
+    run, written = no_grid
+    assert {p.name for p in written} == {*ALWAYS, "report.html"}
     assert not (run / "boundary.png").exists()
     assert "boundary.png" not in (run / "report.html").read_text()
 
 
-def test_a_stale_boundary_figure_is_removed(tmp_path):
-    run = write_record(tmp_path / "run", sizes=(5, 3, 1))
-    (run / "boundary.png").write_bytes(PNG_SIGNATURE)  # left over from other data
-    render(run)
+def test_a_stale_boundary_figure_is_removed(no_grid):
+    run, _ = no_grid  # a boundary.png was there before the render
     assert not (run / "boundary.png").exists()
 
 
-def test_rendering_is_deterministic(tmp_path):
-    run = write_record(tmp_path / "run", diverge_at=7)
-    first = {p.name: p.read_bytes() for p in render(run)}
-    second = {p.name: p.read_bytes() for p in render(run)}
+def test_rendering_is_deterministic(diverged, tmp_path):
+    again = write_record(tmp_path / "run", diverge_at=7)
+    first = {p.name: p.read_bytes() for p in diverged[1]}
+    second = {p.name: p.read_bytes() for p in render(again)}
     assert first == second
 
 
@@ -326,13 +357,27 @@ def test_float32_single_step_record_renders(tmp_path):
         _assert_png(p)
 
 
-def test_a_20000_step_record_renders_quickly(tmp_path):
+def test_a_20000_step_record_renders_with_thinned_lines(tmp_path, monkeypatch):
+    # What keeps a long record quick to draw: no line carries more than MAX_LINE_POINTS
+    # points (each bin's min and max, so spikes survive), whatever the number of steps.
+    from matplotlib.figure import Figure
+    from matplotlib.lines import Line2D
+    from nn_parity.reports.figures import MAX_LINE_POINTS
+
+    longest: dict[str, int] = {}
+    savefig = Figure.savefig
+
+    def measuring(fig, path, *args, **kwargs):
+        lines = fig.findobj(Line2D)
+        longest[Path(path).name] = max((len(line.get_xdata()) for line in lines), default=0)
+        return savefig(fig, path, *args, **kwargs)
+
+    monkeypatch.setattr(Figure, "savefig", measuring)
     run = write_record(tmp_path / "run", steps=20_000, diverge_at=15_000)
-    t0 = time.perf_counter()
     written = render(run)
-    elapsed = time.perf_counter() - t0
     assert len(written) == 6
-    assert elapsed < 10, f"render took {elapsed:.1f} s"
+    assert longest["loss.png"] > MAX_LINE_POINTS // 2, longest  # the lines were measured
+    assert max(longest.values()) <= MAX_LINE_POINTS, longest
     _assert_png(run / "errors.png")
 
 
@@ -382,7 +427,7 @@ def test_probabilities_of_only_the_first_step_still_draw(tmp_path):
     with np.load(run / "record.npz") as npz:
         arrays = {k: npz[k] for k in npz.files if not k.startswith("probs_last")}
     np.savez(run / "record.npz", **arrays)
-    render(run)
+    probs_figure(load_record(run), run / "probs.png")  # the one figure this looks at
     img = imread(run / "probs.png")
     assert img.shape[1] < img.shape[0] * 1.5  # one square panel, not two side by side
     _assert_png(run / "probs.png")
@@ -396,9 +441,8 @@ def _img_sources(page: str) -> list[str]:
     return re.findall(r'<img src="([^"]+)"', page)
 
 
-def test_report_html_is_complete_and_self_contained(tmp_path):
-    run = write_record(tmp_path / "run")
-    written = render(run)
+def test_report_html_is_complete_and_self_contained(passing):
+    run, written = passing
     page = (run / "report.html").read_text(encoding="utf-8")
     assert "PASS" in page and "DIVERGED" not in page
     summary = json.loads((run / "summary.json").read_text())
@@ -419,9 +463,8 @@ def test_report_html_is_complete_and_self_contained(tmp_path):
     assert not re.search(r"<(link|script)\b", page)
 
 
-def test_report_html_shows_the_first_divergence(tmp_path):
-    run = write_record(tmp_path / "run", diverge_at=7)
-    render(run)
+def test_report_html_shows_the_first_divergence(diverged):
+    run, _ = diverged
     page = (run / "report.html").read_text(encoding="utf-8")
     assert "DIVERGED" in page and "PASS" not in page.replace("passed", "")
     assert "First divergence" in page
@@ -452,17 +495,16 @@ def test_report_html_shows_the_first_divergence(tmp_path):
     ],
 )
 def test_report_html_shows_a_diagnosis(tmp_path, diagnosis, shown):
+    # the page alone: its figures are the same with or without a diagnosis
     run = write_record(tmp_path / "run", diverge_at=7, diagnosis=diagnosis)
-    render(run)
-    page = (run / "report.html").read_text(encoding="utf-8")
+    page = html_page(load_record(run), [])
     assert "<h2>Diagnosis</h2>" in page
     for text in shown:
         assert html.escape(text) in page, text
 
 
-def test_report_html_has_no_diagnosis_section_without_one(tmp_path):
-    run = write_record(tmp_path / "run", diverge_at=7)
-    render(run)
+def test_report_html_has_no_diagnosis_section_without_one(diverged):
+    run, _ = diverged
     assert "<h2>Diagnosis</h2>" not in (run / "report.html").read_text(encoding="utf-8")
 
 
