@@ -81,12 +81,14 @@ def generated_run(tmp_path_factory):
             text = paths.module.read_text()
             assert old in text, f"{name}: the edit's anchor {old!r} is not in the generated module"
             paths.module.write_text(text.replace(old, new))
-    # sys.modules[...] = None makes `import nn_parity` raise: the files must stand alone
+    # sys.modules[...] = None makes `import nn_parity` raise: the files must stand alone (and
+    # so must pytest: nn-parity's own plugin, installed here, is not loaded, as in the user's
+    # repository where nn-parity is not installed)
     runner = (
         "import sys; sys.modules['nn_parity'] = None; import pytest; "
         "raise SystemExit(pytest.main(['-rA', '-p', 'no:cacheprovider', '-W', 'error']))"
     )
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTEST_DISABLE_PLUGIN_AUTOLOAD": "1"}
     proc = subprocess.run(
         [sys.executable, "-c", runner],
         cwd=folder,
@@ -194,7 +196,7 @@ def test_export_bad_arguments(net, tmp_path, kwargs, error, match):
 
 
 def test_export_bad_network_and_folder(net, tmp_path):
-    with pytest.raises(TypeError, match=r"export takes a scratch.MLP, got TorchMLP"):
+    with pytest.raises(TypeError, match=r"export takes a scratch.MLP or an adapted network, got TorchMLP"):
         export(TorchMLP.from_scratch(net), tmp_path)
     relu_out = scratch.MLP([2, 3, 2], ["tanh", "relu"])
     with pytest.raises(ValueError, match=r"no default loss for a relu output; pass loss="):
