@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 from nn_parity import scratch
 from nn_parity.torch_ref import TorchMLP, lockstep, tolerance
