@@ -26,12 +26,25 @@ class NetConfig:
     lr: float
     init: str
     seed: int
+    optimizer: tuple = ("sgd", ())  # (name, ((option, value), ...))
+    batch_size: int | None = None  # None: full batch
 
     def data(self) -> tuple[np.ndarray, np.ndarray]:
         rng = np.random.default_rng(self.seed)
         X = self.input_scale * rng.standard_normal((self.n, self.sizes[0]))
-        y = rng.integers(0, 2, self.n).astype(np.float64)
+        C = self.sizes[-1]
+        if self.loss in ("ce", "nll"):
+            y = rng.integers(0, C, self.n)  # class indices
+        elif self.loss == "mse":
+            y = rng.standard_normal((self.n, C))  # real-valued targets
+        else:
+            y = rng.integers(0, 2, self.n).astype(np.float64)
         return X.astype(self.dtype), y
+
+    @property
+    def optimizer_spec(self) -> dict:
+        name, options = self.optimizer
+        return {"name": name, **dict(options)}
 
 
 def sizes_D_H_1(max_depth: int = 3, max_width: int = 16, max_inputs: int = 8):
@@ -42,19 +55,43 @@ def sizes_D_H_1(max_depth: int = 3, max_width: int = 16, max_inputs: int = 8):
     ).map(lambda t: (t[0], *t[1], 1))
 
 
+# Each optimizer with the options that change its update rule; lr comes from the config.
+OPTIMIZERS = [
+    ("sgd", ()),
+    ("sgd", (("momentum", 0.9),)),
+    ("sgd", (("momentum", 0.9), ("nesterov", True), ("weight_decay", 0.01))),
+    ("sgd", (("momentum", 0.5), ("dampening", 0.3))),
+    ("adam", ()),
+    ("adam", (("amsgrad", True), ("weight_decay", 0.01))),
+    ("adamw", ()),
+    ("rmsprop", ()),
+    ("rmsprop", (("momentum", 0.5), ("centered", True))),
+    ("adagrad", (("lr_decay", 0.01),)),
+]
+
+
 @st.composite
 def net_configs(draw, dtypes=("float64", "float32")) -> NetConfig:
+    """A network, its loss (binary, C classes or regression), optimizer, batches and data."""
+    loss = draw(st.sampled_from(["bce", "bce-logits", "ce", "nll", "mse"]))
     sizes = draw(sizes_D_H_1())
+    if loss in ("ce", "nll"):
+        sizes = (*sizes[:-1], draw(st.integers(2, 6)))
+    elif loss == "mse":
+        sizes = (*sizes[:-1], draw(st.integers(1, 3)))
     hidden = tuple(draw(st.sampled_from(HIDDEN)) for _ in sizes[1:-1])
+    n = draw(st.integers(1, 64))
     return NetConfig(
         sizes=sizes,
         hidden=hidden,
-        loss=draw(st.sampled_from(["bce", "bce-logits"])),
+        loss=loss,
         bias=draw(st.booleans()),
         dtype=draw(st.sampled_from(dtypes)),
-        n=draw(st.integers(1, 64)),
+        n=n,
         input_scale=draw(st.sampled_from([0.1, 1.0, 4.0])),
         lr=draw(st.sampled_from([1e-3, 0.05, 0.3])),
         init=draw(st.sampled_from(["xavier_uniform", "he_normal", "torch_default", "normal"])),
         seed=draw(st.integers(0, 2**32 - 1)),
+        optimizer=draw(st.sampled_from(OPTIMIZERS)),
+        batch_size=draw(st.one_of(st.none(), st.integers(1, n))),
     )

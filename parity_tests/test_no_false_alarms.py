@@ -32,7 +32,11 @@ def run(cfg: NetConfig):
     acts = [*cfg.hidden, loss.output_activation]
     net = scratch.MLP(cfg.sizes, acts, bias=cfg.bias, dtype=cfg.dtype, init=cfg.init, rng=cfg.seed)
     X, y = cfg.data()
-    return lockstep(net, TorchMLP.from_scratch(net), X, y, steps=STEPS, lr=cfg.lr, loss=loss)
+    return lockstep(
+        net, TorchMLP.from_scratch(net), X, y, steps=STEPS, lr=cfg.lr, loss=loss,
+        optimizer=cfg.optimizer_spec, batch_size=cfg.batch_size,
+        epochs=STEPS if cfg.batch_size else None, seed=cfg.seed,
+    )  # fmt: skip
 
 
 # Configurations the sweep once flagged, before the lockstep learned to tell amplified
