@@ -339,7 +339,8 @@ class UserNetwork:
         elif isinstance(got, tuple):
             got = got[0]
         out = np.array(got)
-        n, c = len(X), self.pmap.sizes[-1] if self.pmap else None
+        assert self.pmap is not None, "the layout is resolved before the first forward"
+        n, c = len(X), self.pmap.sizes[-1]
         if out.shape == (c, n) and c != n:
             out = out.T  # column-per-sample code (Nielsen's feedforward)
         if out.shape != (n, c) and not (c == 1 and out.shape == (n,)):

@@ -271,8 +271,8 @@ def load_csv(path: str | Path, *, label_column: str | None = None, task: str = "
     classes = None
     if task == "binary":
         if ((y != 0) & (y != 1)).any():
-            err = bad_row((y != 0) & (y != 1), "0 or 1")
-            raise ValueError(f"{err} (for other labels pass task='multiclass' or 'regression')")
+            where = bad_row((y != 0) & (y != 1), "0 or 1")
+            raise ValueError(f"{where} (for other labels pass task='multiclass' or 'regression')")
         kind = ""
     elif task == "multiclass":
         if (y != np.floor(y)).any():

@@ -450,7 +450,9 @@ def lockstep(
     relu_layers = [l for l, a in enumerate(sside.desc.activations) if _has_kink(a)]
     plan = _batches(n, batch_size, epochs or 1, seed, shuffle, drop_last)
 
-    max_abs = rel_err = within = None  # sized once the items are known, after step 0
+    # sized once the items are known, after step 0
+    max_abs = rel_err = np.zeros((0, 0))
+    within = np.zeros((0, 0), dtype=bool)
     loss_hist = np.zeros((2, steps))
     epochs_at = np.zeros(steps, dtype=np.int64)
     batches_at = np.zeros(steps, dtype=np.int64)
@@ -558,7 +560,6 @@ def lockstep(
     probs_last = None
     if p_idx is not None:
         probs_last = (np.array(svals[p_idx]), _np(tvals[p_idx]).copy())
-    assert max_abs is not None and rel_err is not None and within is not None
     return LockstepResult(
         passed=first is None,
         steps=ran,

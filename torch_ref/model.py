@@ -8,7 +8,7 @@ pre-activation z and activation a, so the lockstep can compare them layer by lay
 from __future__ import annotations
 
 import itertools
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import cast
 
 import numpy as np
@@ -66,7 +66,7 @@ def torch_loss(loss: scratch.Loss, reduction: str | None = None, *, dtype=None) 
 
 
 # What the network's output stands for, per loss: the torch twin of `Loss.probabilities`.
-_PROBABILITIES = {
+_PROBABILITIES: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
     "bce": lambda out: out,
     "bce-logits": torch.sigmoid,
     "ce": lambda out: torch.softmax(out, dim=1),

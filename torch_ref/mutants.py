@@ -741,10 +741,10 @@ def run_mutant(mutant: Mutant, **lockstep_kwargs) -> LockstepResult:
     case = make_case(mutant.config)
     case.ref = TorchMLP.from_scratch(case.net)  # mirrors the correct weights, before any bug
     mutant.apply(case)
-    batches = {"batch_size": mutant.config.batch_size, "epochs": mutant.config.epochs}
+    cfg = mutant.config
     return lockstep(
         case.net, case.ref, case.X, case.y, steps=case.steps, lr=case.lr, loss=case.loss,
-        optimizer=case.optimizer, **batches, **lockstep_kwargs,
+        optimizer=case.optimizer, batch_size=cfg.batch_size, epochs=cfg.epochs, **lockstep_kwargs,
     )  # fmt: skip
 
 

@@ -103,7 +103,7 @@ def load_weights(path) -> dict[str, np.ndarray]:
     raise ValueError(f"weights file {str(path)!r}: expected a .npz, .pt or .pth file")
 
 
-def module_parameters(module: nn.Module, desc: scratch.MLP) -> dict[str, torch.nn.Parameter]:
+def module_parameters(module: nn.Module, desc: scratch.MLP) -> dict[str, torch.Tensor]:
     """The module's parameters under the canonical names of `desc` (`layers.{l}.weight`, ...).
 
     A module that already uses those names (TorchMLP) maps by name; any other maps its
@@ -113,7 +113,7 @@ def module_parameters(module: nn.Module, desc: scratch.MLP) -> dict[str, torch.n
     """
     if not isinstance(module, nn.Module):
         raise TypeError(f"the torch side must be an nn.Module, got {type(module).__name__}")
-    named = dict(module.named_parameters())
+    named: dict[str, torch.Tensor] = dict(module.named_parameters())
     if set(named) != set(desc.params):
         linears = [(n, m) for n, m in module.named_modules() if isinstance(m, nn.Linear)]
         if len(linears) != len(desc.layers):
@@ -121,7 +121,7 @@ def module_parameters(module: nn.Module, desc: scratch.MLP) -> dict[str, torch.n
                 f"the torch module has {len(linears)} Linear layers, the scratch network "
                 f"{len(desc.layers)}: they do not map one to one"
             )
-        mapped: dict[str, torch.nn.Parameter] = {}
+        mapped: dict[str, torch.Tensor] = {}
         seen = set()
         for l, (prefix, lin) in enumerate(linears):
             mapped[f"layers.{l}.weight"] = lin.weight
