@@ -229,8 +229,9 @@ class _Group:
         if not self.packed:
             i = self.idx[0]
             return np.ravel(svals[i]), np.ravel(tvals[i])
-        np.concatenate([np.ravel(svals[i]) for i in self.idx], out=self.sbuf)
-        np.concatenate([np.ravel(tvals[i]) for i in self.idx], out=self.tbuf)
+        # axis=None flattens each input as it copies: no ravel per item
+        np.concatenate([svals[i] for i in self.idx], axis=None, out=self.sbuf)
+        np.concatenate([tvals[i] for i in self.idx], axis=None, out=self.tbuf)
         return self.sbuf, self.tbuf
 
 
