@@ -262,3 +262,50 @@ def test_a_step_that_changes_no_parameter_is_refused_by_name():
     net = adapt(params, activations=["tanh", "sigmoid"], step=train_step)
     with pytest.raises(ValueError, match="train_step changed no parameter"):
         lockstep(net, None, X, y, steps=2, lr=0.5)
+
+
+# --- layer objects (the nnfs.io style): parameters at dotted paths, names settle roles -------
+
+
+class LayerDense:
+    def __init__(self, n_inputs, n_neurons, rng):
+        self.weights = 0.5 * rng.standard_normal((n_inputs, n_neurons))
+        self.biases = np.zeros((1, n_neurons))
+
+    def forward(self, inputs):
+        self.inputs = inputs
+        self.output = inputs @ self.weights + self.biases
+
+    def backward(self, dvalues):
+        self.dweights = self.inputs.T @ dvalues
+        self.dbiases = np.sum(dvalues, axis=0, keepdims=True)
+        self.dinputs = dvalues @ self.weights.T
+
+
+class TwoDense:
+    def __init__(self, seed=0):
+        rng = np.random.default_rng(seed)
+        self.dense1, self.dense2 = LayerDense(3, 5, rng), LayerDense(5, 1, rng)
+
+    def grads(self, X, y):
+        self.dense1.forward(X)
+        a1 = np.tanh(self.dense1.output)
+        self.dense2.forward(a1)
+        p = sigmoid(self.dense2.output)
+        self.dense2.backward((p - y.reshape(-1, 1)) / len(X))
+        self.dense1.backward(self.dense2.dinputs * (1 - a1**2))
+        d1, d2 = self.dense1, self.dense2
+        return [d1.dweights, d1.dbiases, d2.dweights, d2.dbiases]
+
+
+def test_layer_objects_at_dotted_paths_pass_and_names_settle_the_roles():
+    # dense2.weights (5, 1) could be a bias of 5 and dense1.biases (1, 5) a weight by shape
+    # alone; their names say which they are
+    X, y = data()
+    model = TwoDense()
+    paths = ["dense1.weights", "dense1.biases", "dense2.weights", "dense2.biases"]
+    net = adapt(model, names=paths, activations=["tanh", "sigmoid"], grads=model.grads)
+    result = lockstep(net, None, X, y, steps=300, lr=0.5)
+    assert result.passed, str(result.first_divergence)
+    assert result.checked["layout_decided_by"] == "shapes"
+    assert "grad dense1.biases" in result.labels

@@ -124,17 +124,36 @@ class _Access:
         return names
 
     def _get_raw(self, key: str) -> Any:
-        m = re.fullmatch(r"(.*)\[(\d+)\]", key)
-        if m and (m.group(1) or self.kind == "list"):
-            base = self._get_raw(m.group(1)) if m.group(1) else self.params
-            return base[int(m.group(2))]
+        """The value at a path: `W1`, `weights[0]`, `dense1.weights`, `layers[2].W`."""
+        container, last = self._parent(key)
         try:
-            if self.kind == "dict":
-                return self.params[key]
-            return getattr(self.params, key)
-        except (KeyError, AttributeError):
+            return container[last] if isinstance(last, int) else self._attr(container, last)
+        except (KeyError, AttributeError, IndexError):
             where = "the parameter dict" if self.kind == "dict" else type(self.params).__name__
             raise ValueError(f"parameter {key!r} not found in {where}") from None
+
+    def _parent(self, key: str) -> tuple[Any, str | int]:
+        """The object holding the last step of a path, and that step."""
+        steps: list[str | int] = []
+        for part in key.split("."):
+            m = re.fullmatch(r"([^\[\]]*)((?:\[\d+\])*)", part)
+            if m is None:
+                raise ValueError(f"cannot read the parameter path {key!r}")
+            if m.group(1):
+                steps.append(m.group(1))
+            steps += [int(i) for i in re.findall(r"\[(\d+)\]", m.group(2))]
+        node = self.params
+        try:
+            for step in steps[:-1]:
+                node = node[step] if isinstance(step, int) else self._attr(node, step)
+        except (KeyError, AttributeError, IndexError):
+            where = "the parameter dict" if self.kind == "dict" else type(self.params).__name__
+            raise ValueError(f"parameter {key!r} not found in {where}") from None
+        return node, steps[-1]
+
+    @staticmethod
+    def _attr(node: Any, name: str) -> Any:
+        return node[name] if isinstance(node, Mapping) else getattr(node, name)
 
     def get(self, name: str) -> np.ndarray:
         return self._get_raw(name)
@@ -152,14 +171,11 @@ class _Access:
         ):
             np.copyto(current, value)
             return
-        m = re.fullmatch(r"(.*)\[(\d+)\]", name)
-        if m:
-            container = self._get_raw(m.group(1)) if m.group(1) else self.params
-            container[int(m.group(2))] = np.array(value)
-        elif self.kind == "dict":
-            self.params[name] = np.array(value)
+        container, last = self._parent(name)
+        if isinstance(last, int) or isinstance(container, Mapping):
+            container[last] = np.array(value)
         else:
-            setattr(self.params, name, np.array(value))
+            setattr(container, last, np.array(value))
 
 
 def _discover(obj: Any) -> list[str]:
@@ -256,6 +272,16 @@ def _candidates(
             seen.add(key)
             unique.append(c)
     return unique
+
+
+def _role(name: str) -> str | None:
+    """ "weight" or "bias" when the user's name says which, else None."""
+    last = re.sub(r"\[\d+\]", "", name.split(".")[-1]).lower()
+    if "bias" in last or re.fullmatch(r"b_?\d*|b_\w+", last):
+        return "bias"
+    if "weight" in last or "kernel" in last or re.fullmatch(r"w_?\d*|w_\w+", last):
+        return "weight"
+    return None
 
 
 def _layout_error(shapes: dict[str, tuple[int, ...]], width: int, layers: int, out_width) -> str:
@@ -532,6 +558,11 @@ def resolve_layout(net: UserNetwork, X: np.ndarray, Y: np.ndarray, out_width: in
         ]
     if not cands:
         raise ValueError(_layout_error(shapes, X.shape[1], layers, out_width))
+    # names settle what shapes leave open: `biases` (5, 1) is no weight, `W2` (1, 5) no bias
+    named = [
+        c for c in cands if all(_role(s.user) in (None, s.canonical.split(".")[-1]) for s in c)
+    ]
+    cands = named or cands
     how = "shapes"
     if len(cands) > 1:
         cands = [_probe(net, cands, X, Y)]
@@ -562,7 +593,7 @@ def _probe(net: UserNetwork, cands: list[list[Slot]], X: np.ndarray, Y: np.ndarr
                 mine, _ = net.call_forward(Xp)
                 ref = out_d
             else:
-                _, lc = net.loss.forward(out_d, Yp)
+                _, lc = net.loss.forward(out_d, net.loss.targets(Yp, out_d.shape[1], desc.dtype))
                 ref_g = desc.backward(net.loss.backward(lc), cache_d)
                 if net.form == "grads":
                     _, g = net.call_grads(Xp, Yp)
