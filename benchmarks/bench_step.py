@@ -15,6 +15,8 @@ lockstep / (bare NumPy + bare torch) from blocks measured side by side; the tabl
 median over repeats and their spread (min-max). Ratios, not seconds, are the result: on a
 shared machine absolute times drift, ratios measured side by side much less.
 `--each` also times the lockstep held in each arrangement, `threads.POOLED` included.
+Last, Adam on mini-batches (digits, cross-entropy): the scratch step against torch's foreach
+Adam step, and the lockstep against the two, one thread each.
 """
 
 from __future__ import annotations
@@ -202,6 +204,58 @@ def measure(sizes, n, data, dtype, budget, repeats, each):
     return row
 
 
+def adam_minibatch(dtype: str, epochs: int = 3) -> dict:
+    """Digits (64-32-10, cross-entropy) with Adam on mini-batches of 32: the scratch side's step
+    (nn-parity's MLP and scratch.Adam) against torch's eager step with its foreach Adam, and the
+    lockstep against the two, each over the same `epochs` passes."""
+    from sklearn.datasets import load_digits
+
+    X, y = load_digits(return_X_y=True)
+    X = (X / 16.0).astype(dtype)
+    net = scratch.MLP([64, 32, 10], ["tanh", "identity"], dtype=dtype, rng=1)
+    loss = scratch.get_loss("ce")
+    order = np.random.default_rng(0).permutation(len(X))
+    batches = [order[k : k + 32] for k in range(0, len(X), 32)] * epochs
+
+    s_net = scratch.MLP([64, 32, 10], ["tanh", "identity"], dtype=dtype, rng=1)
+    opt = scratch.Adam(s_net, lr=LR)
+    t0 = time.perf_counter()
+    for rows in batches:
+        out, cache = s_net.forward(X[rows])
+        _, lc = loss.forward(out, y[rows])
+        s_net.backward(loss.backward(lc), cache)
+        opt.step()
+    t_scratch = (time.perf_counter() - t0) / len(batches)
+
+    model = TorchMLP.from_scratch(net)
+    topt = torch.optim.Adam(model.parameters(), lr=LR, foreach=True)
+    ce = torch.nn.CrossEntropyLoss()
+    Xt, yt = torch.from_numpy(X), torch.from_numpy(y)
+    t0 = time.perf_counter()
+    for rows in batches:
+        idx = torch.from_numpy(rows)
+        topt.zero_grad()
+        ce(model(Xt[idx]), yt[idx]).backward()
+        topt.step()
+    t_torch = (time.perf_counter() - t0) / len(batches)
+
+    t0 = time.perf_counter()
+    result = lockstep(
+        net, TorchMLP.from_scratch(net), X, y, lr=LR, loss="ce", optimizer="adam",
+        batch_size=32, epochs=epochs,
+    )  # fmt: skip
+    t_lock = (time.perf_counter() - t0) / len(batches)
+    assert result.passed, result.first_divergence
+    return {
+        "dtype": dtype,
+        "scratch_ms": 1e3 * t_scratch,
+        "torch_ms": 1e3 * t_torch,
+        "lockstep_ms": 1e3 * t_lock,
+        "scratch/torch": t_scratch / t_torch,
+        "ratio": t_lock / (t_scratch + t_torch),
+    }
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="skip the 1024-2048-2048-1 network")
@@ -235,6 +289,18 @@ def main(argv=None):
             )
             held = [f"{k[6:]} {v:.2f}" for k, v in row.items() if k.startswith("held: ")]
             print(line + (f"\n{'':>18} held: " + "; ".join(held) if held else ""), flush=True)
+    print("\nAdam on mini-batches: digits 64-32-10 x 32, cross-entropy, 3 epochs (171 steps)")
+    print(f"{'dtype':>7} {'scratch ms':>10} {'torch ms':>9} {'scratch/torch':>13} "
+          f"{'lockstep ms':>11} {'lockstep/(scratch+torch)':>24}")  # fmt: skip
+    for dtype in ("float64", "float32"):
+        with one_thread():
+            a = adam_minibatch(dtype)
+        rows.append({"adam_minibatch": a})
+        print(
+            f"{dtype:>7} {a['scratch_ms']:>10.3f} {a['torch_ms']:>9.3f} "
+            f"{a['scratch/torch']:>13.2f} {a['lockstep_ms']:>11.3f} {a['ratio']:>24.2f}",
+            flush=True,
+        )
     if args.json:
         args.json.write_text(json.dumps(rows, indent=2) + "\n")
 

@@ -368,6 +368,9 @@ class TorchSide:
         self.opt_names = list(opt_desc.params)  # the torch optimizer's parameter order
         self.opt = torch_optimizer(opt_desc, {k: by_name[k] for k in self.opt_names})
         self.declared_state = tuple(getattr(opt_desc, "state_names", ()))
+        self.state_views: list[np.ndarray] = []
+        self.state_buffers: list[str] = []
+        self.state_keep: list[np.ndarray] = []
         self.state_names: tuple[str, ...] = ()
         self.params = [by_name[k] for k in order]
         # updated in place by the optimiser: views made once serve every step
@@ -414,7 +417,10 @@ class TorchSide:
             loss.backward()
             for keep, now in zip(self.params_before, self.param_views):
                 np.copyto(keep, now)
-            if self.state_names or not self.keys:  # for the update stage of an explanation
+            if self.state_views:  # for the update stage of an explanation
+                for keep, now in zip(self.state_keep, self.state_views):
+                    np.copyto(keep, now)
+            elif not self.keys:
                 self.state_before = self.state()
             self.opt.step()
         if not self.keys:
@@ -424,6 +430,7 @@ class TorchSide:
             self.keys = forward_keys(L, z=every, a=every, prob=True, loss=True) + update_keys(
                 self.order, self.state_names
             )
+            self._view_state()
         last = len(self.cache) - 1
         vals: list = []
         for l, (z, a) in enumerate(self.cache):
@@ -437,8 +444,37 @@ class TorchSide:
         vals.extend(self.by_name[k].grad.numpy() for k in self.order)  # type: ignore[union-attr]
         self.last_values = vals
         if self.state_names:
-            vals = vals + _state_values(self.state(), self.order, self.state_names)
+            vals = vals + [np.asarray(v, np.float64) if b == "step" else v
+                           for b, v in zip(self.state_buffers, self.state_views)]  # fmt: skip
         return vals + self.param_views
+
+    def _view_state(self) -> None:
+        """NumPy views of torch's state tensors, which its optimizers update in place: made
+        once, they serve every later step (like the parameters'), and `state_keep` holds their
+        values as each step found them. `state_before` reads that as a dict."""
+        self.state_views, self.state_buffers = [], []
+        for k in self.order:
+            state = self.opt.state[self.by_name[k]]
+            for b in self.state_names:
+                self.state_views.append(state[b].detach().numpy())
+                self.state_buffers.append(b)
+        self.state_keep = [v.copy() for v in self.state_views]
+
+    @property
+    def state_before(self) -> dict[str, dict[str, np.ndarray]]:
+        if not self.state_views:
+            return self._first_state
+        out: dict[str, dict[str, np.ndarray]] = {k: {} for k in self.order}
+        it = iter(zip(self.state_buffers, self.state_keep))
+        for k in self.order:
+            for _ in self.state_names:
+                b, v = next(it)
+                out[k][b] = np.asarray(v, np.float64) if b == "step" else v.copy()
+        return out
+
+    @state_before.setter
+    def state_before(self, value) -> None:
+        self._first_state = value
 
     def state(self) -> dict[str, dict[str, np.ndarray]]:
         return torch_state(self.opt, self.opt_names)
