@@ -27,6 +27,7 @@ import numpy as np
 from .activations import Activation, get_activation
 from .init import init_layer
 from .layers import Dense
+from .validate import check_names
 
 __all__ = ["DTYPES", "MLP", "resolve_dtype"]
 
@@ -191,13 +192,7 @@ class MLP:
 
     def load_state_dict(self, state: Mapping[str, np.ndarray]) -> None:
         """Copy values in, refusing missing, unexpected or mis-shaped entries by name."""
-        missing = [k for k in self.params if k not in state]
-        extra = [k for k in state if k not in self.params]
-        if missing or extra:
-            raise ValueError(
-                f"state dict does not fit {self!r}: missing {missing or 'none'}, "
-                f"unexpected {extra or 'none'}"
-            )
+        check_names(self.params, state, what=f"state dict does not fit {self!r}")
         for name, p in self.params.items():
             value = np.asarray(state[name])
             if value.shape != p.shape:

@@ -47,6 +47,7 @@ from collections.abc import Mapping
 import numpy as np
 
 from .network import MLP
+from .validate import check_names
 
 __all__ = [
     "OPTIMIZERS",
@@ -223,13 +224,7 @@ class Optimizer:
     def _check_grads(self, grads) -> None:
         if not isinstance(grads, Mapping):
             raise TypeError(f"grads must be a dict name -> ndarray, got {type(grads).__name__}")
-        missing = [k for k in self.params if k not in grads]
-        extra = [k for k in grads if k not in self.params]
-        if missing or extra:
-            raise ValueError(
-                f"grads do not fit the parameters: missing {missing or 'none'}, "
-                f"unexpected {extra or 'none'}"
-            )
+        check_names(self.params, grads, what="grads do not fit the parameters")
         for name, p in self.params.items():
             g = grads[name]
             if not isinstance(g, np.ndarray):

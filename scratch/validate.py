@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["TASKS", "check_labels", "check_xy"]
+__all__ = ["TASKS", "check_labels", "check_names", "check_xy"]
 
 TASKS = ("binary", "multiclass", "regression")
 
@@ -140,4 +140,22 @@ def _finite(a: np.ndarray, name: str) -> None:
         where = tuple(int(i) for i in np.argwhere(~np.isfinite(a))[0])
         raise ValueError(
             f"{name} holds a non-finite value: {name}{list(where)} = {float(a[where])}"
+        )
+
+
+def check_names(
+    ours, theirs, *, what: str, ours_lack: str = "missing", theirs_lack: str = "unexpected"
+) -> None:
+    """Two collections of names must hold the same names; a misfit names both differences.
+
+    The one check behind loading weights, optimizer state and gradients by name: "what" says
+    what does not fit, and the two labels what each side lacks ("missing"/"unexpected", or
+    "torch lacks"/"scratch lacks").
+    """
+    ours, theirs = list(ours), list(theirs)
+    lacking = [k for k in ours if k not in theirs]
+    extra = [k for k in theirs if k not in ours]
+    if lacking or extra:
+        raise ValueError(
+            f"{what}: {ours_lack} {lacking or 'none'}, {theirs_lack} {extra or 'none'}"
         )

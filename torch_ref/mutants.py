@@ -750,7 +750,12 @@ def run_mutant(mutant: Mutant, **lockstep_kwargs) -> LockstepResult:
 
 @dataclass
 class Score:
+    """Rows of {name, caught, located, where}: the table `nn-parity mutants` prints, for the
+    network catalogue here and the op catalogue (`op_mutants`) alike."""
+
     rows: list[dict]
+    where: str = "first divergence"  # the last column's heading
+    width: int = 24  # of the name column
 
     @property
     def caught(self) -> int:
@@ -761,10 +766,11 @@ class Score:
         return sum(r["located"] for r in self.rows)
 
     def table(self) -> str:
-        lines = [f"{'mutant':<24} {'caught':<7} {'located':<8} first divergence"]
+        w = self.width
+        lines = [f"{'mutant':<{w}} {'caught':<7} {'located':<8} {self.where}"]
         for r in self.rows:
             lines.append(
-                f"{r['name']:<24} {'yes' if r['caught'] else 'NO':<7} "
+                f"{r['name']:<{w}} {'yes' if r['caught'] else 'NO':<7} "
                 f"{'yes' if r['located'] else 'NO':<8} {r['where']}"
             )
         n = len(self.rows)

@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from nn_parity.scratch import ops
 from nn_parity.scratch.activations import sigmoid
 
+from .mutants import Score
 from .opcheck import OpCheckResult, check_op
 
 __all__ = ["ALTERNATIVES", "OP_MUTANTS", "OpMutant", "OpScore", "gallery", "op_score"]
@@ -434,31 +435,8 @@ def run_op_mutant(mutant: OpMutant, dtype="float64", seed: int = 0) -> OpCheckRe
         return f"{type(e).__name__}: {e}"
 
 
-@dataclass
-class OpScore:
-    rows: list[dict]
-
-    @property
-    def caught(self) -> int:
-        return sum(r["caught"] for r in self.rows)
-
-    @property
-    def located(self) -> int:
-        return sum(r["located"] for r in self.rows)
-
-    def table(self) -> str:
-        lines = [f"{'mutant':<30} {'caught':<7} {'located':<8} first mismatch"]
-        for r in self.rows:
-            lines.append(
-                f"{r['name']:<30} {'yes' if r['caught'] else 'NO':<7} "
-                f"{'yes' if r['located'] else 'NO':<8} {r['where']}"
-            )
-        n = len(self.rows)
-        lines.append(
-            f"caught {self.caught}/{n} ({100 * self.caught / n:.0f}%), "
-            f"located {self.located}/{n} ({100 * self.located / n:.0f}%)"
-        )
-        return "\n".join(lines)
+def OpScore(rows: list[dict]) -> Score:
+    return Score(rows, where="first mismatch", width=30)
 
 
 def op_score(mutants: list[OpMutant] | None = None, dtype="float64") -> OpScore:

@@ -16,6 +16,7 @@ from collections.abc import Mapping
 import numpy as np
 import torch
 from nn_parity.scratch.optim import Optimizer
+from nn_parity.scratch.validate import check_names
 
 __all__ = ["set_torch_state", "torch_optimizer", "torch_state"]
 
@@ -30,13 +31,10 @@ def torch_optimizer(
     """
     if not isinstance(opt, Optimizer):
         raise TypeError(f"opt must be a scratch optimiser, got {type(opt).__name__}")
-    missing = [k for k in opt.params if k not in torch_params]
-    extra = [k for k in torch_params if k not in opt.params]
-    if missing or extra:
-        raise ValueError(
-            f"parameters do not match: torch lacks {missing or 'none'}, "
-            f"scratch lacks {extra or 'none'}"
-        )
+    check_names(
+        opt.params, torch_params, what="parameters do not match",
+        ours_lack="torch lacks", theirs_lack="scratch lacks",
+    )  # fmt: skip
     for name, p in opt.params.items():
         t = torch_params[name]
         if tuple(t.shape) != p.shape:

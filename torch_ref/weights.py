@@ -9,6 +9,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 from nn_parity import scratch
+from nn_parity.scratch.validate import check_names
 from torch import nn
 
 __all__ = [
@@ -23,13 +24,10 @@ __all__ = [
 
 def _check_names(net: scratch.MLP, module: nn.Module) -> dict[str, torch.nn.Parameter]:
     tparams = dict(module.named_parameters())
-    missing = [k for k in net.params if k not in tparams]
-    extra = [k for k in tparams if k not in net.params]
-    if missing or extra:
-        raise ValueError(
-            f"parameters do not match: torch lacks {missing or 'none'}, "
-            f"scratch lacks {extra or 'none'}"
-        )
+    check_names(
+        net.params, tparams, what="parameters do not match",
+        ours_lack="torch lacks", theirs_lack="scratch lacks",
+    )  # fmt: skip
     for name, p in net.params.items():
         t = tparams[name]
         if tuple(t.shape) != p.shape:
