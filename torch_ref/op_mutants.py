@@ -26,7 +26,7 @@ from nn_parity.scratch.activations import sigmoid
 from .mutants import Score
 from .opcheck import OpCheckResult, check_op
 
-__all__ = ["ALTERNATIVES", "OP_MUTANTS", "OpMutant", "OpScore", "gallery", "op_score"]
+__all__ = ["ALTERNATIVES", "OP_MUTANTS", "OpMutant", "gallery", "op_score"]
 
 _BN = {"gamma": "weight", "beta": "bias"}
 
@@ -435,11 +435,7 @@ def run_op_mutant(mutant: OpMutant, dtype="float64", seed: int = 0) -> OpCheckRe
         return f"{type(e).__name__}: {e}"
 
 
-def OpScore(rows: list[dict]) -> Score:
-    return Score(rows, where="first mismatch", width=30)
-
-
-def op_score(mutants: list[OpMutant] | None = None, dtype="float64") -> OpScore:
+def op_score(mutants: list[OpMutant] | None = None, dtype="float64") -> Score:
     rows = []
     for m in OP_MUTANTS if mutants is None else mutants:
         res = run_op_mutant(m, dtype)
@@ -452,7 +448,7 @@ def op_score(mutants: list[OpMutant] | None = None, dtype="float64") -> OpScore:
             where = "-" if fm is None else fm.label + (f" ({fm.cause})" if fm.cause else "")
         rows.append({"name": m.name, "op": m.op, "caught": caught, "located": located,
                      "where": where})  # fmt: skip
-    return OpScore(rows)
+    return Score(rows, where="first mismatch", width=30)
 
 
 if __name__ == "__main__":
