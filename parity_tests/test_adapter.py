@@ -309,3 +309,69 @@ def test_layer_objects_at_dotted_paths_pass_and_names_settle_the_roles():
     assert result.passed, str(result.first_divergence)
     assert result.checked["layout_decided_by"] == "shapes"
     assert "grad dense1.biases" in result.labels
+
+
+def test_zero_biases_of_one_size_do_not_trade_layers_in_the_probe():
+    # square hidden layer and zero biases: the biases are taken in the order they are listed
+    rng = np.random.default_rng(0)
+    layers = [(0.3 * rng.standard_normal((3, 6)), np.zeros(6)),
+              (0.3 * rng.standard_normal((6, 6)), np.zeros(6)),
+              (0.3 * rng.standard_normal((6, 1)), np.zeros(1))]  # fmt: skip
+
+    def forward(X):
+        a = X
+        for i, (W, b) in enumerate(layers):
+            a = np.tanh(a @ W + b) if i < 2 else sigmoid(a @ W + b)
+        return a
+
+    def grads(X, y):
+        acts = [X]
+        for i, (W, b) in enumerate(layers):
+            acts.append(np.tanh(acts[-1] @ W + b) if i < 2 else sigmoid(acts[-1] @ W + b))
+        d, out = (acts[-1] - y.reshape(-1, 1)) / len(X), [None] * 3
+        for i in (2, 1, 0):
+            out[i] = (acts[i].T @ d, d.sum(axis=0))
+            d = (d @ layers[i][0].T) * (1 - acts[i] ** 2)
+        return out
+
+    X, y = data()
+    net = adapt(layers, activations=["tanh", "tanh", "sigmoid"], forward=forward, grads=grads)
+    result = lockstep(net, None, X, y, steps=50, lr=0.5)
+    assert result.passed, str(result.first_divergence)
+
+
+def test_an_error_inside_user_code_names_the_function_and_the_line():
+    X, y = data()
+    params = init_params([3, 4, 1])
+
+    def my_grads(X, y):
+        return X @ np.zeros((5, 5))  # the shapes do not fit
+
+    net = adapt(params, activations=["tanh", "sigmoid"], grads=my_grads)
+    with pytest.raises(ValueError, match=r"my_grads raised ValueError: matmul.*\(at test_adapter"):
+        lockstep(net, None, X, y, steps=2, lr=0.5)
+
+
+def test_a_last_activation_that_does_not_fit_the_loss_is_refused():
+    with pytest.raises(ValueError, match="ce applies log-softmax itself"):
+        adapt(init_params([3, 4, 2]), activations=["relu", "softmax"], loss="ce",
+              grads=lambda X, y: None)  # fmt: skip
+
+
+def test_dict_keys_with_dots_are_keys_and_a_fused_steps_returned_loss_is_compared():
+    X, y = data()
+    params = {f"dense{k}.{p}": v for k, (p, v) in
+              zip([1, 1, 2, 2], init_params([3, 4, 1]).items())}  # fmt: skip
+    names = list(params)  # dense1.W1 ... : keys, not paths
+
+    def step(X, y, lr):
+        flat = dict(zip(["W1", "b1", "W2", "b2"], params.values()))
+        loss, grads = loss_and_grads(flat, X, y)
+        for key, name in zip(names, ["W1", "b1", "W2", "b2"]):
+            params[key] -= lr * grads[name]
+        return loss
+
+    result = lockstep(adapt(params, activations=["tanh", "sigmoid"], step=step), None, X, y,
+                      steps=20, lr=0.5)  # fmt: skip
+    assert result.passed, str(result.first_divergence)
+    assert "loss" in result.labels

@@ -124,7 +124,10 @@ class _Access:
         return names
 
     def _get_raw(self, key: str) -> Any:
-        """The value at a path: `W1`, `weights[0]`, `dense1.weights`, `layers[2].W`."""
+        """The value at a path: `W1`, `weights[0]`, `dense1.weights`, `layers[2].W`; a dict's
+        own key first, dots and all."""
+        if self.kind == "dict" and key in self.params:
+            return self.params[key]
         container, last = self._parent(key)
         try:
             return container[last] if isinstance(last, int) else self._attr(container, last)
@@ -170,6 +173,9 @@ class _Access:
             and current.flags.writeable
         ):
             np.copyto(current, value)
+            return
+        if self.kind == "dict" and name in self.params:
+            self.params[name] = np.array(value)
             return
         container, last = self._parent(name)
         if isinstance(last, int) or isinstance(container, Mapping):
@@ -228,19 +234,24 @@ def _candidates(
     shapes: dict[str, tuple[int, ...]], width: int, layers: int, out_width: int | None
 ) -> list[list[Slot]]:
     """Every assignment of the arrays to layers that the shapes allow, in declaration order:
-    weights and biases taken in the order the user declared them."""
+    weights, and biases, each taken in the order the user declared them (two zero biases of
+    one size could otherwise trade layers, and no probe could tell)."""
     names = list(shapes)
     found: list[list[Slot]] = []
 
-    def bias_for(h: int, used: set[str]) -> list[str | None]:
-        opts: list[str | None] = []
-        for n in names:
+    def bias_for(h: int, used: set[str], last_b: int) -> list[tuple[int, str | None]]:
+        opts: list[tuple[int, str | None]] = []
+        for j, n in enumerate(names):
             s = shapes[n]
-            if n not in used and math.prod(s) == h and (len(s) == 1 or 1 in s):
-                opts.append(n)
-        return [*opts, None]
+            if j < last_b or n in used:
+                continue
+            if math.prod(s) == h and (len(s) == 1 or 1 in s):
+                opts.append((j, n))
+        return [*opts, (last_b, None)]
 
-    def search(l: int, w: int, used: set[str], slots: list[Slot], last_w: int) -> None:
+    def search(
+        l: int, w: int, used: set[str], slots: list[Slot], last_w: int, last_b: int = 0
+    ) -> None:
         if l == layers:
             if len(used) == len(names):
                 found.append(list(slots))
@@ -254,11 +265,12 @@ def _candidates(
                     continue
                 if l == layers - 1 and out_width is not None and h != out_width:
                     continue
-                for b in bias_for(h, used | {n}):
+                for j, b in bias_for(h, used | {n}, last_b):
                     new = [Slot(n, f"layers.{l}.weight", transposed, s)]
                     if b is not None:
                         new.append(Slot(b, f"layers.{l}.bias", False, shapes[b]))
-                    search(l + 1, h, used | {n} | ({b} if b else set()), slots + new, i + 1)
+                    used_now = used | {n} | ({b} if b else set())
+                    search(l + 1, h, used_now, slots + new, i + 1, j + (b is not None))
 
     search(0, width, set(), [], 0)
     # one bias per layer or none at all; a weight shaped (H, H) appears twice, once per layout
@@ -356,7 +368,7 @@ class UserNetwork:
     # --- calling the user's functions, with messages that name them ---
     def call_forward(self, X: np.ndarray) -> tuple[np.ndarray, dict]:
         assert self.forward is not None
-        got = self.forward(X)
+        got = self.run("forward", X)
         cache: dict = {}
         if isinstance(got, tuple) and len(got) == 2 and isinstance(got[1], Mapping):
             got, cache = got
@@ -380,7 +392,7 @@ class UserNetwork:
         self, X: np.ndarray, Y: np.ndarray
     ) -> tuple[float | None, dict[str, np.ndarray]]:
         """The user's loss (if returned) and gradients, in canonical names and layout."""
-        got = self.fn(X, Y)
+        got = self.run("fn", X, Y)
         loss = None
         if isinstance(got, tuple) and len(got) == 2 and _is_scalar(got[0]):
             loss, got = float(got[0]), got[1]
@@ -389,8 +401,20 @@ class UserNetwork:
         self.last_raw_grads = got
         return loss, self._grads_by_slot(got)
 
+    def run(self, role: str, *args: Any) -> Any:
+        """Call one of the user's functions; an exception inside it is theirs to read, so it
+        comes back in one line naming the function and where in their file it was raised."""
+        fn = {"fn": self.fn, "forward": self.forward, "loss_fn": self.loss_fn,
+              "update": self.update}[role]  # fmt: skip
+        try:
+            return fn(*args)  # type: ignore[misc]
+        except Exception as err:
+            raise UserCodeError(
+                f"{self.names[role]} raised {type(err).__name__}: {err}{_where(err)}"
+            ) from err
+
     def call_loss(self, X: np.ndarray, y: Any) -> float:
-        value = self.loss_fn(X, y)  # type: ignore[misc]
+        value = self.run("loss_fn", X, y)
         if not _is_scalar(value) and not (isinstance(value, np.ndarray) and value.size == 1):
             raise ValueError(
                 f"{self.names['loss_fn']} returned {type(value).__name__} of shape "
@@ -441,6 +465,23 @@ class UserNetwork:
             f"UserNetwork({sizes}, {','.join(a.name for a in self.activations)}, "
             f"loss={self.loss.name}, {self.form}={self.names['fn']})"
         )
+
+
+class UserCodeError(ValueError):
+    """An exception raised inside the user's own function, reported with where it happened."""
+
+
+def _where(err: BaseException) -> str:
+    """' (at file.py:12)': the deepest frame of the traceback outside libraries and nn-parity."""
+    import traceback
+
+    frames = traceback.extract_tb(err.__traceback__)
+    ours = ("site-packages", "/torch_ref/", "/scratch/")
+    mine = [f for f in frames if not any(part in f.filename for part in ours)]
+    if not mine:
+        return ""
+    f = mine[-1]
+    return f" (at {f.filename.rsplit('/', 1)[-1]}:{f.lineno}: {f.line})" if f.line else ""
 
 
 def _is_scalar(x: Any) -> bool:
@@ -496,8 +537,10 @@ def adapt(
                  starts from, compared with torch's (a fused step shows no loss otherwise)
     layout       settles what neither shapes nor a probe can: {"W1": "in,out" or "out,in"}
 
-    X reaches your functions as the float (N, D) array you pass to `lockstep`; y as the
-    (N, 1) array the loss takes.
+    X and y reach your functions as you pass them to `lockstep` (rows of them, with mini-batches):
+    y keeps its shape, (N,) or (N, 1), and dtype. A fused step may return the loss it computed;
+    it is then compared. Parameters at paths: `names=["[0].weights", "dense1.biases"]` reads a
+    list's elements' and objects' attributes.
     """
     if (grads is None) == (step is None):
         raise ValueError("give exactly one of grads=(X, y) -> grads and step=(X, y, lr)")
@@ -511,6 +554,16 @@ def adapt(
     acts = [get_activation(a) for a in activations]
     access = _Access(params, names)
     loss_s = scratch.get_loss(loss)
+    if acts and acts[-1].name != loss_s.output_activation:
+        raise ValueError(
+            f"loss {loss_s.name!r} takes the output of a {loss_s.output_activation!r} last layer, "
+            f"but activations end in {acts[-1].name!r}"
+            + (
+                " (ce applies log-softmax itself: end in 'identity', the logits)"
+                if loss_s.name == "ce"
+                else ""
+            )
+        )
     fn = grads if grads is not None else step
     assert fn is not None
     arrays = access.read()
@@ -640,6 +693,6 @@ def _implied(net: UserNetwork, X: np.ndarray, Y: np.ndarray, lr: float) -> dict[
     before = net.get_params()
     if net.forward is not None:
         net.call_forward(X)
-    net.fn(X, Y, lr)
+    net.run("fn", X, Y, lr)
     after = net.get_params()
     return {k: (before[k] - after[k]) / lr for k in before}

@@ -618,10 +618,17 @@ def _items(sside, tside, svals) -> tuple[list[Item], list[int] | None, list[int]
     only_s = [
         labels[k] + " (torch does not report it)" for k in sside.keys if k not in set(tside.keys)
     ]
+    # optimizer state unseen in user code: one line, not one per buffer and parameter
+    unseen = [k for k in tside.keys if k not in set(sside.keys) and k[0] == "state"]
+    if unseen:
+        buffers = ", ".join(dict.fromkeys(k[3] for k in unseen))
+        only_s.append(
+            f"optimizer state ({buffers}) of every parameter ({_missing_reason(unseen[0], sside)})"
+        )
     only_t = [
         labels[k] + " (" + _missing_reason(k, sside) + ")"
         for k in tside.keys
-        if k not in set(sside.keys)
+        if k not in set(sside.keys) and k[0] != "state"
     ]
     pick_s = None if shared == sside.keys else [sside.keys.index(k) for k in shared]
     pick_t = None if shared == tside.keys else [tside.keys.index(k) for k in shared]
@@ -693,11 +700,15 @@ def _checked(sside) -> dict:
 
 def _update_owner(sside) -> str:
     net = sside.net
-    if sside.recovered:
-        return f"your {net.names['fn']}"
+    if sside.net.form == "step":
+        return _yours(net.names["fn"])
     if net.update is not None:
-        return f"your {net.names['update']}"
+        return _yours(net.names["update"])
     return f"nn-parity's {type(sside.opt).__name__}"
+
+
+def _yours(name: str) -> str:
+    return name if name.startswith("your ") else f"your {name}"
 
 
 def _check_dtypes(items: list[Item], svals: list, tvals: list) -> None:

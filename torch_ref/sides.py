@@ -233,7 +233,7 @@ class UserSide:
             returned, grads = net.call_grads(Xu, yu)
             loss_value = returned if loss_value is None else loss_value
             if net.update is not None:
-                net.update(net.last_raw_grads, lr)
+                net.run("update", net.last_raw_grads, lr)
                 after = net.get_params()
             else:
                 assert self.opt is not None
@@ -243,7 +243,9 @@ class UserSide:
                 net.set_params(self.canon)
                 after = self.canon
         else:
-            net.fn(Xu, yu, lr)
+            returned = net.run("fn", Xu, yu, lr)
+            if loss_value is None and _is_number(returned):  # a fused step's own loss
+                loss_value = float(returned)
             after = net.get_params()
             grads = {k: (self.before[k] - after[k]) / lr for k in self.before}
         if net.form == "step" or net.update is not None:
@@ -308,6 +310,12 @@ class UserSide:
         if self.opt is not None and state is not None:
             self.opt.load_state_dict(state)
         return [np.array(v) for v in self.step(X, Y, rows)]
+
+
+def _is_number(x) -> bool:
+    return isinstance(x, (float, int, np.floating, np.integer)) or (
+        isinstance(x, np.ndarray) and x.size == 1 and x.dtype.kind == "f"
+    )
 
 
 def _check_changed(net: UserNetwork, before: Mapping, after: Mapping) -> None:
