@@ -301,10 +301,32 @@ def _layout_error(shapes: dict[str, tuple[int, ...]], width: int, layers: int, o
     chain = f"{layers} layers from {width} inputs" + (
         f" to {out_width} outputs" if out_width is not None else ""
     )
+    weights = [n for n, s in shapes.items() if len(s) == 2 and _role(n) != "bias"]
+    biases = [n for n, s in shapes.items() if _role(n) == "bias"]
+    if all(_role(n) for n in shapes):  # the names say which is which: count them
+        if len(weights) < layers:
+            return (
+                f"{layers} activations make {layers} layers, but the parameters hold "
+                f"{len(weights)} weights ({', '.join(weights)}): a weight missing, or an "
+                "activation too many?"
+            )
+        if len(weights) > layers:
+            prefix = f"{layers} activations for {len(weights)} weights ({', '.join(weights)}): "
+            return prefix + _left_over(shapes, weights, width, layers, chain)
+        if biases and len(biases) != layers:
+            return (
+                f"the parameters hold {len(biases)} biases ({', '.join(biases)}) for {layers} "
+                "layers: a bias missing or extra?"
+            )
+    return _left_over(shapes, weights, width, layers, chain)
+
+
+def _left_over(shapes, weights: list[str], width: int, layers: int, chain: str) -> str:
+    """Walk the chain of weights from the input width; name the first that does not fit."""
     used: list[str] = []
     w = width
     for n, s in shapes.items():
-        if len(s) != 2:
+        if len(s) != 2 or n not in weights:
             continue
         if len(used) == layers:
             return (

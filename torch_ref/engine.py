@@ -123,8 +123,9 @@ class Divergence:
         where = f"step {self.step}"
         if self.epoch is not None:
             where += f" (epoch {self.epoch}, batch {self.batch})"
+        at = f", index {list(self.index)}" if self.index else ""
         s = (
-            f"{where}, {self.label}, index {list(self.index)}: "
+            f"{where}, {self.label}{at}: "
             f"scratch {self.scratch!r} vs torch {self.torch!r} "
             f"(|diff| {self.abs_err:.3g}, rel {self.rel_err:.3g}; "
             f"{self.mismatches}/{self.total} elements outside rtol={self.rtol:.3g}, "
