@@ -125,3 +125,21 @@ def test_export_after_a_user_model_run_writes_a_passing_torch_test(tmp_path, cap
         cwd=tmp_path / "ex", capture_output=True, text=True,
     )  # fmt: skip
     assert proc.returncode == 1, proc.stdout
+
+
+def test_three_classes_on_two_features_draw_their_regions(tmp_path):
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((60, 2))
+    y = np.argmax(np.c_[X[:, 0], X[:, 1], -X[:, 0] - X[:, 1]], axis=1)
+    csv = tmp_path / "three.csv"
+    np.savetxt(csv, np.c_[X, y], delimiter=",", header="x1,x2,label", comments="",
+               fmt=["%.6f", "%.6f", "%d"])  # fmt: skip
+    code = main(["run", "--data", str(csv), "--loss", "ce", "--layers", "2,8,3", "--steps", "20",
+                 "--quiet", "--out", str(tmp_path / "r")])  # fmt: skip
+    assert code == 0
+    arrays = np.load(tmp_path / "r" / "record.npz")
+    assert int(arrays["boundary_classes"]) == 3
+    assert set(np.unique(arrays["boundary_after_scratch"])) <= {0.0, 1.0, 2.0}
+    assert (tmp_path / "r" / "boundary.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from matplotlib import colormaps
 from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.colors import BoundaryNorm, Normalize
+from matplotlib.colors import BoundaryNorm, Colormap, ListedColormap, Normalize
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
@@ -523,8 +523,14 @@ def boundary_figure(record: Record, path: Path | str) -> Path:
     gy = np.asarray(a["grid_y"], dtype=np.float64)
     X = a.get("X")
     y = np.asarray(a["y"]).ravel() if "y" in a else None
-    levels = np.linspace(0, 1, 21)
-    cmap = colormaps["RdBu_r"]
+    n_classes = int(a["boundary_classes"]) if "boundary_classes" in a else 0
+    cmap: Colormap
+    if n_classes:  # regions of the predicted class, one colour each
+        levels = np.arange(n_classes + 1) - 0.5
+        cmap = ListedColormap([colormaps["tab10"](k % 10) for k in range(n_classes)])
+    else:
+        levels = np.linspace(0, 1, 21)
+        cmap = colormaps["RdBu_r"]
     norm = BoundaryNorm(levels, cmap.N)
 
     names = list((record.summary.get("data") or {}).get("feature_names") or [])[:2]
@@ -542,7 +548,7 @@ def boundary_figure(record: Record, path: Path | str) -> Path:
             filled = ax.contourf(gx, gy, P, levels=levels, cmap=cmap, norm=norm)
             values = P.compressed()
             # contour warns when asked for a level the field never crosses.
-            if values.size and values.min() < 0.5 < values.max():
+            if not n_classes and values.size and values.min() < 0.5 < values.max():
                 ax.contour(gx, gy, P, levels=[0.5], colors="black", linewidths=1.5)
             if X is not None and y is not None:
                 classes = np.unique(y)
@@ -550,7 +556,8 @@ def boundary_figure(record: Record, path: Path | str) -> Path:
                     sel = y == cls
                     # Filled with the colour of the probability the class should get, so a
                     # point on the wrong side stands out; the white rim keeps the rest visible.
-                    fill = cmap(0.9 if k == len(classes) - 1 else 0.1 + 0.2 * k)
+                    fill = (cmap(k) if n_classes
+                            else cmap(0.9 if k == len(classes) - 1 else 0.1 + 0.2 * k))  # fmt: skip
                     ax.scatter(
                         X[sel, 0],
                         X[sel, 1],
@@ -566,11 +573,13 @@ def boundary_figure(record: Record, path: Path | str) -> Path:
                 ax.set_xlabel(names[0])
             if c == 0:
                 ax.set_ylabel(names[1])
-    handles = [Line2D([], [], color="black", linewidth=1.5, label="P = 0.5")]
+    handles = [] if n_classes else [Line2D([], [], color="black", linewidth=1.5, label="P = 0.5")]
     handles += axes[0, 0].get_legend_handles_labels()[0]
     # Below the panels: inside one, the legend would hide data points.
     fig.legend(handles=handles, loc="outside lower center", ncol=len(handles), fontsize="small")
-    if filled is not None:
+    if filled is not None and n_classes:
+        fig.colorbar(filled, ax=axes, label="predicted class", ticks=np.arange(n_classes))
+    elif filled is not None:
         fig.colorbar(filled, ax=axes, label="P(class 1)", ticks=np.linspace(0, 1, 6))
     fig.suptitle("Decision boundary, before and after training")
     return _save(fig, path)

@@ -497,8 +497,8 @@ def run(args: argparse.Namespace) -> int:
     X = ds.X.astype(desc.dtype)
 
     extras: dict = {"summary": {}, "arrays": {}}
-    # the decision-boundary figure draws P(class 1): binary tasks on two-feature data
-    two_d = X.shape[1] == 2 and loss.task == "binary"
+    # the decision-boundary figure: P(class 1), or the predicted class over C, on two features
+    two_d = X.shape[1] == 2 and loss.task in ("binary", "multiclass")
     if two_d:
         extras["arrays"].update(boundary(desc, ref, loss, ds.X, "before"))
     try:

@@ -27,7 +27,7 @@ from nn_parity.scratch.gradcheck import loss_fn, numerical_gradient
 
 from .compare import TOLERANCES
 from .engine import LockstepResult
-from .model import TorchMLP, torch_loss
+from .model import TorchMLP, torch_loss, torch_probabilities
 
 __all__ = ["atomic_dir", "boundary", "gradient_slice", "summary_dict", "write_record"]
 
@@ -141,6 +141,13 @@ def write_record(folder: Path, result: LockstepResult, config: dict, extras: dic
     return summary
 
 
+def _predicted(p: np.ndarray) -> np.ndarray:
+    """The predicted class per row, NaN where the probabilities are not finite."""
+    cls = np.argmax(np.nan_to_num(p, nan=-1.0), axis=1).astype(np.float64)
+    cls[~np.isfinite(p).all(axis=1)] = np.nan
+    return cls
+
+
 def _per_sample(probs: np.ndarray, y: np.ndarray) -> np.ndarray:
     """One number per sample for the probabilities figure: P(class 1) of a binary output, the
     probability of the true class over C classes, each prediction of a regression."""
@@ -226,7 +233,8 @@ def gradient_slice(
 def boundary(
     net: scratch.MLP, ref: TorchMLP, loss: scratch.Loss, X: np.ndarray, when: str, grid=100
 ) -> dict:
-    """P(class 1) of both networks over a grid spanning two-feature data."""
+    """P(class 1) of both networks over a grid spanning two-feature data; over C classes, the
+    class each network predicts (and `boundary_classes` = C)."""
     lo, hi = X.min(axis=0), X.max(axis=0)
     pad = 0.15 * (hi - lo) + 1e-9
     gx = np.linspace(lo[0] - pad[0], hi[0] + pad[0], grid)
@@ -234,11 +242,16 @@ def boundary(
     xx, yy = np.meshgrid(gx, gy)  # (G, G), row i at gy[i]
     P = np.stack([xx.ravel(), yy.ravel()], 1).astype(net.dtype)  # (G*G, 2)
     with np.errstate(over="ignore", invalid="ignore"):  # a blown-up run draws as NaN
-        p_s = loss.probabilities(net.forward(P)[0]).reshape(grid, grid)
+        p_s = loss.probabilities(net.forward(P)[0])  # (G*G, C)
     with torch.no_grad():
-        out = ref(torch.from_numpy(P))
-        p_t = (torch.sigmoid(out) if loss.name == "bce-logits" else out).numpy().reshape(grid, grid)
+        p_t = torch_probabilities(loss, ref(torch.from_numpy(P))).numpy()  # (G*G, C)
+    extra = {}
+    if loss.task == "multiclass":
+        p_s, p_t = (_predicted(p) for p in (p_s, p_t))
+        extra["boundary_classes"] = np.array(net.sizes[-1])
+    p_s, p_t = p_s.reshape(grid, grid), p_t.reshape(grid, grid)
     return {
+        **extra,
         "X": X,
         "grid_x": gx,
         "grid_y": gy,
