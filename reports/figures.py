@@ -254,13 +254,19 @@ def errors_figure(record: Record, path: Path | str) -> Path:
     fig = _figure(10, 4.2 + heat_height)
     top, bottom = fig.subplots(2, 1, sharex=True, height_ratios=[4.2, heat_height])
 
-    # (a) the gradients
+    # (a) the gradients, and beside them (dashed) the optimizer's state buffers
+    kinds = {k: v.get("quantity") for k, v in (record.summary.get("quantities") or {}).items()}
     grads = [(label, e) for label, e in items if label.startswith("grad ")]
+    # step counts are exact integers on both sides: the heatmap shows them, the lines do not
+    states = [(label, e) for label, e in items
+              if kinds.get(label) == "state" and not label.startswith("step ")]  # fmt: skip
     colors = colormaps["tab10"] if len(grads) <= 10 else colormaps["viridis"]
     top.set_yscale("log")
     any_zero = any_bad = False
-    for k, (label, e) in enumerate(grads):
-        color = colors(k if len(grads) <= 10 else k / max(len(grads) - 1, 1))
+    lines = [(label[len("grad ") :], e, "-") for label, e in grads]
+    lines += [(label, e, "--") for label, e in states]
+    for k, (label, e, style) in enumerate(lines):
+        color = colors(k % 10 if len(grads) <= 10 else k / max(len(lines) - 1, 1))
         any_zero |= bool(np.any(e == 0))
         _line(
             top,
@@ -268,7 +274,8 @@ def errors_figure(record: Record, path: Path | str) -> Path:
             np.where(e == 0, floor, e),
             color=color,
             linewidth=1.2,
-            label=label[len("grad ") :],
+            linestyle=style,
+            label=label,
         )
         any_bad |= _mark_nonfinite(top, x, e, color)
     rtol = ((record.summary.get("tolerances") or {}).get("grad") or {}).get("rtol")
@@ -289,6 +296,8 @@ def errors_figure(record: Record, path: Path | str) -> Path:
         ylabel += f"\n(exact 0 drawn at {floor:.1e})"
     top.set_ylabel(ylabel)
     title = "Gradient error per parameter, ||g_scratch - g_torch|| / ||g_torch||"
+    if states:
+        title += "\n(dashed: the optimizer's state buffers)"
     top.set_title(title if grads else "No gradient items in this record")
     top.grid(alpha=0.3)
     if top.get_legend_handles_labels()[0]:
