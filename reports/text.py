@@ -227,6 +227,10 @@ def summary_text(summary: dict, *, color: bool = False) -> str:
                 f"{fmt(r['max_abs']):>11}{fmt(r['max_rel']):>11}{fmt(r['rtol']):>11}"
                 f"{fmt(r['first_failing_step']):>12}"
             )
+        lines.append(
+            "  (result: every element within atol + rtol |torch|; max rel: the normwise "
+            "||scratch - torch|| / ||torch||, which a tiny torch norm can lift above rtol)"
+        )
 
     kinks = summary.get("kink_steps") or []
     if kinks:

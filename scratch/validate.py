@@ -74,7 +74,15 @@ def _label_shape(y: np.ndarray, task: str) -> np.ndarray:
     if y.ndim == 2 and y.shape[1] == 1:
         y = y[:, 0]
     if y.ndim != 1:
-        raise ValueError(f"y must be 1-D (samples,) or (samples, 1), got shape {y.shape}")
+        hint = ""
+        if (
+            task == "multiclass"
+            and y.ndim == 2
+            and np.isin(y, (0, 1)).all()
+            and (y.sum(1) == 1).all()
+        ):
+            hint = " (one-hot labels: pass y.argmax(axis=1), the class indices)"
+        raise ValueError(f"y must be 1-D (samples,) or (samples, 1), got shape {y.shape}{hint}")
     return y
 
 

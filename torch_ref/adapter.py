@@ -451,7 +451,8 @@ class UserNetwork:
         if isinstance(got, Mapping):
             out = {}
             for s in slots:
-                for key in (s.user, "d" + s.user, "grad_" + s.user, "d" + s.user.capitalize()):
+                u = s.user
+                for key in (u, "d" + u, "d" + u.capitalize(), "grad_" + u, u + "_grad", "d_" + u):
                     if key in got:
                         out[s.canonical] = self._grad(got[key], s)
                         break
