@@ -41,16 +41,21 @@ def explain(sside, tside, items, within: np.ndarray, svals: list, tvals: list, f
     if sside.staged:
         return _staged(sside, tside, items, within, svals, tvals, flips)
     if sside.rerunnable:
-        return _rerun_whole(sside, tside, items, svals, tvals, batch)
+        failing = {items[k].quantity for k in np.flatnonzero(~within)}
+        return _rerun_whole(sside, tside, items, svals, tvals, batch, failing)
     return None, None
 
 
-def _reason(sside, flips: dict, out_t: np.ndarray) -> str:
+def _reason(sside, flips: dict, out_t: np.ndarray, failing: set[str]) -> str:
+    """What made a correct step part past tolerance: a relu kink crossed; an output within
+    rounding of 0 or 1, when the mismatch is in what the output feeds (prob, loss, gradients);
+    otherwise rounding amplified (drift), e.g. in an optimizer's division."""
     if flips:
         return "kink"
-    p = np.asarray(sside.loss.probabilities(out_t), dtype=np.float64)
-    if sside.loss.name != "mse" and np.minimum(p, 1 - p).min() < np.sqrt(np.finfo(sside.dtype).eps):
-        return "saturation"
+    if failing & {"prob", "loss", "grad"} and sside.loss.name != "mse":
+        p = np.asarray(sside.loss.probabilities(out_t), dtype=np.float64)
+        if np.minimum(p, 1 - p).min() < np.sqrt(np.finfo(sside.dtype).eps):
+            return "saturation"
     return "drift"
 
 
@@ -63,7 +68,7 @@ def _first_disagreeing(items, torch_values, values, start: int, dtype, slack=Non
     return None
 
 
-def _rerun_whole(sside, tside, items, svals: list, tvals: list, batch):
+def _rerun_whole(sside, tside, items, svals: list, tvals: list, batch, failing: set[str]):
     """User code: the step must repeat itself bit for bit from its own parameters, and from
     torch's it must reproduce torch's values within tolerance."""
     X, Y, rows = batch
@@ -93,7 +98,7 @@ def _rerun_whole(sside, tside, items, svals: list, tvals: list, batch):
         if keep_state is not None:
             sside.opt.load_state_dict(keep_state)
     out_t = _np(tside.cache[-1][1])
-    return _reason(sside, {}, out_t), None
+    return _reason(sside, {}, out_t, failing), None
 
 
 def _staged(sside, tside, items, within, svals, tvals, flips):
@@ -166,7 +171,7 @@ def _staged(sside, tside, items, within, svals, tvals, flips):
         net.flat_grads[...] = grads
         if state is not None:
             opt.load_state_dict(state)
-    return _reason(sside, flips, out_t), None
+    return _reason(sside, flips, out_t, failing), None
 
 
 def _update_repeats(sside, items, svals, grads: np.ndarray) -> int | None:
