@@ -93,8 +93,10 @@ def _rerun_whole(sside, tside, items, svals: list, tvals: list, batch, failing: 
         bad = _first_disagreeing(items, torch_values, redo_items, 0, sside.dtype, slack)
         if bad is not None:
             return None, bad
-    finally:
+    finally:  # the step's own record back, for the divergence report and the next step
         sside.set_params(keep_after)
+        sside.before, sside.after = keep_before, keep_after
+        sside.X, sside.Y = X, Y
         if keep_state is not None:
             sside.opt.load_state_dict(keep_state)
     out_t = _np(tside.cache[-1][1])

@@ -195,6 +195,11 @@ class UserSide:
         )
         self.recovered = net.form == "step" and plain
         self.grads_seen = net.form == "grads" or self.recovered
+        # An update of the user's own with state (their momentum, their Adam) keeps that state
+        # where nn-parity cannot set it: rerunning the step would advance it. Such a step is
+        # never rerun; a mismatch in it is reported as it stands.
+        users_update = net.form == "step" or net.update is not None
+        self.rerunnable = not (users_update and not plain)
         self.state_names: tuple[str, ...] = ()
         self.stateful = False
         self.keys: list[Key] = []
