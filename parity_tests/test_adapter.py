@@ -411,3 +411,26 @@ def test_a_hand_written_fused_adam_is_compared_by_its_parameters(bias_correction
     else:
         div = result.first_divergence
         assert div is not None and div.step == 0 and div.quantity == "param"
+
+
+def test_a_gradient_function_that_also_moves_the_parameters_is_refused_by_name():
+    X, y = data()
+    params = init_params([3, 4, 1])
+
+    def grads_and_a_stray_update(X, y):
+        loss, g = loss_and_grads(params, X, y)
+        params["b2"] -= 0.1 * g["b2"]  # an update hidden in the gradient function
+        return loss, g
+
+    net = adapt(params, activations=["tanh", "sigmoid"], grads=grads_and_a_stray_update)
+    with pytest.raises(ValueError, match="grads_and_a_stray_update changed parameter 'b2'"):
+        lockstep(net, None, X, y, steps=2, lr=0.5)
+
+
+def test_a_fused_step_is_never_probed_a_square_layer_then_asks_for_forward_or_layout():
+    X, y = data(d=4)
+    params = init_params([4, 4, 1], seed=3)
+    net = adapt(params, activations=["tanh", "sigmoid"],
+                step=lambda X, y, lr: None)  # fmt: skip
+    with pytest.raises(ValueError, match=r"give forward= \(nn-parity probes it\) or layout="):
+        lockstep(net, None, X, y, steps=2, lr=0.5)

@@ -425,3 +425,15 @@ def get_loss(spec: str | Loss, reduction: str = "mean", **options) -> Loss:
         takes = f"takes {', '.join(cls.OPTIONS)}" if cls.OPTIONS else "takes no options"
         raise ValueError(f"loss {spec!r} {takes}; got {', '.join(map(repr, extra))}")
     return cls(reduction, **options)
+
+
+def check_output(loss: Loss, activation: str) -> None:
+    """A network's last activation must be the one the loss takes its input from."""
+    if activation != loss.output_activation:
+        hint = " (ce applies log-softmax itself: end in 'identity', the logits)" * (
+            loss.name == "ce"
+        )
+        raise ValueError(
+            f"loss {loss.name!r} needs the last layer's activation to be "
+            f"{loss.output_activation!r}, got {activation!r}{hint}"
+        )

@@ -31,10 +31,9 @@ from typing import Any
 import numpy as np
 from nn_parity import scratch
 from nn_parity.scratch.activations import get_activation
+from nn_parity.scratch.losses import check_output
 
 __all__ = ["ParamMap", "UserNetwork", "adapt"]
-
-STEP_FORMS = ("grads", "step")  # nn-parity applies the update / the user's step does
 
 
 @dataclass(frozen=True)
@@ -76,9 +75,19 @@ class ParamMap:
     """The user's parameters in canonical names, both ways."""
 
     slots: list[Slot]
-    sizes: list[int]
+    sizes: list[int]  # [D, H_1, ..., C]
     bias: bool
     how: str = "shapes"  # "shapes" or "probe": what decided the layout
+
+    @classmethod
+    def of(cls, slots: list[Slot], width: int, how: str = "shapes") -> ParamMap:
+        """The map for one assignment of the user's arrays, sizes read off its weights."""
+        outs = [
+            s.shape[1] if s.transposed else s.shape[0]
+            for s in slots
+            if s.canonical.endswith("weight")
+        ]
+        return cls(slots, [width, *outs], any(s.canonical.endswith("bias") for s in slots), how)
 
     @property
     def by_canonical(self) -> dict[str, Slot]:
@@ -416,7 +425,7 @@ class UserNetwork:
         """The user's loss (if returned) and gradients, in canonical names and layout."""
         got = self.run("fn", X, Y)
         loss = None
-        if isinstance(got, tuple) and len(got) == 2 and _is_scalar(got[0]):
+        if isinstance(got, tuple) and len(got) == 2 and is_scalar(got[0]):
             loss, got = float(got[0]), got[1]
             if not math.isfinite(loss):
                 raise ValueError(f"{self.names['fn']} returned the loss {loss!r}")
@@ -437,7 +446,7 @@ class UserNetwork:
 
     def call_loss(self, X: np.ndarray, y: Any) -> float:
         value = self.run("loss_fn", X, y)
-        if not _is_scalar(value) and not (isinstance(value, np.ndarray) and value.size == 1):
+        if not is_scalar(value) and not (isinstance(value, np.ndarray) and value.size == 1):
             raise ValueError(
                 f"{self.names['loss_fn']} returned {type(value).__name__} of shape "
                 f"{np.shape(value)}; expected one number"
@@ -507,7 +516,7 @@ def _where(err: BaseException) -> str:
     return f" (at {f.filename.rsplit('/', 1)[-1]}:{f.lineno}: {f.line})" if f.line else ""
 
 
-def _is_scalar(x: Any) -> bool:
+def is_scalar(x: Any) -> bool:
     return isinstance(x, (float, int, np.floating, np.integer)) or (
         isinstance(x, np.ndarray) and x.ndim == 0
     )
@@ -577,16 +586,8 @@ def adapt(
     acts = [get_activation(a) for a in activations]
     access = _Access(params, names)
     loss_s = scratch.get_loss(loss)
-    if acts and acts[-1].name != loss_s.output_activation:
-        raise ValueError(
-            f"loss {loss_s.name!r} takes the output of a {loss_s.output_activation!r} last layer, "
-            f"but activations end in {acts[-1].name!r}"
-            + (
-                " (ce applies log-softmax itself: end in 'identity', the logits)"
-                if loss_s.name == "ce"
-                else ""
-            )
-        )
+    if acts:
+        check_output(loss_s, acts[-1].name)
     fn = grads if grads is not None else step
     assert fn is not None
     arrays = access.read()
@@ -639,30 +640,30 @@ def resolve_layout(net: UserNetwork, X: np.ndarray, Y: np.ndarray, out_width: in
         c for c in cands if all(_role(s.user) in (None, s.canonical.split(".")[-1]) for s in c)
     ]
     cands = named or cands
-    how = "shapes"
     if len(cands) > 1:
-        cands = [_probe(net, cands, X, Y)]
-        how = "probe"
-    slots = cands[0]
-    sizes = [X.shape[1]] + [
-        (s.shape[1] if s.transposed else s.shape[0])
-        for s in slots
-        if s.canonical.endswith("weight")
-    ]
-    net.pmap = ParamMap(slots, sizes, any(s.canonical.endswith("bias") for s in slots), how)
+        net.pmap = ParamMap.of(_probe(net, cands, X, Y), X.shape[1], "probe")
+    else:
+        net.pmap = ParamMap.of(cands[0], X.shape[1])
 
 
 def _probe(net: UserNetwork, cands: list[list[Slot]], X: np.ndarray, Y: np.ndarray) -> list[Slot]:
-    """The candidate layout under which the description reproduces the user's own numbers."""
+    """The candidate layout under which the description reproduces the user's own numbers: its
+    forward's output, else its gradients. A fused step is never probed: it would move the
+    user's own optimizer state (their momentum, their step count), which nothing restores."""
+    if net.forward is None and net.form == "step":
+        hint = _square_hint(cands)
+        raise ValueError(
+            f"cannot tell how parameter {hint!r} is stored from shapes alone; give forward= "
+            f"(nn-parity probes it) or layout={{{hint!r}: 'in,out'}} (x @ W) or "
+            f"layout={{{hint!r}: 'out,in'}} (W @ x)"
+        )
     rows = slice(0, min(len(X), 16))
     Xp, Yp = X[rows], Y[rows]
     saved = {n: np.array(a) for n, a in net.access.read().items()}
     errors = []
     try:
         for cand in cands:
-            net.pmap = ParamMap(
-                cand, _sizes_of(cand, X.shape[1]), any(s.canonical.endswith("bias") for s in cand)
-            )
+            net.pmap = ParamMap.of(cand, X.shape[1])
             desc = net.description()
             out_d, cache_d = desc.forward(Xp.astype(desc.dtype))
             if net.forward is not None:
@@ -671,12 +672,7 @@ def _probe(net: UserNetwork, cands: list[list[Slot]], X: np.ndarray, Y: np.ndarr
             else:
                 _, lc = net.loss.forward(out_d, net.loss.targets(Yp, out_d.shape[1], desc.dtype))
                 ref_g = desc.backward(net.loss.backward(lc), cache_d)
-                if net.form == "grads":
-                    _, g = net.call_grads(Xp, Yp)
-                else:
-                    g = _implied(net, Xp, Yp, lr=1e-3)
-                    for n, a in saved.items():
-                        net.access.write(n, a)
+                _, g = net.call_grads(Xp, Yp)
                 mine = np.concatenate([np.ravel(g[k]) for k in ref_g])
                 ref = np.concatenate([np.ravel(ref_g[k]) for k in ref_g])
             errors.append(
@@ -692,10 +688,7 @@ def _probe(net: UserNetwork, cands: list[list[Slot]], X: np.ndarray, Y: np.ndarr
     runner_up = errors[int(order[1])]
     if (errors[best] < 1e-6 and runner_up > 1e-6) or errors[best] * 100 < runner_up:
         return cands[best]
-    square = sorted(
-        {s.user for c in cands for s in c if len(s.shape) == 2 and s.shape[0] == s.shape[1]}
-    )
-    hint = square[0] if square else cands[0][0].user
+    hint = _square_hint(cands)
     raise ValueError(
         f"cannot tell how parameter {hint!r} is stored: its shape fits both layouts and the "
         f"probe could not decide; pass layout={{{hint!r}: 'in,out'}} (x @ W) "
@@ -703,19 +696,9 @@ def _probe(net: UserNetwork, cands: list[list[Slot]], X: np.ndarray, Y: np.ndarr
     )
 
 
-def _sizes_of(slots: list[Slot], width: int) -> list[int]:
-    return [width] + [
-        (s.shape[1] if s.transposed else s.shape[0])
-        for s in slots
-        if s.canonical.endswith("weight")
-    ]
-
-
-def _implied(net: UserNetwork, X: np.ndarray, Y: np.ndarray, lr: float) -> dict[str, np.ndarray]:
-    """The gradient a fused step implies, (before - after) / lr, in canonical layout."""
-    before = net.get_params()
-    if net.forward is not None:
-        net.call_forward(X)
-    net.run("fn", X, Y, lr)
-    after = net.get_params()
-    return {k: (before[k] - after[k]) / lr for k in before}
+def _square_hint(cands: list[list[Slot]]) -> str:
+    """The parameter whose layout the candidates disagree on: a square one, as a rule."""
+    square = sorted(
+        {s.user for c in cands for s in c if len(s.shape) == 2 and s.shape[0] == s.shape[1]}
+    )
+    return square[0] if square else cands[0][0].user

@@ -573,7 +573,7 @@ def run(args: argparse.Namespace) -> int:
         "lr": args.lr,
         "seed": args.seed,
         "y": ds.y,
-        "checked": _checked(args, p, result),
+        "checked": _checked_in_words(args, p, result),
     }
     try:
         with atomic_dir(out, overwrite=args.overwrite) as tmp:
@@ -607,7 +607,7 @@ def run(args: argparse.Namespace) -> int:
     return EXIT_PASS if summary["passed"] else EXIT_DIVERGED
 
 
-def _checked(args: argparse.Namespace, p: dict, result) -> dict:
+def _checked_in_words(args: argparse.Namespace, p: dict, result) -> dict:
     """What this run checked, in words a learner cannot misread."""
     checked = dict(result.checked)
     if "desc" in p:

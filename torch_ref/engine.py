@@ -30,10 +30,12 @@ import numpy as np
 import torch
 from nn_parity import scratch
 from nn_parity.scratch.gradcheck import network_gradient
+from nn_parity.scratch.losses import check_output
 from nn_parity.scratch.optim import check_lr
+from nn_parity.scratch.validate import check_xy
 
 from . import threads
-from .adapter import UserNetwork, resolve_layout
+from .adapter import Slot, UserNetwork, resolve_layout
 from .compare import Mismatch, compare_segments, first_mismatch, segment_starts, tolerance
 from .diagnose import Context, diagnose
 from .explain import explain
@@ -51,7 +53,8 @@ _PACK_LIMIT = 1 << 16
 class Item:
     """One compared quantity: e.g. z of layer 0, the gradient of layers.1.weight, or Adam's
     exp_avg of it. `param` is "weight" or "bias" (of layer `layer`); `user` is the user's own
-    name for that parameter, and `transposed` says they store it (in, out)."""
+    name for it (a parameter, or a cached z1, a1), and `slot` how user code stores that
+    parameter."""
 
     quantity: str
     layer: int | None
@@ -59,8 +62,7 @@ class Item:
     shape: tuple[int, ...]
     buffer: str | None = None  # an optimizer state buffer's torch name
     user: str | None = None
-    user_shape: tuple[int, ...] | None = None
-    transposed: bool = False
+    slot: Slot | None = None
 
     @property
     def name(self) -> str | None:
@@ -78,12 +80,7 @@ class Item:
 
     def user_index(self, index: tuple[int, ...]) -> tuple[int, ...]:
         """A canonical element index in the user's own layout."""
-        if self.user_shape is None or self.param is None or self.quantity == "state":
-            return index
-        if self.param == "bias":
-            flat = int(np.ravel_multi_index(index, self.shape)) if index else 0
-            return tuple(int(i) for i in np.unravel_index(flat, self.user_shape))
-        return tuple(reversed(index)) if self.transposed else index
+        return index if self.slot is None else self.slot.user_index(index)
 
     @property
     def size(self) -> int:
@@ -317,11 +314,7 @@ def _scratch_side(net, loss, optimizer, lr, X, y):
             f"got {type(net).__name__}"
         )
     loss_s = scratch.get_loss("bce" if loss is None else loss)
-    if net.layers[-1].activation.name != loss_s.output_activation:
-        raise ValueError(
-            f"loss {loss_s.name!r} needs the last layer's activation to be "
-            f"{loss_s.output_activation!r}, got {net.layers[-1].activation.name!r}"
-        )
+    check_output(loss_s, net.layers[-1].activation.name)
     Xc, Yc = _check_data(loss_s, X, y, net.dtype, net.sizes)
     if isinstance(optimizer, (str, Mapping)) or optimizer is None:
         opt = _optimizer_factory(optimizer, lr)(net)
@@ -348,13 +341,8 @@ def _check_data(loss_s, X, y, dtype, sizes):
     """X as a finite (N, D) array in the network's dtype, and the labels in the form the loss
     takes: (N, 1) 0/1 floats for the binary losses, (N,) class indices for ce and nll, (N, C)
     targets for mse. `sizes` is the network's [D, ..., C]."""
-    from nn_parity.scratch.validate import check_xy
-
-    if loss_s.task == "binary" and sizes[-1] != 1:
-        raise ValueError(f"binary cross-entropy needs one output, got sizes {sizes}")
-    if loss_s.task != "binary":  # the loss names a width that cannot fit its labels first
-        loss_s.targets(y, sizes[-1], dtype)
-    X, _ = check_xy(X, y, width=sizes[0], task=loss_s.task, n_classes=sizes[-1])
+    # X and the labels' own form first, then the loss checks them against the output width
+    X, _ = check_xy(X, y, width=sizes[0], task=loss_s.task)
     Y = loss_s.targets(y, sizes[-1], dtype)
     return np.ascontiguousarray(X, dtype=dtype), Y
 
@@ -427,8 +415,10 @@ def lockstep(
     """Train `net` and `ref` side by side, comparing every quantity after every step.
 
     net        a `scratch.MLP`, or the user's own network adapted with `adapt(...)`
-    ref        the torch module; None builds a `TorchMLP` from the network's description.
-               Either way it starts from the scratch side's weights, bit for bit.
+    ref        the torch module; None builds a `TorchMLP` from the network's description, at its
+               weights. A module given for user code takes the user's weights, bit for bit; one
+               given for the built-in network is used as it is (`TorchMLP.from_scratch(net)`
+               copies the weights), so a test can set torch's copy apart on purpose.
     loss       for the built-in network: "bce" (default; the network ends in a sigmoid),
                "bce-logits", ... or a `scratch.Loss`; user code carries its own
     optimizer  None (plain SGD at `lr`), a name ("adam"), a dict {"name": "adam", "betas":
@@ -466,7 +456,7 @@ def lockstep(
     ran = 0
     items: list[Item] = []
     layout: dict[int, tuple[list[Item], list[_Group]]] = {}  # per batch size
-    pick_s = pick_t = None
+    pick_s = pick_t = p_idx = None
     Xt_full, Yt_full = torch.from_numpy(X), torch.from_numpy(Y)
 
     # Overflow, NaN and log(0) are detected and reported as a blow-up below, not warned about.
@@ -486,6 +476,7 @@ def lockstep(
             )
             if step == 0:
                 items, pick_s, pick_t, not_compared = _items(sside, tside, svals)
+                p_idx = next((k for k, it in enumerate(items) if it.quantity == "prob"), None)
                 max_abs = np.zeros((steps, len(items)))
                 rel_err = np.zeros((steps, len(items)))
                 within = np.zeros((steps, len(items)), dtype=bool)
@@ -510,7 +501,6 @@ def lockstep(
                 within[step, g.slice] = ok
             loss_hist[0, step] = sside.loss_value
             loss_hist[1, step] = tside.loss_value
-            p_idx = next((k for k, it in enumerate(step_items) if it.quantity == "prob"), None)
             if step == 0 and p_idx is not None:
                 probs_first = (np.array(svals[p_idx]), _np(tvals[p_idx]).copy())
                 rows_first = rows
@@ -558,7 +548,6 @@ def lockstep(
             if first is not None and stop_at_divergence:
                 break
 
-    p_idx = next((k for k, it in enumerate(items) if it.quantity == "prob"), None)
     probs_last = None
     if p_idx is not None:
         probs_last = (np.array(svals[p_idx]), _np(tvals[p_idx]).copy())
@@ -595,54 +584,33 @@ def check(net, X: np.ndarray, y: np.ndarray, *, ref: torch.nn.Module | None = No
 
 
 def _items(sside, tside, svals) -> tuple[list[Item], list[int] | None, list[int] | None, list[str]]:
-    """The items both sides report, in step order, and which of each side's values they are."""
-    slots = getattr(getattr(sside, "net", None), "pmap", None)
-    by_canonical = (
-        slots.by_canonical if slots is not None and hasattr(slots, "by_canonical") else {}
-    )
-    shared = [k for k in sside.keys if k in set(tside.keys)]
-    items = []
-    for (q, l, p, buf), v in ((k, svals[sside.keys.index(k)]) for k in shared):
-        shape = tuple(np.shape(v))
-        name = f"layers.{l}.{p}" if p is not None else None
-        slot = by_canonical.get(name) if name else None
-        cache_name = getattr(sside, "cache_names", {}).get((q, l)) if q in ("z", "a") else None
-        items.append(
-            Item(
-                q, l, p, shape, buf,
-                user=slot.user if slot else cache_name,
-                user_shape=slot.shape if slot else None,
-                transposed=slot.transposed if slot else False,
-            )
-        )  # fmt: skip
-    labels = {k: _key_label(k, by_canonical) for k in sside.keys + tside.keys}
-    only_s = [
-        labels[k] + " (torch does not report it)" for k in sside.keys if k not in set(tside.keys)
-    ]
+    """The items both sides report, in step order, and which of each side's values they are;
+    and, in words, what only one side reported."""
+    pmap = getattr(sside.net, "pmap", None)
+    slots = pmap.by_canonical if pmap is not None else {}
+    cache_names = getattr(sside, "cache_names", {})
+    t_keys, s_keys = set(tside.keys), set(sside.keys)
+
+    def item(key, shape=()) -> Item:
+        q, l, p, buf = key
+        slot = slots.get(f"layers.{l}.{p}") if p is not None else None
+        user = slot.user if slot else cache_names.get((q, l)) if q in ("z", "a") else None
+        return Item(q, l, p, shape, buf, user=user, slot=slot)
+
+    shared = [k for k in sside.keys if k in t_keys]
+    items = [item(k, tuple(np.shape(svals[sside.keys.index(k)]))) for k in shared]
+    missing = [f"{item(k).label} (torch does not report it)" for k in sside.keys if k not in t_keys]
+    unseen = [k for k in tside.keys if k not in s_keys]
     # optimizer state unseen in user code: one line, not one per buffer and parameter
-    unseen = [k for k in tside.keys if k not in set(sside.keys) and k[0] == "state"]
-    if unseen:
-        buffers = ", ".join(dict.fromkeys(k[3] for k in unseen))
-        only_s.append(
-            f"optimizer state ({buffers}) of every parameter ({_missing_reason(unseen[0], sside)})"
-        )
-    only_t = [
-        labels[k] + " (" + _missing_reason(k, sside) + ")"
-        for k in tside.keys
-        if k not in set(sside.keys) and k[0] != "state"
-    ]
+    state = [k for k in unseen if k[0] == "state"]
+    if state:
+        buffers = ", ".join(dict.fromkeys(k[3] for k in state))
+        missing.append(f"optimizer state ({buffers}) of every parameter "
+                       f"({_missing_reason(state[0], sside)})")  # fmt: skip
+    missing += [f"{item(k).label} ({_missing_reason(k, sside)})" for k in unseen if k[0] != "state"]
     pick_s = None if shared == sside.keys else [sside.keys.index(k) for k in shared]
     pick_t = None if shared == tside.keys else [tside.keys.index(k) for k in shared]
-    return items, pick_s, pick_t, only_s + only_t
-
-
-def _key_label(key, by_canonical) -> str:
-    q, l, p, buf = key
-    if p is not None:
-        name = f"layers.{l}.{p}"
-        user = by_canonical.get(name).user if name in by_canonical else name
-        return f"{buf if q == 'state' else q} {user}"
-    return f"{q}[{l}]" if q in ("z", "a") else q
+    return items, pick_s, pick_t, missing
 
 
 def _missing_reason(key, sside) -> str:
@@ -689,9 +657,11 @@ def _checked(sside) -> dict:
     return {
         "side": repr(net),
         "gradients": (
-            "recovered from your fused step as (before - after) / lr"
+            f"returned by {net.names['fn']}"
+            if net.form == "grads"
+            else "recovered from your fused step as (before - after) / lr"
             if sside.recovered
-            else f"returned by {net.names['fn']}"
+            else "not compared: a fused step with this optimizer implies none"
         ),
         "update": _update_owner(sside),
         "layout": net.pmap.describe(),

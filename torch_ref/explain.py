@@ -84,12 +84,10 @@ def _rerun_whole(sside, tside, items, svals: list, tvals: list, batch, failing: 
         for k, j in enumerate(pick):
             if not np.array_equal(again[j], svals[k], equal_nan=True):
                 return None, k  # the step does not repeat itself: hidden state
-        redo = sside.rerun(torch_before, X, Y, rows, getattr(tside, "state_before", None))
+        redo = sside.rerun(torch_before, X, Y, rows, tside.state_before())
         redo_items = [redo[j] for j in pick]
-        slack = [0.0] * len(redo_items)
-        for k, it in enumerate(items[: len(redo_items)]):
-            if it.quantity == "grad":
-                slack[k] = sside.recovery_slack().get(f"layers.{it.layer}.{it.param}", 0.0)
+        recovery = sside.recovery_slack()  # of the rerun's own before and after
+        slack = [recovery.get(it.name or "", 0.0) if it.quantity == "grad" else 0.0 for it in items]
         bad = _first_disagreeing(items, torch_values, redo_items, 0, sside.dtype, slack)
         if bad is not None:
             return None, bad
@@ -206,7 +204,7 @@ def _update_stage(sside, tside, items) -> int | None:
     for name in tside.order:
         np.copyto(net.grads[name], tside.by_name[name].grad.numpy())
     if sside.stateful:
-        opt.load_state_dict(tside.state_before)
+        opt.load_state_dict(tside.state_before())
     opt.step()
     mine = opt.state if sside.stateful else {}
     torch_now = tside.state() if sside.stateful else {}

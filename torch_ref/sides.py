@@ -36,17 +36,13 @@ import numpy as np
 import torch
 from nn_parity import scratch
 
-from .adapter import UserNetwork
+from .adapter import UserNetwork, is_scalar
 from .model import torch_loss, torch_probabilities
 from .optim import torch_optimizer, torch_state
 
-__all__ = ["MLPSide", "TorchSide", "UserSide", "param_name"]
+__all__ = ["MLPSide", "TorchSide", "UserSide"]
 
 Key = tuple[str, Any, Any, Any]
-
-
-def param_name(key: Key) -> str:
-    return f"layers.{key[1]}.{key[2]}"
 
 
 def forward_keys(n_layers: int, *, z: set[int], a: set[int], prob: bool, loss: bool) -> list[Key]:
@@ -204,7 +200,6 @@ class UserSide:
         self.stateful = False
         self.keys: list[Key] = []
         self.before: dict[str, np.ndarray] = {}
-        self.user_names = {s.canonical: s for s in net.pmap.slots}
         self.cache_names: dict[tuple[str, int], str] = {}
 
     @property
@@ -242,14 +237,13 @@ class UserSide:
                 after = net.get_params()
             else:
                 assert self.opt is not None
-                for k, v in self.canon.items():
-                    np.copyto(v, self.before[k])
+                _check_unchanged(net, self.canon)
                 self.opt.step({k: np.ascontiguousarray(g, self.dtype) for k, g in grads.items()})
                 net.set_params(self.canon)
                 after = self.canon
         else:
             returned = net.run("fn", Xu, yu, lr)
-            if loss_value is None and _is_number(returned):  # a fused step's own loss
+            if loss_value is None and is_scalar(returned):  # a fused step's own loss
                 loss_value = float(returned)
             after = net.get_params()
             grads = {k: (self.before[k] - after[k]) / lr for k in self.before}
@@ -317,12 +311,6 @@ class UserSide:
         return [np.array(v) for v in self.step(X, Y, rows)]
 
 
-def _is_number(x) -> bool:
-    return isinstance(x, (float, int, np.floating, np.integer)) or (
-        isinstance(x, np.ndarray) and x.size == 1 and x.dtype.kind == "f"
-    )
-
-
 def _check_changed(net: UserNetwork, before: Mapping, after: Mapping) -> None:
     """A step that leaves every parameter as it was has updated a copy, or nothing."""
     if all(np.array_equal(before[k], after[k]) for k in before):
@@ -331,6 +319,18 @@ def _check_changed(net: UserNetwork, before: Mapping, after: Mapping) -> None:
             f"{fn} changed no parameter: it must update them in place (W -= lr * dW) or "
             "rebind them where nn-parity reads them (the dict, the attributes, the lists)"
         )
+
+
+def _check_unchanged(net: UserNetwork, params: Mapping[str, np.ndarray]) -> None:
+    """A function that returns gradients must leave the parameters as it found them; one that
+    also updates them would be applied twice in the user's own loop."""
+    for s in net.pmap.slots if net.pmap else ():
+        if not np.array_equal(s.to_canonical(net.access.get(s.user)), params[s.canonical]):
+            raise ValueError(
+                f"{net.names['fn']} changed parameter {s.user!r}: a function that returns "
+                "gradients must leave the parameters alone (give the update as update= or "
+                "the whole step as step=)"
+            )
 
 
 def _layer_cache(cache: Mapping, n: int, sizes: list[int]) -> tuple[dict, dict, dict]:
@@ -392,6 +392,7 @@ class TorchSide:
         self.linears = [m for m in ref.modules() if isinstance(m, torch.nn.Linear)]
         self.hooked = not hasattr(ref, "forward_cache")
         self.keys: list[Key] = []  # known after the first step, when the optimizer's state is
+        self.stepped = 0
         if self.hooked:
             self._z: list = [None] * len(self.linears)
             self._x: list = [None] * len(self.linears)
@@ -416,6 +417,7 @@ class TorchSide:
         # costs more than the rest of the comparison.
         for p in self.params:
             p.grad = None
+        self.stepped += 1
         out, self.cache = self.forward_cache(Xt)
         try:
             loss = self.loss_fn(out, Yt)
@@ -430,11 +432,9 @@ class TorchSide:
             loss.backward()
             for keep, now in zip(self.params_before, self.param_views):
                 np.copyto(keep, now)
-            if self.state_views:  # for the update stage of an explanation
-                for keep, now in zip(self.state_keep, self.state_views):
-                    np.copyto(keep, now)
-            elif not self.keys:
-                self.state_before = self.state()
+            # for the update stage of an explanation: the state as this step found it
+            for keep, now in zip(self.state_keep, self.state_views):
+                np.copyto(keep, now)
             self.opt.step()
         if not self.keys:
             self.state_names = active_state(self.declared_state, self.state())
@@ -455,7 +455,6 @@ class TorchSide:
         vals.append(loss.detach().numpy())
         self.loss_value = float(vals[-1])
         vals.extend(self.by_name[k].grad.numpy() for k in self.order)  # type: ignore[union-attr]
-        self.last_values = vals
         if self.state_names:
             vals = vals + [np.asarray(v, np.float64) if b == "step" else v
                            for b, v in zip(self.state_buffers, self.state_views)]  # fmt: skip
@@ -473,10 +472,11 @@ class TorchSide:
                 self.state_buffers.append(b)
         self.state_keep = [v.copy() for v in self.state_views]
 
-    @property
     def state_before(self) -> dict[str, dict[str, np.ndarray]]:
-        if not self.state_views:
-            return self._first_state
+        """The optimizer state as the last step found it ({} per parameter before its first
+        step, which is when torch creates it), in `torch_state`'s layout."""
+        if self.stepped == 1:  # the first step: torch had no state yet
+            return {k: {} for k in self.order}
         out: dict[str, dict[str, np.ndarray]] = {k: {} for k in self.order}
         it = iter(zip(self.state_buffers, self.state_keep))
         for k in self.order:
@@ -484,10 +484,6 @@ class TorchSide:
                 b, v = next(it)
                 out[k][b] = np.asarray(v, np.float64) if b == "step" else v.copy()
         return out
-
-    @state_before.setter
-    def state_before(self, value) -> None:
-        self._first_state = value
 
     def state(self) -> dict[str, dict[str, np.ndarray]]:
         return torch_state(self.opt, self.opt_names)
