@@ -1,4 +1,5 @@
-"""User code in its own style, checked through `adapt`: the three styles of issue 9, small."""
+"""User code in its own style, checked through `adapt`: layouts, names, forms and bad input.
+(The three styles' full catalogues run in test_user_styles.py.)"""
 
 from __future__ import annotations
 
@@ -146,70 +147,6 @@ def test_class_style_update_before_use_is_caught_at_the_lower_layer():
     result = lockstep(adapt_class(nn), None, X, y.reshape(-1, 1), steps=3, lr=0.5)
     div = result.first_divergence
     assert div is not None and div.step == 0 and div.label in ("grad W1", "grad b1")
-
-
-# --- Nielsen's style: lists of (out, in) weights and (out, 1) biases, rebound every step -------
-
-
-class Network:
-    def __init__(self, sizes, seed=0):
-        rng = np.random.default_rng(seed)
-        self.sizes = sizes
-        self.biases = [rng.standard_normal((y, 1)) for y in sizes[1:]]
-        self.weights = [
-            rng.standard_normal((y, x)) / np.sqrt(x)
-            for x, y in zip(sizes[:-1], sizes[1:])  # noqa: RUF007
-        ]
-
-    def feedforward(self, a):
-        for b, w in zip(self.biases, self.weights):
-            a = sigmoid(np.dot(w, a) + b)
-        return a
-
-    def update_mini_batch(self, mini_batch, eta):
-        nabla_b = [np.zeros(b.shape) for b in self.biases]
-        nabla_w = [np.zeros(w.shape) for w in self.weights]
-        for x, y in mini_batch:
-            delta_nabla_b, delta_nabla_w = self.backprop(x, y)
-            nabla_b = [nb + dnb for nb, dnb in zip(nabla_b, delta_nabla_b)]
-            nabla_w = [nw + dnw for nw, dnw in zip(nabla_w, delta_nabla_w)]
-        self.weights = [w - (eta / len(mini_batch)) * nw for w, nw in zip(self.weights, nabla_w)]
-        self.biases = [b - (eta / len(mini_batch)) * nb for b, nb in zip(self.biases, nabla_b)]
-
-    def backprop(self, x, y):
-        nabla_b = [np.zeros(b.shape) for b in self.biases]
-        nabla_w = [np.zeros(w.shape) for w in self.weights]
-        activation = x
-        activations = [x]
-        for b, w in zip(self.biases, self.weights):
-            activation = sigmoid(np.dot(w, activation) + b)
-            activations.append(activation)
-        delta = activations[-1] - y  # the cross-entropy cost's delta
-        nabla_b[-1] = delta
-        nabla_w[-1] = np.dot(delta, activations[-2].transpose())
-        for l in range(2, len(self.sizes)):
-            sp = activations[-l] * (1 - activations[-l])
-            delta = np.dot(self.weights[-l + 1].transpose(), delta) * sp
-            nabla_b[-l] = delta
-            nabla_w[-l] = np.dot(delta, activations[-l - 1].transpose())
-        return (nabla_b, nabla_w)
-
-
-def test_nielsen_style_rebinding_its_lists_passes_500_steps():
-    X, y = data()
-    net = Network([3, 4, 1])
-    adapted = adapt(
-        net,
-        names=["weights", "biases"],
-        activations=["sigmoid", "sigmoid"],
-        forward=lambda X: np.hstack([net.feedforward(x.reshape(-1, 1)) for x in X]).T,
-        step=lambda X, y, lr: net.update_mini_batch(
-            [(x.reshape(-1, 1), t.reshape(1, 1)) for x, t in zip(X, y)], lr
-        ),
-    )
-    result = lockstep(adapted, None, X, y, steps=500, lr=1.0)
-    assert result.passed, str(result.first_divergence)
-    assert "grad weights[0]" in result.labels
 
 
 # --- layouts that shapes cannot tell ----------------------------------------------------------
