@@ -123,6 +123,8 @@ def run_description(summary: dict) -> list[str]:
     c = f"checked: {checked.get('side', 'the built-in network')}"
     if checked.get("gradients"):
         c += f"; gradients {checked['gradients']}"
+    if checked.get("start"):
+        c += f"; starting state {checked['start']}"
     t = f"training: {summary.get('dtype', '?')}, loss {summary.get('loss', '?')}"
     if summary.get("reduction"):
         t += f" ({summary['reduction']})"

@@ -441,6 +441,10 @@ def lockstep(
     tside = _torch_side(ref, sside, loss_s, opt_desc)
     relu_layers = [l for l, a in enumerate(sside.desc.activations) if _has_kink(a)]
     plan = _batches(n, batch_size, epochs or 1, seed, shuffle, drop_last)
+    # Before step 0, nothing has been computed: a difference in the starting state is no
+    # rounding any step produced, so it is a divergence no re-check may excuse.
+    first: Divergence | None = _start_divergence(sside, tside)
+    started = _start_words(sside, first)
 
     # sized once the items are known, after step 0
     max_abs = rel_err = np.zeros((0, 0))
@@ -448,7 +452,6 @@ def lockstep(
     loss_hist = np.zeros((2, steps))
     epochs_at = np.zeros(steps, dtype=np.int64)
     batches_at = np.zeros(steps, dtype=np.int64)
-    first: Divergence | None = None
     explained: dict[str, list[int]] = {"kink": [], "saturation": [], "drift": []}
     snapshot: dict = {}
     probs_first = None
@@ -521,9 +524,11 @@ def lockstep(
             flips = _kink_flips(sside, tside, relu_layers) if relu_layers else {}
             reason = None
             if first is None and not within[step].all():
-                reason, failed_at = explain(
-                    sside, tside, step_items, within[step], svals, tvals, flips, (Xb, Yb, rows)
-                )
+                reason, failed_at = None, None
+                if _carried_in(sside, tside, step):
+                    reason, failed_at = explain(
+                        sside, tside, step_items, within[step], svals, tvals, flips, (Xb, Yb, rows)
+                    )
                 if reason is None:
                     # the stage that failed names the item, unless it is one that agreed
                     named = failed_at is not None and not bool(within[step][failed_at])
@@ -569,7 +574,7 @@ def lockstep(
         probs_last=probs_last,
         snapshot=snapshot,
         not_compared=not_compared,
-        checked=_checked(sside),
+        checked={**_checked(sside), "start": started},
         epochs=epochs_at[:ran] if batch_size is not None else None,
         rows_first=rows_first,
         rows_last=rows,
@@ -680,6 +685,93 @@ def _update_owner(sside) -> str:
 
 def _yours(name: str) -> str:
     return name if name.startswith("your ") else f"your {name}"
+
+
+def _start_divergence(sside, tside) -> Divergence | None:
+    """The two sides' parameters and optimizer state as the run finds them, compared bit for
+    bit: both were given the same numbers, and copying is exact."""
+    slots = sside.net.pmap.by_canonical if isinstance(sside, UserSide) else {}
+    s_params, t_params = sside.get_params(), tside.params_now()
+    s_state = sside.opt.state_dict() if getattr(sside, "opt", None) is not None else {}
+    t_state = tside.state()
+    # the first layer first, weight before bias: where the run starts
+    names = sorted(sside.order, key=lambda n: (int(n.split(".")[1]), n.endswith("bias")))
+    pairs = [(n, None, s_params[n], t_params[n]) for n in names]
+    for n in names:
+        mine, theirs = s_state.get(n, {}), t_state.get(n, {})
+        for b in dict.fromkeys([*mine, *theirs]):  # a buffer one side lacks: NaN on that side
+            nan = np.full(np.shape(mine.get(b, theirs.get(b))), math.nan)
+            pairs.append((n, b, mine.get(b, nan), theirs.get(b, nan)))
+    for n, b, s, t in pairs:
+        _, layer, param = n.split(".")
+        slot = slots.get(n)
+        it = Item("start", int(layer), param, np.shape(t), b, user=slot and slot.user, slot=slot)
+        div = _start_mismatch(it, s, t, f"optimizer state ({b})" if b else "weights")
+        if div is not None:
+            return div
+    return None
+
+
+def _carried_in(sside, tside, step: int) -> bool:
+    """Whether the parameters this step started from are as close as the comparisons before
+    it allow: identical at step 0 (compared bit for bit), and after a later step within the
+    tolerance its own parameter comparison applied (resynchronised steps start identical). An
+    excuse re-checks the step from torch's parameters; it may only excuse a difference that
+    compared steps can have produced, never one made between them."""
+    tol = tolerance("param", sside.dtype)
+    rtol, atol = (0.0, 0.0) if step == 0 else (tol.rtol, tol.atol)
+    mine = sside.params_before
+    return all(
+        first_mismatch(mine[name], theirs, rtol, atol) is None
+        for name, theirs in zip(tside.order, tside.params_before)
+    )
+
+
+def _start_words(sside, first: Divergence | None) -> str:
+    n = len(sside.order)
+    if first is not None and first.quantity == "start":
+        return f"differed before step 0 ({first.label})"
+    opt = getattr(sside, "opt", None)
+    state = " and optimizer state" if opt is not None and any(opt.state_dict().values()) else ""
+    return f"identical: {n} parameters{state} compared bit for bit"
+
+
+def _start_mismatch(it: Item, s, t, what: str) -> Divergence | None:
+    s, t = np.asarray(s), np.asarray(t)
+    if s.dtype != t.dtype or np.array_equal(s, t, equal_nan=True):
+        return None  # a dtype difference is reported by the first step's dtype check
+    m = first_mismatch(s, t, 0.0, 0.0)
+    assert m is not None
+    name = it.user or it.name
+    index = it.user_index(m.index)
+    at = f"{name}{list(index)}" if index else str(name)
+    if it.buffer:
+        at = f"the {it.buffer} buffer of {at}"
+    lacks = "scratch" if math.isnan(m.scratch) else "torch" if math.isnan(m.torch) else None
+    if lacks and s.size and np.isnan(s if lacks == "scratch" else t).all():
+        other = "torch" if lacks == "scratch" else "scratch"
+        found = f"{other}'s optimizer starts with {at} = {getattr(m, other)!r}, {lacks}'s has none"
+        fix = "start both optimizers fresh"
+    else:
+        found = f"{at} is {m.scratch!r} in scratch but {m.torch!r} in torch"
+        fix = (
+            "give torch a copy of scratch's weights (ref=None, or TorchMLP.from_scratch(net)) "
+            "or load the same weights into both"
+            if it.buffer is None
+            else "start both optimizers fresh, or from the same state"
+        )
+    return Divergence(
+        step=0, quantity="start", layer=it.layer, param=it.param,
+        label=f"start {it.buffer + ' of ' if it.buffer else ''}{name}", index=index,
+        scratch=m.scratch, torch=m.torch, abs_err=abs(m.scratch - m.torch),
+        rel_err=abs(m.scratch - m.torch) / abs(m.torch) if m.torch else math.inf,
+        rtol=0.0, atol=0.0, mismatches=m.count, total=m.total,
+        diagnosis={
+            "cause": "different-start",
+            "explanation": f"the two sides did not start from the same {what}: {found} before "
+            f"step 0 ({m.count} of {m.total} elements differ). No step produced this; {fix}",
+        },
+    )  # fmt: skip
 
 
 def _check_dtypes(items: list[Item], svals: list, tvals: list) -> None:

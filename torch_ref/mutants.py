@@ -14,6 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
+import torch
 from nn_parity import scratch
 from nn_parity.scratch.losses import BCELoss, BCEWithLogitsLoss
 
@@ -516,6 +517,56 @@ def rmsprop_sqrt_forgotten(case):
     _optimizer_bug(case, update)
 
 
+# --- the two sides set apart before the first step: no step can explain these ---------------
+#
+# The torch copy is made (run_mutant) before each of these changes it, so a re-check that
+# started scratch from torch's weights would reproduce torch's numbers and call the difference
+# drift: only the comparison of the starting state catches them.
+
+
+def _torch_weights(case: Case, change) -> None:
+    """change(params) edits torch's copy of the weights, by canonical name, in place."""
+    assert case.ref is not None
+    with torch.no_grad():
+        change({k: v.detach() for k, v in case.ref.named_parameters()})
+
+
+def torch_reinitialised(case):
+    """torch's module keeps an initialisation of its own (another seed), not scratch's."""
+    other = scratch.MLP(list(case.net.sizes), case.net.activations, rng=99, init="xavier_normal")
+    case.ref = TorchMLP.from_scratch(other)
+
+
+def torch_weight_scaled(case):
+    _torch_weights(case, lambda p: p["layers.1.weight"][2, 3].mul_(1.5))
+
+
+def torch_bias_zeroed(case):
+    case.net.layers[0].bias[...] = 0.1  # the initialisation leaves biases at 0
+    case.ref = TorchMLP.from_scratch(case.net)
+    _torch_weights(case, lambda p: p["layers.0.bias"].zero_())
+
+
+def optimizer_state_carried_in(case):
+    """scratch's Adam already stepped once (another run's moments), torch's fresh."""
+    net = case.net
+    keep = net.state_dict()
+    net.backward(np.ones((len(case.X), 1)), net.forward(case.X)[1])
+    case.optimizer.step()
+    net.load_state_dict(keep)
+
+
+def hidden_activation_differs(case):
+    """torch's first layer has no activation where scratch's has a relu: with every z of that
+    layer positive at step 0 the two compute the same numbers, until a z turns negative."""
+    net = case.net
+    z0 = net.forward(case.X)[1][0][1]  # (N, H)
+    net.layers[0].bias[...] += np.maximum(0.05 - z0.min(axis=0), 0)  # every z0 >= 0.05
+    other = scratch.MLP(list(net.sizes), ["identity", *net.activations[1:]])
+    other.load_state_dict(net.state_dict())
+    case.ref = TorchMLP.from_scratch(other)
+
+
 MUTANTS: list[Mutant] = [
     Mutant(
         "missing-1/N",
@@ -727,6 +778,38 @@ MUTANTS: list[Mutant] = [
         (0, "param", 2),
         rmsprop_sqrt_forgotten,
         Config(optimizer=("rmsprop", {}), lr=0.01),
+    ),
+    Mutant(
+        "torch-reinitialised",
+        "torch's module keeps its own initialisation instead of scratch's weights",
+        (0, "start", 0),
+        torch_reinitialised,
+    ),
+    Mutant(
+        "torch-weight-scaled",
+        "one weight of torch's copy scaled by 1.5 before training",
+        (0, "start", 1),
+        torch_weight_scaled,
+    ),
+    Mutant(
+        "torch-bias-zeroed",
+        "torch's copy of a bias zeroed before training",
+        (0, "start", 0),
+        torch_bias_zeroed,
+    ),
+    Mutant(
+        "optimizer-state-carried-in",
+        "scratch's Adam starts with another run's moments, torch's fresh",
+        (0, "start", 0),
+        optimizer_state_carried_in,
+        Config(optimizer=("adam", {}), lr=0.01),
+    ),
+    Mutant(
+        "hidden-activation-differs",
+        "torch's layer 0 has no activation where scratch's has a relu: equal until a z < 0",
+        (1, "a", 0),
+        hidden_activation_differs,
+        Config(hidden="relu", steps=30),
     ),
     Mutant(
         "last-sample-dropped",
