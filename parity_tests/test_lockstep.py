@@ -352,7 +352,8 @@ def test_one_ulp_apart_before_step_0_is_a_divergence_at_the_start(dtype):
     result = lockstep(net, ref, X, y, steps=20, lr=0.5)
     div = result.first_divergence
     assert not result.passed and result.drift_steps == result.kink_steps == []
-    assert (div.step, div.quantity, div.layer, div.param, div.index) == (0, "start", 1, "weight", (0, 2))
+    where = (div.step, div.quantity, div.layer, div.param, div.index)
+    assert where == (0, "start", 1, "weight", (0, 2))
     assert div.diagnosis["cause"] == "different-start"
     assert "did not start from the same weights" in div.diagnosis["explanation"]
 
