@@ -41,6 +41,13 @@ class Payload:
         return (os.system, (f"touch {self.marker}",))
 
 
+def broken(value: float) -> scratch.MLP:
+    """The table's `net` with one starting weight set to `value` (Inf, NaN)."""
+    net = scratch.MLP([2, 3, 1], ["tanh", "sigmoid"], rng=0)
+    net.layers[0].weight[0, 1] = value
+    return net
+
+
 def rows() -> list:
     out = []
     for line in DOC.read_text().splitlines():
@@ -91,9 +98,12 @@ def test_bad_input_gets_a_clear_message(call, message, files, capsys, monkeypatc
             "y": np.array([0.0, 1.0] * 4), "adapt": adapt, "P": P,
             "G": lambda X, y: {k: np.full_like(v, 0.1) for k, v in P.items()},
             "net3": scratch.MLP([2, 4, 3], ["tanh", "identity"], rng=0),
+            "net_inf": broken(np.inf), "net_nan": broken(np.nan),
         }  # fmt: skip
+        X_given = env["X"].copy()
         with pytest.raises((ValueError, TypeError)) as err:
             eval(call, env)
         assert message in str(err.value)
         assert all(np.array_equal(P[k], before[k]) for k in P), "a refused call changed P"
+        assert np.array_equal(env["X"], X_given), "a refused call changed X"
     assert not (files / "pwned").exists(), "a pickled payload ran"

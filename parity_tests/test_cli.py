@@ -16,7 +16,7 @@ from nn_parity.torch_ref.cli import main
 SUMMARY_KEYS = {
     "passed", "steps", "steps_requested", "dtype", "architecture", "data", "loss", "reduction",
     "lr", "seed", "tolerances", "quantities", "first_divergence", "kink_steps", "loss_first",
-    "loss_last", "gradient_slice", "versions", "created", "diagnosis", "drift_steps",
+    "loss_last", "gradient_slice", "versions", "created", "diagnosis", "drift_steps", "fault",
     "saturation_steps", "optimizer", "batches", "checked", "not_compared",
 }  # fmt: skip
 

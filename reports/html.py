@@ -12,8 +12,10 @@ from nn_parity.reports.text import (
     diagnosis_of,
     diagnosis_parts,
     divergence_where,
+    fault_line,
     fd_verdict,
     fmt,
+    headline,
     index_text,
     quantity_rows,
     run_description,
@@ -102,21 +104,12 @@ def _passed(ok: Any) -> str:
 
 def _banner(summary: dict) -> str:
     word = verdict(summary)
-    div = summary.get("first_divergence")
-    if summary.get("passed"):
-        detail = (
-            f"scratch and torch agree within tolerance at every one of "
-            f"{summary.get('steps', '?')} steps"
-        )
-    elif div:
-        detail = f"scratch and torch part at step {div.get('step')}: {div.get('label')}"
-    else:
-        detail = "scratch and torch disagree beyond tolerance"
     cls = "pass" if word == "PASS" else "fail"
+    fault = fault_line(summary)
     return (
         f'<header class="banner {cls}"><div class="verdict">{_e(word)}</div>'
-        f'<div class="detail">{_e(detail)}</div></header>'
-    )
+        f'<div class="detail">{_e(headline(summary))}</div></header>'
+    ) + (f'<p class="verdict-line">{_e(fault)}</p>' if fault else "")
 
 
 def _description(summary: dict) -> str:

@@ -10,8 +10,10 @@ from typing import Any
 __all__ = [
     "diagnosis_of",
     "diagnosis_parts",
+    "fault_line",
     "fd_verdict",
     "fmt",
+    "headline",
     "quantity_rows",
     "run_description",
     "summary_text",
@@ -57,8 +59,39 @@ def _max(values: list[float]) -> float:
 
 
 def verdict(summary: dict) -> str:
-    """PASS or DIVERGED."""
-    return "PASS" if summary.get("passed") else "DIVERGED"
+    """PASS, DIVERGED, or FAULT: the user's code failed mid-run before any divergence."""
+    if summary.get("passed"):
+        return "PASS"
+    if summary.get("fault") and not summary.get("first_divergence"):
+        return "FAULT"
+    return "DIVERGED"
+
+
+def headline(summary: dict) -> str:
+    """The verdict's one sentence, the same in the terminal, the page and the notebook."""
+    div, fault = summary.get("first_divergence"), summary.get("fault")
+    if summary.get("passed"):
+        steps = summary.get("steps")
+        return f"scratch and torch agree within tolerance at every one of {steps} steps"
+    if div:
+        return f"scratch and torch part at step {div.get('step')}: {div.get('label')}"
+    if fault:
+        return (
+            f"your code failed at step {fault.get('step')}; the {summary.get('steps')} steps "
+            "before it agree"
+        )
+    return "scratch and torch disagree beyond tolerance"
+
+
+def fault_line(summary: dict) -> str | None:
+    """The fault in the user's code that ended the run, if one did."""
+    fault = summary.get("fault")
+    if not fault:
+        return None
+    return (
+        f"Fault in your code at step {fault.get('step')}: {fault.get('message')} (the run "
+        f"stopped there; the {summary.get('steps')} steps before it are recorded)"
+    )
 
 
 def index_text(index: Any) -> str:
@@ -207,15 +240,11 @@ def summary_text(summary: dict, *, color: bool = False) -> str:
     word = verdict(summary)
     if color:
         word = f"{_GREEN if word == 'PASS' else _RED}{word}{_RESET}"
-    steps = summary.get("steps")
     div = summary.get("first_divergence")
-    if summary.get("passed"):
-        head = f"{word}: scratch and torch agree within tolerance at every step ({steps} steps)"
-    elif div:
-        head = f"{word}: scratch and torch part at step {div.get('step')} ({div.get('label')})"
-    else:
-        head = f"{word}: scratch and torch disagree beyond tolerance"
-    lines = [head, *("  " + line for line in run_description(summary)), ""]
+    lines = [f"{word}: {headline(summary)}", *("  " + line for line in run_description(summary))]
+    fault = fault_line(summary)
+    lines += ["", fault] if fault else []
+    lines.append("")
 
     rows = quantity_rows(summary)
     if rows:

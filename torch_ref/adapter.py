@@ -413,7 +413,7 @@ class UserNetwork:
         if out.shape == (c, n) and c != n:
             out = out.T  # column-per-sample code (Nielsen's feedforward)
         if out.shape != (n, c) and not (c == 1 and out.shape == (n,)):
-            raise ValueError(
+            raise UserCodeError(
                 f"{self.names['forward']} returned shape {out.shape}; expected ({n}, {c}) "
                 f"for {n} samples and {c} outputs"
             )
@@ -426,9 +426,8 @@ class UserNetwork:
         got = self.run("fn", X, Y)
         loss = None
         if isinstance(got, tuple) and len(got) == 2 and is_scalar(got[0]):
+            # a NaN or Inf loss is a finding the lockstep reports at its step, not an error
             loss, got = float(got[0]), got[1]
-            if not math.isfinite(loss):
-                raise ValueError(f"{self.names['fn']} returned the loss {loss!r}")
         self.last_raw_grads = got
         return loss, self._grads_by_slot(got)
 
@@ -443,11 +442,15 @@ class UserNetwork:
             raise UserCodeError(
                 f"{self.names[role]} raised {type(err).__name__}: {err}{_where(err)}"
             ) from err
+        except SystemExit as err:  # sys.exit() in user code ends nothing but its own call
+            raise UserCodeError(
+                f"{self.names[role]} called sys.exit({err.code!r}){_where(err)}"
+            ) from err
 
     def call_loss(self, X: np.ndarray, y: Any) -> float:
         value = self.run("loss_fn", X, y)
         if not is_scalar(value) and not (isinstance(value, np.ndarray) and value.size == 1):
-            raise ValueError(
+            raise UserCodeError(
                 f"{self.names['loss_fn']} returned {type(value).__name__} of shape "
                 f"{np.shape(value)}; expected one number"
             )
@@ -466,7 +469,7 @@ class UserNetwork:
                         out[s.canonical] = self._grad(got[key], s)
                         break
                 else:
-                    raise ValueError(
+                    raise UserCodeError(
                         f"{fname} returned no gradient for parameter {s.user!r} "
                         f"(keys: {sorted(map(str, got))})"
                     )
@@ -474,7 +477,7 @@ class UserNetwork:
         flat = list(_flatten(got))
         order = [self.pmap.by_user[n] for n in self.access.names]
         if len(flat) != len(order):
-            raise ValueError(
+            raise UserCodeError(
                 f"{fname} returned {len(flat)} gradients for {len(order)} parameters "
                 f"({', '.join(self.access.names)})"
             )
@@ -483,12 +486,16 @@ class UserNetwork:
     def _grad(self, g: Any, s: Slot) -> np.ndarray:
         g = np.asarray(g)
         if g.shape != s.shape:
-            raise ValueError(
+            raise UserCodeError(
                 f"{self.names['fn']} returned a gradient of shape {g.shape} for {s.user!r}, "
                 f"whose shape is {s.shape}"
             )
-        if g.dtype.kind != "f":
-            raise TypeError(f"{self.names['fn']} returned a {g.dtype} gradient for {s.user!r}")
+        if g.dtype != self.dtype:  # a narrower float somewhere in the chain is a finding
+            raise UserCodeError(
+                f"{self.names['fn']} returned a {g.dtype} gradient for {s.user!r}, whose "
+                f"parameters are {self.dtype}: compute it in {self.dtype} (a {g.dtype} array "
+                "or literal somewhere in the backward pass narrows it)"
+            )
         return s.to_canonical(g)
 
     def __repr__(self) -> str:
@@ -500,7 +507,10 @@ class UserNetwork:
 
 
 class UserCodeError(ValueError):
-    """An exception raised inside the user's own function, reported with where it happened."""
+    """A fault in the user's own code while it runs: an exception raised inside their function
+    (reported with where it happened, `sys.exit` included) or a value it returned that breaks
+    the contract (a gradient of the wrong shape, dtype or key, a forward of the wrong shape).
+    The lockstep keeps what was computed before it (`LockstepResult.fault`)."""
 
 
 def _where(err: BaseException) -> str:

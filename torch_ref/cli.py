@@ -5,7 +5,9 @@
     nn-parity report RECORD_DIR draw the figures and report.html of a saved run record
 
 Exit codes: 0 every quantity agreed at every step; 1 they diverged; 2 bad usage or bad input
-(one line on stderr, no traceback); 130 interrupted (no report written).
+(one line on stderr, no traceback); 3 the user's code failed mid-run (raised, called sys.exit,
+or returned a value that breaks the contract): the steps before it are in the report; 130
+interrupted (no report written).
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from nn_parity.scratch.optim import check_lr
 
 from .datasets import DATASETS
 
-EXIT_PASS, EXIT_DIVERGED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+EXIT_PASS, EXIT_DIVERGED, EXIT_USAGE, EXIT_FAULT, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 DEFAULT_OUT = "nn-parity-report"
 
 
@@ -289,6 +291,8 @@ def load_model(text: str):
         raise UsageError(
             f"--model: importing {path_text} failed: {type(err).__name__}: {err}"
         ) from None
+    except SystemExit as err:  # never a silent exit 0: nothing was checked
+        raise UsageError(f"--model: importing {path_text} called sys.exit({err.code!r})") from None
     finally:
         sys.path.pop(0)
     factory = getattr(module, name, None)
@@ -298,6 +302,8 @@ def load_model(text: str):
         return factory()
     except Exception as err:
         raise UsageError(f"--model: {name}() raised {type(err).__name__}: {err}") from None
+    except SystemExit as err:
+        raise UsageError(f"--model: {name}() called sys.exit({err.code!r})") from None
 
 
 def _sizes(text: str) -> list[int]:
@@ -599,11 +605,13 @@ def run(args: argparse.Namespace) -> int:
             raise UsageError(f"--export: {err}") from None
         print(f"exported: {written.module} (test: {written.test})")
     if args.quiet:
-        verdict = "PASS" if summary["passed"] else "DIVERGED"
-        print(f"{verdict}: {summary['steps']} steps, report in {out}{note}")
+        print(f"{reports.text.verdict(summary)}: {summary['steps']} steps, report in {out}{note}")
     else:
         print(reports.summary_text(summary, color=sys.stdout.isatty()))
         print(f"report: {out / 'report.html' if args.figures else out}{note}")
+    if result.fault is not None:
+        print(f"nn-parity: {reports.text.fault_line(summary)}", file=sys.stderr)
+        return EXIT_FAULT
     return EXIT_PASS if summary["passed"] else EXIT_DIVERGED
 
 

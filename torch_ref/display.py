@@ -119,7 +119,8 @@ def result_summary(result: LockstepResult, **context: Any) -> dict:
 
 def result_repr(result: LockstepResult) -> str:
     """One line: the verdict, the size of the run, and where it diverged or how close it was."""
-    head = f"{type(result).__name__}({'PASS' if result.passed else 'DIVERGED'}: "
+    word = "PASS" if result.passed else "DIVERGED" if result.first_divergence else "FAULT"
+    head = f"{type(result).__name__}({word}: "
     head += f"{result.steps} step{'s' * (result.steps != 1)}, {len(result.items)} items"
     div = result.first_divergence
     if div is not None:
@@ -128,6 +129,9 @@ def result_repr(result: LockstepResult) -> str:
         where = f"; first divergence at step {div.step}, {div.label}[{index}]: "
         where += f"scratch {div.scratch:.6g} vs torch {div.torch:.6g}"
         return head + where + (f", likely cause {cause})" if cause else ")")
+    if result.fault is not None:
+        fault = result.fault
+        return head + f"; your code failed at step {fault['step']}: {fault['message']})"
     if not result.steps:
         return head + ")"
     k = int(np.argmax(np.max(result.rel_err, axis=0)))
@@ -193,27 +197,24 @@ def summary_html(summary: dict) -> str:
         diagnosis_of,
         diagnosis_parts,
         divergence_where,
+        fault_line,
         fd_verdict,
         fmt,
+        headline,
         index_text,
         verdict,
     )
 
     word = verdict(summary)
     div = summary.get("first_divergence")
-    if summary.get("passed"):
-        steps = summary.get("steps")
-        detail = f"scratch and torch agree within tolerance at every one of {steps} steps"
-    elif div:
-        detail = f"scratch and torch part at step {div.get('step')}: {div.get('label')}"
-    else:
-        detail = "scratch and torch disagree beyond tolerance"
     color = _PASS if word == "PASS" else _FAIL
+    fault = fault_line(summary)
     parts = [
         '<div class="nn-parity-result">',
         f'<p><strong style="color:{color};font-size:1.3em">{_e(word)}</strong> '
-        f"{_e(detail)}</p>",
+        f"{_e(headline(summary))}</p>",
         f'<p style="color:{_MUTED}">{_e(_facts(summary))}</p>',
+        *([f'<p style="color:{_FAIL}">{_e(fault)}</p>'] if fault else []),
     ]  # fmt: skip
     if div:
         rows = [

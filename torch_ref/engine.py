@@ -35,7 +35,7 @@ from nn_parity.scratch.optim import check_lr
 from nn_parity.scratch.validate import check_xy
 
 from . import threads
-from .adapter import Slot, UserNetwork, resolve_layout
+from .adapter import Slot, UserCodeError, UserNetwork, resolve_layout
 from .compare import Mismatch, compare_segments, first_mismatch, segment_starts, tolerance
 from .diagnose import Context, diagnose
 from .explain import explain
@@ -164,6 +164,9 @@ class LockstepResult:
     batches: np.ndarray | None = None
     rows_first: np.ndarray | None = None  # with mini-batches: the rows of probs_first, _last
     rows_last: np.ndarray | None = None
+    # A fault in the user's code that ended the run early ({"step", "message"}): an exception
+    # it raised or a value breaking the contract, at a step after the first. Never a pass.
+    fault: dict | None = None
 
     @property
     def labels(self) -> list[str]:
@@ -315,6 +318,7 @@ def _scratch_side(net, loss, optimizer, lr, X, y):
         )
     loss_s = scratch.get_loss("bce" if loss is None else loss)
     check_output(loss_s, net.layers[-1].activation.name)
+    _check_finite(net.params)
     Xc, Yc = _check_data(loss_s, X, y, net.dtype, net.sizes)
     if isinstance(optimizer, (str, Mapping)) or optimizer is None:
         opt = _optimizer_factory(optimizer, lr)(net)
@@ -324,6 +328,17 @@ def _scratch_side(net, loss, optimizer, lr, X, y):
         _check_mirrored(optimizer)
         opt = optimizer
     return MLPSide(net, loss_s, opt, lr), Xc, Yc
+
+
+def _check_finite(params: Mapping[str, np.ndarray]) -> None:
+    """Starting weights that hold NaN or Inf would be reported as a blow-up at step 0."""
+    for name, p in params.items():
+        bad = ~np.isfinite(p)
+        if bad.any():
+            at = [int(i) for i in np.unravel_index(int(np.argmax(bad)), p.shape)]
+            raise ValueError(
+                f"the starting weights hold a non-finite value: {name}{at} = {float(p[tuple(at)])}"
+            )
 
 
 def _user_sizes(net: UserNetwork, X, y, loss_s) -> list[int]:
@@ -444,6 +459,8 @@ def lockstep(
     # Before step 0, nothing has been computed: a difference in the starting state is no
     # rounding any step produced, so it is a divergence no re-check may excuse.
     first: Divergence | None = _start_divergence(sside, tside)
+    fault: dict | None = None  # a fault in the user's code mid-run: {"step", "message"}
+    start = {k: np.array(v) for k, v in sside.get_params().items()}
     started = _start_words(sside, first)
 
     # sized once the items are known, after step 0
@@ -473,10 +490,17 @@ def lockstep(
                 (Xt_full, Yt_full) if rows is None else (torch.from_numpy(Xb), torch.from_numpy(Yb))
             )
             epochs_at[step], batches_at[step] = epoch, b
-            svals, tvals = pair(
-                lambda: sside.step(Xb, Yb, rows),  # noqa: B023 (called within this iteration)
-                lambda: tside.step(Xt, Yt),  # noqa: B023
-            )
+            try:
+                svals, tvals = pair(
+                    lambda: sside.step(Xb, Yb, rows),  # noqa: B023 (called within this iteration)
+                    lambda: tside.step(Xt, Yt),  # noqa: B023
+                )
+            except UserCodeError as err:
+                if step == 0:  # nothing compared yet: the user's code does not run as given
+                    sside.set_params(start)  # and a refused call leaves their arrays alone
+                    raise
+                fault = {"step": step, "message": str(err)}  # what came before it is kept
+                break
             if step == 0:
                 items, pick_s, pick_t, not_compared = _items(sside, tside, svals)
                 p_idx = next((k for k, it in enumerate(items) if it.quantity == "prob"), None)
@@ -510,7 +534,7 @@ def lockstep(
 
             blowup = None
             if not (np.isfinite(max_abs[step]).all() and np.isfinite(rel_err[step]).all()):
-                blowup = _nonfinite(step, step_items, svals, tvals)
+                blowup = _nonfinite(step, step_items, svals, tvals, sside.loss, tside)
             if blowup is not None:
                 # Training has blown up: every later step would compare NaN with NaN.
                 first = first or blowup
@@ -557,7 +581,8 @@ def lockstep(
     if p_idx is not None:
         probs_last = (np.array(svals[p_idx]), _np(tvals[p_idx]).copy())
     return LockstepResult(
-        passed=first is None,
+        passed=first is None and fault is None,
+        fault=fault,
         steps=ran,
         items=items,
         max_abs=max_abs[:ran],
@@ -690,7 +715,8 @@ def _yours(name: str) -> str:
 def _start_divergence(sside, tside) -> Divergence | None:
     """The two sides' parameters and optimizer state as the run finds them, compared bit for
     bit: both were given the same numbers, and copying is exact."""
-    slots = sside.net.pmap.by_canonical if isinstance(sside, UserSide) else {}
+    pmap = getattr(sside.net, "pmap", None)
+    slots: dict[str, Slot] = pmap.by_canonical if pmap is not None else {}
     s_params, t_params = sside.get_params(), tside.params_now()
     s_state = sside.opt.state_dict() if getattr(sside, "opt", None) is not None else {}
     t_state = tside.state()
@@ -705,7 +731,8 @@ def _start_divergence(sside, tside) -> Divergence | None:
     for n, b, s, t in pairs:
         _, layer, param = n.split(".")
         slot = slots.get(n)
-        it = Item("start", int(layer), param, np.shape(t), b, user=slot and slot.user, slot=slot)
+        user = slot.user if slot is not None else None
+        it = Item("start", int(layer), param, np.shape(t), b, user=user, slot=slot)
         div = _start_mismatch(it, s, t, f"optimizer state ({b})" if b else "weights")
         if div is not None:
             return div
@@ -794,7 +821,7 @@ def _snapshot(items, svals, tvals, sside) -> dict[str, tuple[np.ndarray, np.ndar
     return snap
 
 
-def _nonfinite(step, items, svals, tvals) -> Divergence | None:
+def _nonfinite(step, items, svals, tvals, loss, tside) -> Divergence | None:
     """The first quantity, in step order, where either side holds NaN or Inf."""
     for it, sv, tv in zip(items, svals, tvals):
         s_bad = ~np.isfinite(np.asarray(sv))
@@ -809,17 +836,33 @@ def _nonfinite(step, items, svals, tvals) -> Divergence | None:
         tol = tolerance(it.quantity, np.asarray(sv).dtype)
         return Divergence(
             step=step, quantity=it.quantity, layer=it.layer, param=it.param, label=it.label,
-            index=index, scratch=sval, torch=tval, abs_err=math.nan, rel_err=math.nan,
-            rtol=tol.rtol, atol=tol.atol, mismatches=int(bad.sum()), total=int(bad.size),
-            nonfinite=side,
-            diagnosis={
-                "cause": "non-finite",
-                "explanation": f"NaN or Inf first appears at step {step} in {it.label} on "
-                f"{'both sides' if side == 'both' else side + ' only'}: training blew up "
-                "(a learning rate far too large?) and the run stopped",
-            },
+            index=it.user_index(index), scratch=sval, torch=tval, abs_err=math.nan,
+            rel_err=math.nan, rtol=tol.rtol, atol=tol.atol, mismatches=int(bad.sum()),
+            total=int(bad.size), nonfinite=side,
+            diagnosis={"cause": "non-finite", "explanation": _nonfinite_why(
+                step, it, side, loss, _np(tside.cache[-1][1]))},
         )  # fmt: skip
     return None
+
+
+def _nonfinite_why(step: int, it: Item, side: str, loss, out_t: np.ndarray) -> str:
+    """Why NaN or Inf appeared, where the numbers say: a log of exactly 0 or 1 on one side.
+    `out_t` is torch's output at the step, from the same weights."""
+    where = f"NaN or Inf first appears at step {step} in {it.label}"
+    if side == "both":
+        return f"{where} on both sides: training blew up (a learning rate far too large?)"
+    other = "torch" if side == "scratch" else "scratch"
+    why = f"{where} on {side}'s side while {other}'s stayed finite"
+    if side == "scratch" and loss.name == "bce" and it.quantity not in ("z", "a"):
+        edge = np.flatnonzero((out_t == 0) | (out_t == 1))  # (N, 1) probabilities
+        if edge.size:
+            i = int(edge[0])
+            return (
+                f"{why}: p is exactly {out_t.ravel()[i]:g} at sample {i}, where a log of 0 "
+                "is -inf; torch's BCELoss clamps the log at -100 (clip p, or compute the "
+                "loss from the logits)"
+            )
+    return f"{why}: {side}'s code produced it (a division by zero, a log of 0, an overflow?)"
 
 
 def _divergence(step, items, k, svals, tvals, sside, tside, slack) -> Divergence:

@@ -798,14 +798,14 @@ MUTANTS: list[Mutant] = [
         torch_bias_zeroed,
     ),
     Mutant(
-        "optimizer-state-carried-in",
+        "adam-state-carried-in",
         "scratch's Adam starts with another run's moments, torch's fresh",
         (0, "start", 0),
         optimizer_state_carried_in,
         Config(optimizer=("adam", {}), lr=0.01),
     ),
     Mutant(
-        "hidden-activation-differs",
+        "torch-activation-differs",
         "torch's layer 0 has no activation where scratch's has a relu: equal until a z < 0",
         (1, "a", 0),
         hidden_activation_differs,

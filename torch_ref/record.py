@@ -85,6 +85,7 @@ def summary_dict(result: LockstepResult, config: dict, extras: dict) -> dict:
         "diagnosis": (
             result.first_divergence.diagnosis if result.first_divergence is not None else None
         ),
+        "fault": result.fault,
         "kink_steps": list(result.kink_steps),
         "saturation_steps": list(result.saturation_steps),
         "drift_steps": list(result.drift_steps),

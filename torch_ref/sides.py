@@ -36,7 +36,7 @@ import numpy as np
 import torch
 from nn_parity import scratch
 
-from .adapter import UserNetwork, is_scalar
+from .adapter import UserCodeError, UserNetwork, is_scalar
 from .model import torch_loss, torch_probabilities
 from .optim import torch_optimizer, torch_state
 
@@ -176,7 +176,11 @@ class UserSide:
         self.dtype = net.dtype
         self.desc = net.description()
         self.order = backward_order(self.desc)
-        self.X_user, self.y_user = X_user, y_user
+        # The user's code gets arrays of its own, never the ones torch reads or the caller's:
+        # code that writes into its input would otherwise change torch's data too. What it
+        # was given is checked after every step (`_check_inputs`).
+        self.X_user, self.y_user = np.array(X_user), np.array(y_user)
+        self._X_given, self._y_given = self.X_user.copy(), self.y_user.copy()
         # nn-parity applies the update to a canonical copy it writes back; the user's own
         # update or fused step updates their arrays, and the copy is read back. Either way
         # torch's optimizer is built from the one description, `opt_desc`.
@@ -215,11 +219,16 @@ class UserSide:
             np.copyto(v, params[k])
 
     def step(self, X: np.ndarray, Y: np.ndarray, rows: Any = None) -> list:
-        net, lr = self.net, self.lr
         self.X, self.Y = X, Y
         Xu = self.X_user if rows is None else self.X_user[rows]
         yu = self.y_user if rows is None else self.y_user[rows]
-        self.before = net.get_params()
+        self.before = self.net.get_params()
+        vals = self._step(X, Y, Xu, yu)
+        _check_inputs(self.net, (Xu, yu), (self._X_given, self._y_given), rows)
+        return vals
+
+    def _step(self, X, Y, Xu, yu) -> list:
+        net, lr = self.net, self.lr
         forward: list = []
         z: dict[int, np.ndarray] = {}
         a: dict[int, np.ndarray] = {}
@@ -311,11 +320,28 @@ class UserSide:
         return [np.array(v) for v in self.step(X, Y, rows)]
 
 
+def _check_inputs(net: UserNetwork, given: tuple, pristine: tuple, rows) -> None:
+    """The X and y handed to the user's code, as they were handed over: code that writes into
+    its input trains on other data than it was given, which is a finding of its own."""
+    for name, now, then in zip(("X", "y"), given, pristine):
+        then = then if rows is None else then[rows]
+        same = (now == then) | ((now != now) & (then != then))  # NaN where NaN was
+        if not same.all():
+            m = int(np.argmin(same.ravel()))
+            at = [int(i) for i in np.unravel_index(m, now.shape)]
+            yours = ", ".join(dict.fromkeys(n for n in net.names.values() if n))
+            raise UserCodeError(
+                f"your code ({yours}) modified {name} in place: {name}{at} was "
+                f"{then.ravel()[m].item()!r}, now {now.ravel()[m].item()!r}; work on a copy "
+                f"({name} = {name}.copy()) or out of place ({name} = {name} - ..., not -=)"
+            )
+
+
 def _check_changed(net: UserNetwork, before: Mapping, after: Mapping) -> None:
     """A step that leaves every parameter as it was has updated a copy, or nothing."""
     if all(np.array_equal(before[k], after[k]) for k in before):
         fn = net.names["fn"] if net.form == "step" else net.names["update"]
-        raise ValueError(
+        raise UserCodeError(
             f"{fn} changed no parameter: it must update them in place (W -= lr * dW) or "
             "rebind them where nn-parity reads them (the dict, the attributes, the lists)"
         )
@@ -326,7 +352,7 @@ def _check_unchanged(net: UserNetwork, params: Mapping[str, np.ndarray]) -> None
     also updates them would be applied twice in the user's own loop."""
     for s in net.pmap.slots if net.pmap else ():
         if not np.array_equal(s.to_canonical(net.access.get(s.user)), params[s.canonical]):
-            raise ValueError(
+            raise UserCodeError(
                 f"{net.names['fn']} changed parameter {s.user!r}: a function that returns "
                 "gradients must leave the parameters alone (give the update as update= or "
                 "the whole step as step=)"
