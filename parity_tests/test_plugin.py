@@ -232,7 +232,9 @@ def test_two_failing_checks_in_one_test_get_two_folders(tmp_path):
         with pytest.raises(pytest.fail.Exception, match=r"report: .*test_b\[x\]"):
             parity.lockstep(net, None, X, y, steps=2)
     names = sorted(p.name for p in (tmp_path / "out").iterdir())
-    assert names == ["tests_test_a.py__test_b[x]", "tests_test_a.py__test_b[x]-2"]
+    first = folder_name("tests/test_a.py::test_b[x]")
+    assert first.startswith("tests_test_a.py__test_b[x]-")  # "/" sanitised: a hash of the id
+    assert names == [first, f"{first}-2"]
 
 
 def test_a_report_from_an_earlier_run_of_the_same_test_is_replaced(tmp_path):
@@ -268,17 +270,71 @@ def test_folder_names_are_safe_and_distinct():
         "../escape.py::test_up",
     ]
     names = [folder_name(i) for i in ids]
-    assert names[:3] == [
+    assert [n[: -len("-0123abcd")] for n in names[:3]] == [  # "/" became "_": hashed
         "tests_test_a.py__test_b",
         "tests_test_a.py__TestC__test_b",
         "tests_test_a.py__test_b[float32-relu]",
     ]
+    assert folder_name("test_a.py::TestC::test_b[float32-relu]") == (
+        "test_a.py__TestC__test_b[float32-relu]"  # nothing lost: no hash
+    )
     assert len(set(names)) == len(names)
     for name in names:
         assert re.fullmatch(r"[\w.\[\]-]+", name) and not name.startswith("."), name
     long = [f"t.py::test[{'x' * 300}{k}]" for k in range(2)]
     cut = [folder_name(i) for i in long]
     assert all(len(c) <= 150 for c in cut) and cut[0] != cut[1]
+
+
+@pytest.mark.parametrize(
+    "ids",
+    [
+        ["t.py::test_f[bug/a]", "t.py::test_f[bug_a]"],
+        ["t.py::test_f[a b]", "t.py::test_f[a_b]", "t.py::test_f[a:b]"],
+        ["t.py::a_::b", "t.py::a::_b"],
+        ["t.py::TestA::b", "t.py::TestA__b"],
+        ["", ".", "test"],
+    ],
+)
+def test_ids_that_sanitise_alike_get_distinct_stable_folders(ids):
+    names = [folder_name(i) for i in ids]
+    assert len(set(names)) == len(names), names
+    assert names == [folder_name(i) for i in ids]  # stable: the same id, the same folder
+    for name in names:
+        assert re.fullmatch(r"[\w.\[\]-]+", name) and not name.startswith("."), name
+
+
+SANITISED_ALIKE = """
+
+import pytest
+from nn_parity.scratch.activations import Tanh
+
+
+class DoubledTanh(Tanh):
+    def backward(self, da, z, a):
+        return 2 * super().backward(da, z, a)
+
+
+@pytest.mark.parametrize("case", ["slash", "underscore"], ids=["bug/a", "bug_a"])
+def test_named_alike(parity, data, case):
+    X, y = data
+    net = scratch.MLP([4, 8, 1], [DoubledTanh(), "sigmoid"], dtype=parity.dtype, rng=0)
+    parity.lockstep(net, TorchMLP.from_scratch(net), X, y, steps=2, lr=0.5 + (case == "slash"))
+"""
+
+
+@pytest.mark.parametrize("xdist", [False, True], ids=["one-process", "xdist-n2"])
+def test_two_test_ids_that_sanitise_alike_keep_two_reports(tmp_path, xdist):
+    folder = example_copy(tmp_path, SANITISED_ALIKE)
+    args = ["-n", "2"] if xdist else []
+    proc = run_pytest(folder, *args, "-k", "named_alike", "--parity-report", "out")
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert re.search(r"\b2 failed\b", proc.stdout), proc.stdout
+    ids = [f"test_parity_example.py::test_named_alike[{c}]" for c in ("bug/a", "bug_a")]
+    names = sorted(p.name for p in (tmp_path / "out").iterdir())
+    assert names == sorted(folder_name(i) for i in ids) and len(set(names)) == 2
+    lrs = {json.loads((tmp_path / "out" / n / "summary.json").read_text())["lr"] for n in names}
+    assert lrs == {0.5, 1.5}  # each folder holds its own test's run
 
 
 def test_summary_line_counts_and_describes_the_checks():
