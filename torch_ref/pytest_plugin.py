@@ -249,6 +249,10 @@ def _divergence_lines(div: Any) -> list[str]:
 
 
 def _dtype_of(result: LockstepResult) -> str:
+    """The run's dtype: recorded by lockstep; else that of its probabilities, which a run
+    whose loss takes no probabilities (mse, bce-logits, ce) does not have."""
+    if getattr(result, "dtype", None):
+        return str(result.dtype)
     pair = result.probs_first or result.probs_last
     return str(pair[0].dtype) if pair is not None else "?"
 
