@@ -364,3 +364,81 @@ def test_finite_differences_side_with_scratch_when_the_reference_is_wrong():
     m = check_op(**{**gallery()["tanh"], "torch_ref": _WrongTanh.apply}).first_mismatch
     assert m.fd_agrees_with == "scratch", str(m)
     assert m.fd == pytest.approx(m.scratch, rel=1e-6)
+
+
+# --- non-finite input, the cost bound, ties excused jointly --------------------------------
+
+
+@pytest.mark.parametrize("group", ["inputs", "params", "state"])
+def test_a_non_finite_array_is_refused_and_left_as_it_was(group):
+    case = gallery()["batchnorm"]
+    arrays = {g: {k: v.copy() for k, v in case[g].items()} for g in ("inputs", "params", "state")}
+    name = next(iter(arrays[group]))
+    arrays[group][name].flat[1] = np.inf
+    before = {k: v.copy() for g in arrays.values() for k, v in g.items()}
+    with pytest.raises(ValueError, match=rf"{name!r} holds a non-finite value: {name}\[.*\] = inf"):
+        check_op(**{**case, **arrays})
+    for g in arrays.values():
+        for k, v in g.items():
+            np.testing.assert_array_equal(v, before[k], err_msg=k)
+
+
+def test_a_refused_upstream_count_runs_no_backward():
+    def backward(dout, cache):
+        raise AssertionError("a refused check ran a backward")
+
+    with pytest.raises(ValueError, match=r"at most 1000, got 1001: .* about [\d.e+-]+ hours"):
+        check_op(**{**gallery()["affine"], "backward": backward, "upstream": 1001})
+
+
+def test_upstream_gradients_are_the_same_drawn_one_at_a_time():
+    result = check_op(**{**gallery()["affine"], "upstream": 1000})  # the documented limit
+    assert result.passed and result.upstream == 1000
+
+
+def _pool_windows(x):  # (1, 1, 4, 4) -> (2, 2, 4): each 2 x 2 window, flat
+    return x.reshape(2, 2, 2, 2).transpose(0, 2, 1, 3).reshape(2, 2, 4)
+
+
+def _pool_backward(route):
+    """A max-pool backward giving each window's gradient to the elements `route(window)`."""
+
+    def backward(dout, cache):
+        x = cache
+        wins = _pool_windows(x)
+        chosen = np.stack([[route(w) for w in row] for row in wins])  # (2, 2, 4) weights
+        dx = chosen * dout[0, 0][..., None]
+        return dx.reshape(2, 2, 2, 2).transpose(0, 2, 1, 3).reshape(1, 1, 4, 4)
+
+    return backward
+
+
+def _tied_pool(backward):
+    x = np.array([[[[1.0, 1.0, 0.0, 2.0], [0.0, 0.0, 2.0, 0.0],
+                    [3.0, 0.5, 0.1, 0.2], [0.4, 0.3, 0.0, 0.6]]]])  # fmt: skip
+    forward = lambda x: (ops.maxpool2d_forward(x, 2)[0], x)  # noqa: E731
+    return check_op(forward, backward, torch.nn.MaxPool2d(2), inputs={"x": x})
+
+
+def test_a_gradient_sent_to_every_tied_maximum_is_not_excused():
+    every = _pool_backward(lambda w: (w == w.max()).astype(float))
+    result = _tied_pool(every)
+    m = result.first_mismatch
+    assert not result.passed and m.cause == "tie" and m.index == (0, 0, 0, 1), str(result)
+    assert "summing to" in m.explanation and m.fd_agrees_with == "torch"
+    assert result.kinks == []
+
+
+def test_a_gradient_dropped_at_a_tie_is_not_excused():
+    unique_only = _pool_backward(lambda w: (w == w.max()) * float((w == w.max()).sum() == 1))
+    result = _tied_pool(unique_only)
+    assert not result.passed and result.first_mismatch.cause == "tie", str(result)
+
+
+@pytest.mark.parametrize(
+    "pick", [np.argmax, lambda w: 3 - np.argmax(w[::-1])], ids=["first max", "last max"]
+)
+def test_a_gradient_routed_to_one_tied_maximum_passes(pick):
+    one = _pool_backward(lambda w: np.eye(4)[pick(w)])
+    result = _tied_pool(one)
+    assert result.passed, str(result)

@@ -232,7 +232,9 @@ def test_two_failing_checks_in_one_test_get_two_folders(tmp_path):
         with pytest.raises(pytest.fail.Exception, match=r"report: .*test_b\[x\]"):
             parity.lockstep(net, None, X, y, steps=2)
     names = sorted(p.name for p in (tmp_path / "out").iterdir())
-    assert names == ["tests_test_a.py__test_b[x]", "tests_test_a.py__test_b[x]-2"]
+    first = folder_name("tests/test_a.py::test_b[x]")
+    assert first.startswith("tests_test_a.py__test_b[x]-")  # "/" sanitised: a hash of the id
+    assert names == [first, f"{first}-2"]
 
 
 def test_a_report_from_an_earlier_run_of_the_same_test_is_replaced(tmp_path):
@@ -268,17 +270,71 @@ def test_folder_names_are_safe_and_distinct():
         "../escape.py::test_up",
     ]
     names = [folder_name(i) for i in ids]
-    assert names[:3] == [
+    assert [n[: -len("-0123abcd")] for n in names[:3]] == [  # "/" became "_": hashed
         "tests_test_a.py__test_b",
         "tests_test_a.py__TestC__test_b",
         "tests_test_a.py__test_b[float32-relu]",
     ]
+    assert folder_name("test_a.py::TestC::test_b[float32-relu]") == (
+        "test_a.py__TestC__test_b[float32-relu]"  # nothing lost: no hash
+    )
     assert len(set(names)) == len(names)
     for name in names:
         assert re.fullmatch(r"[\w.\[\]-]+", name) and not name.startswith("."), name
     long = [f"t.py::test[{'x' * 300}{k}]" for k in range(2)]
     cut = [folder_name(i) for i in long]
     assert all(len(c) <= 150 for c in cut) and cut[0] != cut[1]
+
+
+@pytest.mark.parametrize(
+    "ids",
+    [
+        ["t.py::test_f[bug/a]", "t.py::test_f[bug_a]"],
+        ["t.py::test_f[a b]", "t.py::test_f[a_b]", "t.py::test_f[a:b]"],
+        ["t.py::a_::b", "t.py::a::_b"],
+        ["t.py::TestA::b", "t.py::TestA__b"],
+        ["", ".", "test"],
+    ],
+)
+def test_ids_that_sanitise_alike_get_distinct_stable_folders(ids):
+    names = [folder_name(i) for i in ids]
+    assert len(set(names)) == len(names), names
+    assert names == [folder_name(i) for i in ids]  # stable: the same id, the same folder
+    for name in names:
+        assert re.fullmatch(r"[\w.\[\]-]+", name) and not name.startswith("."), name
+
+
+SANITISED_ALIKE = """
+
+import pytest
+from nn_parity.scratch.activations import Tanh
+
+
+class DoubledTanh(Tanh):
+    def backward(self, da, z, a):
+        return 2 * super().backward(da, z, a)
+
+
+@pytest.mark.parametrize("case", ["slash", "underscore"], ids=["bug/a", "bug_a"])
+def test_named_alike(parity, data, case):
+    X, y = data
+    net = scratch.MLP([4, 8, 1], [DoubledTanh(), "sigmoid"], dtype=parity.dtype, rng=0)
+    parity.lockstep(net, TorchMLP.from_scratch(net), X, y, steps=2, lr=0.5 + (case == "slash"))
+"""
+
+
+@pytest.mark.parametrize("xdist", [False, True], ids=["one-process", "xdist-n2"])
+def test_two_test_ids_that_sanitise_alike_keep_two_reports(tmp_path, xdist):
+    folder = example_copy(tmp_path, SANITISED_ALIKE)
+    args = ["-n", "2"] if xdist else []
+    proc = run_pytest(folder, *args, "-k", "named_alike", "--parity-report", "out")
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert re.search(r"\b2 failed\b", proc.stdout), proc.stdout
+    ids = [f"test_parity_example.py::test_named_alike[{c}]" for c in ("bug/a", "bug_a")]
+    names = sorted(p.name for p in (tmp_path / "out").iterdir())
+    assert names == sorted(folder_name(i) for i in ids) and len(set(names)) == 2
+    lrs = {json.loads((tmp_path / "out" / n / "summary.json").read_text())["lr"] for n in names}
+    assert lrs == {0.5, 1.5}  # each folder holds its own test's run
 
 
 def test_summary_line_counts_and_describes_the_checks():
@@ -413,3 +469,87 @@ def test_the_readme_shows_the_example_file():
     code = EXAMPLE.read_text().split('"""', 2)[2].lstrip("\n")  # without its docstring
     assert shown == code
     assert readme.index("## In pytest and notebooks") < readme.index("## The pieces")
+
+
+# --- what a run records: its dtype, its optimizer ---------------------------------------------
+
+
+def user_net(dtype="float64", bug=1.0, d=3):
+    """User code with gradients only (no forward: no probabilities compared), `d` inputs;
+    `bug` scales db2."""
+    from nn_parity.torch_ref import adapt
+
+    rng = np.random.default_rng(0)
+    P = {"W1": rng.standard_normal((d, 4)) * 0.5, "b1": np.zeros(4),
+         "W2": rng.standard_normal((4, 1)) * 0.5, "b2": np.zeros(1)}  # fmt: skip
+    P = {k: v.astype(dtype) for k, v in P.items()}
+
+    def grads(X, y):
+        a1 = np.tanh(X @ P["W1"] + P["b1"])  # (N, 4)
+        p = 1 / (1 + np.exp(-(a1 @ P["W2"] + P["b2"])))  # (N, 1)
+        dz2 = (p - y.reshape(-1, 1)) / len(X)
+        dz1 = dz2 @ P["W2"].T * (1 - a1**2)
+        return {"W1": X.T @ dz1, "b1": dz1.sum(0), "W2": a1.T @ dz2, "b2": bug * dz2.sum(0)}
+
+    return adapt(P, activations=["tanh", "sigmoid"], grads=grads)
+
+
+def test_a_run_without_probabilities_records_its_real_dtype(tmp_path):
+    config = FakeConfig(tmp_path)
+    _, X, y = small_case()
+    result = Parity(config, "t.py::t").lockstep(
+        user_net("float32"), None, X.astype(np.float32), y.astype(np.float32), steps=2
+    )
+    assert result.probs_first is None  # the case that printed "?"
+    (check,) = config.stash[pytest_plugin._CHECKS]
+    assert check["dtype"] == "float32"
+    assert summary_line([check], None).endswith("in float32")
+
+
+MODEL_WITH_A_BUG = """
+import numpy as np
+from parity_tests.test_plugin import user_net
+
+def make():
+    return user_net(bug=2.0, d=2)
+"""
+
+
+def test_an_adam_run_records_the_same_optimizer_through_the_plugin_and_the_cli(tmp_path):
+    from nn_parity.torch_ref.cli import main
+
+    (tmp_path / "buggy.py").write_text(MODEL_WITH_A_BUG)
+    cli_out = tmp_path / "cli"
+    code = main(["run", "--data", "moons", "--model", f"{tmp_path / 'buggy.py'}:make",
+                 "--optimizer", "adam", "--betas", "0.8,0.99", "--steps", "3", "--no-figures",
+                 "--quiet", "--out", str(cli_out)])  # fmt: skip
+    assert code == 1
+    cli = json.loads((cli_out / "summary.json").read_text())
+
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((16, 2))
+    y = (X[:, 0] > 0).astype(np.float64)
+    parity = Parity(FakeConfig(tmp_path, parity_report="plugin"), "t.py::t")
+    adam = {"name": "adam", "betas": (0.8, 0.99)}
+    with pytest.raises(pytest.fail.Exception):
+        parity.lockstep(user_net(bug=2.0, d=2), None, X, y, steps=3, optimizer=adam)
+    plugin = json.loads((tmp_path / "plugin" / "t.py__t" / "summary.json").read_text())
+    assert plugin["optimizer"] == cli["optimizer"] == {"name": "adam", "betas": [0.8, 0.99]}
+
+
+def test_an_adam_update_that_differs_is_diagnosed_in_adams_words(tmp_path):
+    class OffAdam(scratch.optim.Adam):  # gradients agree, the update carries an extra term
+        def step(self, grads=None):
+            super().step(grads)
+            for p in self.params.values():
+                p -= 1e-3 * p
+
+    net, X, y = small_case()
+    parity = Parity(FakeConfig(tmp_path, parity_report="out"), "t.py::t")
+    with pytest.raises(pytest.fail.Exception, match="likely cause"):
+        parity.lockstep(net, None, X, y, steps=2, optimizer=OffAdam(net, lr=0.1, betas=(0.8, 0.99)))
+    summary = json.loads((tmp_path / "out" / "t.py__t" / "summary.json").read_text())
+    assert summary["optimizer"] == {"name": "adam", "betas": [0.8, 0.99]}
+    assert summary["diagnosis"]["cause"] == "update-rule"
+    assert "Adam(lr=0.1, betas=(0.8, 0.99))" in summary["diagnosis"]["explanation"]
+    assert "theta - lr * g" not in summary["diagnosis"]["explanation"]

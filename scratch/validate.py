@@ -143,11 +143,12 @@ def _numeric(a, name: str) -> np.ndarray:
     return arr
 
 
-def _finite(a: np.ndarray, name: str) -> None:
+def _finite(a: np.ndarray, name: str, label: str | None = None) -> None:
+    """Refuse NaN and Inf, naming the first element; `label` ("input 'x'") heads the message."""
     if np.issubdtype(a.dtype, np.floating) and not np.isfinite(a).all():
         where = tuple(int(i) for i in np.argwhere(~np.isfinite(a))[0])
         raise ValueError(
-            f"{name} holds a non-finite value: {name}{list(where)} = {float(a[where])}"
+            f"{label or name} holds a non-finite value: {name}{list(where)} = {float(a[where])}"
         )
 
 

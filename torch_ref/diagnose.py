@@ -44,6 +44,7 @@ class Context:
     torch_cache: list  # torch's: (z, a) tensors per layer
     params_before: dict[str, np.ndarray]  # the parameters at the start of the step
     lr: float
+    optimizer: object = None  # the scratch optimizer; None: plain SGD
 
 
 _DERIVATIVES = {  # f'(z) from (z, a), as a hand derivation should take it, and at z by mistake
@@ -138,11 +139,7 @@ def diagnose(div, s: np.ndarray, t: np.ndarray, ctx) -> dict | None:
                 "gradients agree but the update does not, from step "
                 f"{div.step}: the update carries state between steps (momentum?)",
             )
-        return _d(
-            "update-rule",
-            "gradients agree but the update does not: the update rule "
-            "differs from theta - lr * g (an extra term such as weight decay?)",
-        )
+        return _d("update-rule", "gradients agree but the update does not: " + _rule(ctx))
     if div.step > 0 and div.quantity == "grad":
         return _d(
             "carried-state",
@@ -151,6 +148,16 @@ def diagnose(div, s: np.ndarray, t: np.ndarray, ctx) -> dict | None:
             "steps (gradients not reset, a stale cache) or depends on the weights' values",
         )
     return None
+
+
+def _rule(ctx) -> str:
+    """How the step-0 update differs, in the words of the run's optimizer."""
+    opt = ctx.optimizer
+    hyper = getattr(opt, "hyper", {})
+    plain = not (hyper.get("momentum") or hyper.get("weight_decay"))
+    if opt is None or (getattr(opt, "name", None) == "sgd" and plain):
+        return "the update rule differs from theta - lr * g (an extra term such as weight decay?)"
+    return f"the update rule differs from {opt!r}'s, torch.optim's with the same options"
 
 
 def _reference_grads(ctx, at_z_layer: int | None) -> dict[str, np.ndarray]:

@@ -42,7 +42,7 @@ _NUMERIC = "text-align:right;font-family:monospace;white-space:nowrap"
 
 
 def _dtype_name(result: LockstepResult, net: Any) -> str:
-    dtype = getattr(net, "dtype", None)
+    dtype = result.dtype or getattr(net, "dtype", None)
     if dtype is None:  # the output probabilities are in the run's dtype
         pair = result.probs_first or result.probs_last
         dtype = pair[0].dtype if pair is not None else np.float64
@@ -101,6 +101,7 @@ def record_config(
         "loss": loss_name,
         "reduction": reduction,
         "lr": lr,
+        "optimizer": result.optimizer,
         "seed": seed,
         # record.npz needs an array; "no labels" is an empty one, dropped again on reading
         "y": np.zeros(0) if y is None else np.asarray(y),

@@ -164,6 +164,9 @@ class LockstepResult:
     batches: np.ndarray | None = None
     rows_first: np.ndarray | None = None  # with mini-batches: the rows of probs_first, _last
     rows_last: np.ndarray | None = None
+    dtype: str | None = None  # the run's dtype ("float64"); None where not known
+    # the optimizer as a record keeps it: {"name": "adam", **the options given}
+    optimizer: dict = field(default_factory=lambda: {"name": "sgd"})
     # A fault in the user's code that ended the run early ({"step", "message"}): an exception
     # it raised or a value breaking the contract, at a step after the first. Never a pass.
     fault: dict | None = None
@@ -380,6 +383,22 @@ def _optimizer_factory(spec, lr):
     return lambda params: scratch.get_optimizer(name, params, lr=lr, **spec)
 
 
+def _opt_of(sside):
+    """The scratch optimizer both sides' optimizers are built from."""
+    return sside.opt if isinstance(sside, MLPSide) else sside.opt_desc
+
+
+def _optimizer_record(spec, opt) -> dict:
+    """The optimizer as a record keeps it (summary.json's "optimizer"), as `nn-parity run`
+    writes it: the name and the options given; for an optimizer object, those off default."""
+    if spec is None or isinstance(spec, (str, Mapping)):
+        given = {"name": spec} if isinstance(spec, str) else dict(spec or {})
+        return {"name": given.pop("name", "sgd"), **given}
+    defaults = type(opt)._defaults()
+    hyper = {k: v for k, v in opt.hyper.items() if k != "lr" and v != defaults.get(k)}
+    return {"name": opt.name, **hyper}
+
+
 def _check_mirrored(opt) -> None:
     """The torch side is built from the scratch optimizer's description (`opt.hyper`); an
     optimizer without one would be compared against the wrong thing."""
@@ -452,7 +471,7 @@ def lockstep(
     n = len(X)
     steps = run_length(steps, batch_size, epochs, drop_last, n)
     loss_s = sside.loss
-    opt_desc = sside.opt if isinstance(sside, MLPSide) else sside.opt_desc
+    opt_desc = _opt_of(sside)
     tside = _torch_side(ref, sside, loss_s, opt_desc)
     relu_layers = [l for l, a in enumerate(sside.desc.activations) if _has_kink(a)]
     plan = _batches(n, batch_size, epochs or 1, seed, shuffle, drop_last)
@@ -604,6 +623,8 @@ def lockstep(
         rows_first=rows_first,
         rows_last=rows,
         batches=batches_at[:ran] if batch_size is not None else None,
+        dtype=np.dtype(sside.dtype).name,
+        optimizer=_optimizer_record(optimizer, opt_desc),
     )
 
 
@@ -892,7 +913,9 @@ def _divergence(step, items, k, svals, tvals, sside, tside, slack) -> Divergence
     if it.quantity == "grad":
         div.fd, div.fd_agrees_with = _fd_verdict(desc, sside, params_before, it, m)
     before64 = {k: np.asarray(v, dtype=np.float64) for k, v in params_before.items()}
-    ctx = Context(desc, sside.loss, sside.X, sside.Y, cache, tside.cache, before64, sside.lr)
+    ctx = Context(
+        desc, sside.loss, sside.X, sside.Y, cache, tside.cache, before64, sside.lr, _opt_of(sside)
+    )
     if it.quantity != "state":
         div.diagnosis = diagnose(div, svals[k], tvals[k], ctx)
     else:

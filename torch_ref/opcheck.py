@@ -15,8 +15,9 @@
   torch's; `out_layout` the same for the output. Arrays are transposed, never reshaped, and
   every index in the report is in the user's layout.
 
-Integer and bool inputs (labels, indices, masks) and the names in `no_grad` take no gradient:
-they are passed through and not compared. The check then:
+NaN and Inf anywhere are refused, and so are more than 1000 upstream gradients (with what they
+would cost). Integer and bool inputs (labels, indices, masks) and the names in `no_grad` take
+no gradient: they are passed through and not compared. The check then:
 
 1. runs both forwards on the same inputs and compares the output and every state array;
 2. feeds both backwards the same `upstream` seeded random upstream gradients (never ones
@@ -24,7 +25,8 @@ they are passed through and not compared. The check then:
 3. at the first element outside tolerance, computes the float64 central difference of
    L = sum(out * dout) through the torch reference (one-sided where the two sides of the
    element disagree: a relu kink, a max-pool tie; a mismatch that both sides explain as one
-   of the two one-sided derivatives is a kink, listed in `kinks`, not a failure);
+   of the two one-sided derivatives is a kink, listed in `kinks`, not a failure, when the
+   elements tied at its value, moved together, agree too: see `_tie_mismatch`);
 4. names the likely cause where the mismatch has a fingerprint (see `_fingerprint`).
 
 Tolerances come from `compare.tolerance`: the output as "z" (as "loss" when it is a scalar),
@@ -40,11 +42,13 @@ import inspect
 import itertools
 import math
 import numbers
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
+from nn_parity.scratch.validate import _finite
 
 from .compare import Mismatch, first_mismatch, tolerance
 from .diagnose import _constant_ratio
@@ -53,6 +57,7 @@ __all__ = ["ItemResult", "OpCheckResult", "OpMismatch", "assert_op", "check_op",
 
 _FLOATS = {np.dtype(np.float32), np.dtype(np.float64)}
 _MAX_PROBES = 32  # finite-difference probes per item before a mismatch is reported unexplained
+_MAX_UPSTREAM = 1000  # upstream gradients per check: each runs both forwards and backwards
 
 
 # --- the result ---------------------------------------------------------------------------
@@ -466,6 +471,7 @@ def _validate(
                     f"{'takes a gradient' if what == 'param' else 'is compared as floats'}: "
                     "expected float32 or float64"
                 )
+            _finite(v, k, f"{what} {k!r}")  # NaN vs NaN would fail a correct op; Inf misplace it
             arrays[k] = v
     no_grad = (no_grad,) if isinstance(no_grad, str) else tuple(no_grad)
     for k in no_grad:
@@ -548,20 +554,9 @@ def _map_module(module, params, state, names) -> dict[str, str]:
 def _fd_probe(spec: _Spec, name: str, index, dout, s: float, t: float):
     """Central (or, at a kink, one-sided) float64 differences of L = sum(out * dout) in one
     element, through the torch reference. Returns (fd, one_sided or None, agrees_with, kink)."""
-    base = _copies(spec, np.float64)
-    d64 = np.asarray(dout, dtype=np.float64)
-    f64 = _Spec(**{**spec.__dict__, "dtype": np.dtype(np.float64)})
-
-    def loss(delta: float) -> float:
-        arrays = {k: v.copy() for k, v in base.items()}
-        arrays[name][index] += delta
-        out, _, _ = _run_torch(f64, arrays, None, need_grads=False)
-        return float(np.sum(out * d64))
-
-    x0 = float(base[name][index])
-    h = 1e-6 * max(1.0, abs(x0))
-    up, mid, down = loss(h), loss(0.0), loss(-h)
-    central, right, left = (up - down) / (2 * h), (up - mid) / h, (mid - down) / h
+    h = 1e-6 * max(1.0, abs(float(spec.arrays[name][index])))
+    left, right = _fd_slopes(spec, name, index, dout, h)
+    central = (left + right) / 2
     # a float64 central difference is good to about 1e-8 relative here; a float32 gradient
     # carries its own rounding, about 1e-6 relative, and more where sums cancel
     res = (1e-6 if spec.dtype == np.float64 else 1e-3) * max(abs(central), abs(t), 1e-3)
@@ -575,6 +570,23 @@ def _fd_probe(spec: _Spec, name: str, index, dout, s: float, t: float):
         (s_ok, t_ok), "neither"
     )
     return central, ((left, right) if kink else None), verdict, kink
+
+
+def _fd_slopes(spec: _Spec, name: str, where, dout, h: float) -> tuple[float, float]:
+    """The left and right float64 differences of L = sum(out * dout), through the torch
+    reference, when the elements `where` (an index or a mask) of `name` move together by h."""
+    base = _copies(spec, np.float64)
+    d64 = np.asarray(dout, dtype=np.float64)
+    f64 = _Spec(**{**spec.__dict__, "dtype": np.dtype(np.float64)})
+
+    def loss(delta: float) -> float:
+        arrays = {k: v.copy() for k, v in base.items()}
+        arrays[name][where] += delta
+        out, _, _ = _run_torch(f64, arrays, None, need_grads=False)
+        return float(np.sum(out * d64))
+
+    up, mid, down = loss(h), loss(0.0), loss(-h)
+    return (mid - down) / h, (up - mid) / h
 
 
 # --- likely causes ------------------------------------------------------------------------
@@ -790,11 +802,14 @@ def check_op(
     for k, pair in tolerances.items():
         if not (isinstance(pair, tuple) and len(pair) == 2):
             raise ValueError(f"tolerances[{k!r}] must be (rtol, atol), together, got {pair!r}")
+        if not all(_finite_number(v) and v >= 0 for v in pair):  # inf would excuse anything
+            raise ValueError(f"tolerances[{k!r}] must be two finite numbers >= 0, got {pair!r}")
         if k not in spec.arrays and k != "out":
             raise ValueError(
                 f"tolerances names {k!r}, which is not an item ({', '.join(spec.arrays)}, out)"
             )
     # shapes first, without a backward: mismatched forwards are bad input, not a finding
+    started = time.perf_counter()
     s_out, _, _ = _run_scratch(spec, None)
     t_out, _, _ = _run_torch(spec, _copies(spec), None, need_grads=False)
     if s_out.shape != t_out.shape:
@@ -802,14 +817,7 @@ def check_op(
             f"forward's output has shape {s_out.shape} but the torch reference's has "
             f"{t_out.shape} (in your layout){_layout_hint(spec)}"
         )
-    rng = np.random.default_rng(seed)
-    douts = []
-    for _ in range(upstream):
-        if t_out.shape == ():  # a loss: a random scale of either sign, away from 0 and 1
-            d = rng.uniform(0.5, 2.0) * rng.choice([-1.0, 1.0])
-            douts.append(np.asarray(d if abs(d - 1) > 0.05 else 1.5, dtype=spec.dtype))
-        else:
-            douts.append(rng.standard_normal(t_out.shape).astype(spec.dtype))
+    _check_upstream(upstream, time.perf_counter() - started)
 
     order = [("out", "output"), *((k, "state") for k in spec.state)]
     order += [(k, "grad") for k in spec.grad_names]
@@ -820,7 +828,8 @@ def check_op(
     tols = {k: _tol(k, kind, t_out.shape, spec.dtype, tolerances) for k, kind in order}
     # (position in order, trial, mismatch, scratch's and torch's values, dout, torch's output)
     failures: list[tuple] = []
-    for trial, dout in enumerate(douts):
+    failed: set[int] = set()  # positions in order that have failed
+    for trial, dout in enumerate(_upstream_gradients(seed, upstream, t_out.shape, spec.dtype)):
         s_out, s_grads, s_state = _run_scratch(spec, dout)
         t_out, t_grads, t_state = _run_torch(spec, _copies(spec), dout, need_grads=True)
         values = {"out": (s_out, t_out), **{k: (s_state[k], t_state[k]) for k in spec.state}}
@@ -836,11 +845,14 @@ def check_op(
             max_abs[name] = max(max_abs[name], float(np.abs(s64 - t64).max(initial=0.0)))
             nt, nd = float(np.linalg.norm(t64)), float(np.linalg.norm(s64 - t64))
             max_rel[name] = max(max_rel[name], nd / nt if nt else (0.0 if nd == 0 else math.inf))
+            if pos in failed:  # an item's first failure is kept: bounded memory, no more probes
+                continue
             if s.dtype != t.dtype and s.ndim > 0:  # a 0-d loss may come back as a Python float
                 why = f"dtype {s.dtype} (scratch) != {t.dtype} (torch)"
                 mism = OpMismatch(name, kind, None, None, None, trial, explanation=why)
                 mism.cause = "dtype"
                 failures.append((pos, trial, mism, None, None, dout, t_out))
+                failed.add(pos)
                 continue
             mm = first_mismatch(s64, t64, rtol, atol)
             if mm is None:
@@ -850,9 +862,10 @@ def check_op(
             )
             if found is not None:
                 failures.append((pos, trial, found, s64, t64, dout, t_out))
-    failed = {order[f[0]][0] for f in failures}
+                failed.add(pos)
     items = [
-        ItemResult(k, kind, max_abs[k], max_rel[k], k not in failed, *tols[k]) for k, kind in order
+        ItemResult(k, kind, max_abs[k], max_rel[k], pos not in failed, *tols[k])
+        for pos, (k, kind) in enumerate(order)
     ]
     if failures:
         _, _, first, s64, t64, dout, t_out = min(failures, key=lambda f: (f[0], f[1]))
@@ -862,7 +875,7 @@ def check_op(
                 "x64": _main_input(spec),
                 "wrong_point": _wrong_point_candidates(spec, first, t_out, dout),
             }
-            cause = _fingerprint(spec, first, s64, t64, ctx)
+            cause = None if first.cause else _fingerprint(spec, first, s64, t64, ctx)
             if cause is not None:
                 first.cause, first.explanation = cause
     return OpCheckResult(
@@ -873,6 +886,33 @@ def check_op(
         upstream=upstream,
         kinks=sorted(set(kinks)),
     )
+
+
+def _finite_number(v) -> bool:
+    return isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _check_upstream(upstream: int, forwards_seconds: float) -> None:
+    """Refuse more upstream gradients than _MAX_UPSTREAM, saying what they would cost: each
+    runs both forwards and both backwards (timed here as twice the two forwards)."""
+    if upstream <= _MAX_UPSTREAM:
+        return
+    hours = 2 * forwards_seconds * upstream / 3600
+    raise ValueError(
+        f"upstream must be at most {_MAX_UPSTREAM}, got {upstream}: each runs both forwards "
+        f"and backwards, about {hours:.3g} hours for this op here"
+    )
+
+
+def _upstream_gradients(seed: int, upstream: int, shape, dtype):
+    """The seeded upstream gradients, one at a time (never all held at once)."""
+    rng = np.random.default_rng(seed)
+    for _ in range(upstream):
+        if shape == ():  # a loss: a random scale of either sign, away from 0 and 1
+            d = rng.uniform(0.5, 2.0) * rng.choice([-1.0, 1.0])
+            yield np.asarray(d if abs(d - 1) > 0.05 else 1.5, dtype=dtype)
+        else:
+            yield rng.standard_normal(shape).astype(dtype)
 
 
 def _main_input(spec: _Spec):
@@ -902,9 +942,13 @@ def _tol(name, kind, out_shape, dtype, overrides) -> tuple[float, float]:
 def _first_unexplained(
     spec, name, kind, s, t, mm: Mismatch, rtol, atol, dout, trial, kinks
 ) -> OpMismatch | None:
-    """The first failing element that is not a kink both sides explain, or None."""
+    """The first failing element that is not a kink both sides explain, or None.
+
+    Kinks are excused one element at a time, then jointly: the elements tied at one value
+    must share out a gradient that moving them together gives (see `_tie_mismatch`)."""
     bad = ~(np.abs(s - t) <= atol + rtol * np.abs(t))
     flat = np.flatnonzero(bad.ravel())
+    excused: list[OpMismatch] = []
     for n_probe, f in enumerate(flat):
         index = tuple(int(i) for i in np.unravel_index(f, s.shape)) if s.shape else ()
         sv, tv = float(s[index]), float(t[index])
@@ -912,12 +956,46 @@ def _first_unexplained(
         if kind != "grad" or n_probe >= _MAX_PROBES:
             return m
         m.fd, one_sided, m.fd_agrees_with, kink = _fd_probe(spec, name, index, dout, sv, tv)
-        if kink and m.fd_agrees_with == "both":
-            kinks.append((name, index))
-            continue
-        m.fd_one_sided = one_sided
-        return m
+        if not (kink and m.fd_agrees_with == "both"):
+            m.fd_one_sided = one_sided
+            return m
+        excused.append(m)
+    by_value: dict[float, OpMismatch] = {}  # each tied value's first excused element
+    for m in excused:
+        by_value.setdefault(float(spec.arrays[name][m.index]), m)
+    for value, m in by_value.items():
+        tie = _tie_mismatch(spec, name, value, s, t, dout, m)
+        if tie is not None:
+            return tie
+    kinks.extend((name, m.index) for m in excused)
     return None
+
+
+def _tie_mismatch(spec, name, value, s, t, dout, m: OpMismatch) -> OpMismatch | None:
+    """`m`, failed, when the elements of `name` equal to `value` (a max-pool window's tied
+    maxima, relu's zeros) do not, together, give one of the two one-sided slopes of moving
+    them all at once. Element by element, a backward that sends a window's gradient to every
+    tied maximum gives each one a one-sided slope; the window's sum is k times torch's."""
+    tied = spec.arrays[name] == value
+    left, right = _fd_slopes(spec, name, tied, dout, 1e-6 * max(1.0, abs(value)))
+    ss, ts = float(s[tied].sum()), float(t[tied].sum())
+    res = (1e-6 if spec.dtype == np.float64 else 1e-3) * max(
+        float(np.abs(s[tied]).sum()), float(np.abs(t[tied]).sum()), abs(left), abs(right), 1e-3
+    )
+    s_ok, t_ok = (min(abs(v - left), abs(v - right)) <= res for v in (ss, ts))
+    if s_ok:
+        return None
+    m.fd_agrees_with = "torch" if t_ok else "neither"
+    m.fd_one_sided = None if abs(left - right) <= res else (left, right)  # smooth together?
+    m.fd = (left + right) / 2
+    m.cause = "tie"
+    m.explanation = (
+        f"the {int(tied.sum())} elements of {name} equal to {value!r} (a tie) have gradients "
+        f"summing to {ss!r} in scratch, {ts!r} in torch; moving them together gives "
+        f"{left!r} (left) or {right!r} (right): a tie's gradient goes to one of the tied "
+        "elements, not to each"
+    )
+    return m
 
 
 def assert_op(*args, **kwargs) -> OpCheckResult:

@@ -92,16 +92,19 @@ def report_root(config: pytest.Config) -> Path | None:
 def folder_name(nodeid: str) -> str:
     """A report folder's name for a test id: `test_x.py::test_y[a-b]` -> `test_x.py__test_y[a-b]`.
 
-    Test ids are unique within a run, so under pytest-xdist no two workers write one folder.
-    Path separators and other characters that some file systems refuse become `_`; an id too
-    long for a file name is cut and given a hash of the whole id, to stay unique.
+    One folder per test id, so under pytest-xdist no two workers write one folder. `::` becomes
+    `__`; path separators and other characters that some file systems refuse become `_`. Where
+    that loses the id (the name does not read back as it, `__` -> `::`: `bug/a` and `bug_a`
+    both give `bug_a`), or the id is too long for a file name (cut), the name ends with `-` and
+    8 hex digits of the SHA-1 of the exact id, so two ids never share a folder.
     """
     name = re.sub(r"[^\w.\[\]-]", "_", nodeid.replace("::", "__"), flags=re.ASCII).strip(".")
-    if len(name) > _MAX_NAME:
-        import hashlib
+    if name and name.replace("__", "::") == nodeid and len(name) <= _MAX_NAME:
+        return name
+    import hashlib
 
-        name = name[: _MAX_NAME - 9] + "-" + hashlib.sha1(nodeid.encode()).hexdigest()[:8]
-    return name or "test"
+    digest = hashlib.sha1(nodeid.encode()).hexdigest()[:8]
+    return f"{name[: _MAX_NAME - 9] or 'test'}-{digest}"
 
 
 class Parity:
@@ -246,6 +249,10 @@ def _divergence_lines(div: Any) -> list[str]:
 
 
 def _dtype_of(result: LockstepResult) -> str:
+    """The run's dtype: recorded by lockstep; else that of its probabilities, which a run
+    whose loss takes no probabilities (mse, bce-logits, ce) does not have."""
+    if getattr(result, "dtype", None):
+        return str(result.dtype)
     pair = result.probs_first or result.probs_last
     return str(pair[0].dtype) if pair is not None else "?"
 
