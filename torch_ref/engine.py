@@ -36,6 +36,7 @@ from nn_parity.scratch.validate import check_xy
 
 from . import threads
 from .adapter import Slot, UserNetwork, resolve_layout
+from .budget import check_steps
 from .compare import Mismatch, compare_segments, first_mismatch, segment_starts, tolerance
 from .diagnose import Context, diagnose
 from .explain import explain
@@ -436,6 +437,7 @@ def lockstep(
     sside, X, Y = _scratch_side(net, loss, optimizer, lr, X, y)
     n = len(X)
     steps = run_length(steps, batch_size, epochs, drop_last, n)
+    check_steps(steps, len(sside.desc.layers))  # before the (steps, items) records
     loss_s = sside.loss
     opt_desc = sside.opt if isinstance(sside, MLPSide) else sside.opt_desc
     tside = _torch_side(ref, sside, loss_s, opt_desc)
