@@ -356,7 +356,9 @@ def errors_figure(record: Record, path: Path | str) -> Path:
         extent=extent,
     )
     bottom.set_yticks(
-        range(len(items)), [_text(label) for label, _ in items], fontsize=8 if len(items) > 16 else 9
+        range(len(items)),
+        [_text(label) for label, _ in items],
+        fontsize=8 if len(items) > 16 else 9,
     )
     _mark_divergence(bottom, div_step, label=False)
     bottom.set_xlabel("step")

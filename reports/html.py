@@ -267,9 +267,7 @@ def _figure(path: Path, caption: str) -> str:
     )
 
 
-def page(
-    record: Record, figures: Sequence[tuple[Path, str]], failed: Sequence[str] = ()
-) -> str:
+def page(record: Record, figures: Sequence[tuple[Path, str]], failed: Sequence[str] = ()) -> str:
     """The report as one HTML string; `figures` are (PNG path, caption) pairs to embed,
     `failed` one line per figure that could not be drawn."""
     s = record.summary

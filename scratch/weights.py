@@ -12,6 +12,7 @@ weights are refused by name and element. The torch side's `.pt` state dicts are 
 
 from __future__ import annotations
 
+import math
 import zipfile
 from pathlib import Path
 
@@ -86,9 +87,10 @@ def _check_headers(path: Path, headers: dict[str, tuple[tuple, np.dtype]]) -> No
             )
         if not np.issubdtype(dtype, np.floating):
             raise TypeError(f"{path}: {name} holds {dtype}, expected floating-point values")
-    declared = sum(int(np.prod(shape, dtype=object)) * dtype.itemsize for shape, dtype in headers.values())
+    sizes = {name: math.prod(shape) * dtype.itemsize for name, (shape, dtype) in headers.items()}
+    declared = sum(sizes.values())
     if declared > MAX_NPZ_BYTES:
-        big = max(headers, key=lambda k: int(np.prod(headers[k][0], dtype=object)))
+        big = max(sizes, key=sizes.__getitem__)
         raise ValueError(
             f"{path}: its arrays declare {declared} bytes ({big} has shape {headers[big][0]}), "
             f"over the {MAX_NPZ_BYTES // 2**30} GiB limit for a weights file; refused unread"

@@ -474,7 +474,8 @@ class UserNetwork:
         flat = list(_flatten(got))
         order = [self.pmap.by_user[n] for n in self.access.names]
         if len(flat) != len(order):
-            kinds = ", ".join(type(e).__name__ for e in got) if isinstance(got, (list, tuple)) else ""
+            seq = isinstance(got, (list, tuple))
+            kinds = ", ".join(type(e).__name__ for e in got) if seq else ""
             raise ValueError(
                 f"{fname} returned a {type(got).__name__} ({kinds}) holding {len(flat)} values; "
                 f"expected {len(order)} gradients, one per parameter "

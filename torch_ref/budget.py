@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from itertools import pairwise
 
 __all__ = ["available_memory", "check_network", "check_steps", "human_bytes"]
 
@@ -63,6 +64,6 @@ def check_steps(steps: int, n_layers: int) -> None:
 
 def check_network(sizes: Sequence[int], samples: int, itemsize: int) -> None:
     """Refuse a network of these layer sizes that does not fit in memory with its data."""
-    params = sum((a + 1) * b for a, b in zip(sizes, sizes[1:]))
+    params = sum((a + 1) * b for a, b in pairwise(sizes))
     need = itemsize * (PARAM_COPIES * params + UNIT_COPIES * samples * sum(sizes))
     _check(need, f"a network of {params} parameters", f"for training on {samples} samples")

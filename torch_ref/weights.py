@@ -86,10 +86,10 @@ def load_pt(path) -> dict[str, np.ndarray]:
         raise ValueError(f"{path}: not a readable torch file ({err})") from None
     if isinstance(state, dict) and not all(isinstance(v, torch.Tensor) for v in state.values()):
         inner = [k for k, v in state.items() if isinstance(v, dict)]
+        advice = f"; save its {inner[0]!r} alone (torch.save(ckpt[{inner[0]!r}], ...))"
         raise ValueError(
             f"{path}: a checkpoint with keys {', '.join(map(repr, state))}, not a state dict of "
-            "tensors"
-            + (f"; save its {inner[0]!r} alone (torch.save(ckpt[{inner[0]!r}], ...))" if inner else "")
+            f"tensors{advice if inner else ''}"
         )
     if not isinstance(state, dict):
         raise ValueError(f"{path}: expected a dict of tensors, got {type(state).__name__}")
