@@ -68,7 +68,47 @@ def files(tmp_path):
     scratch_weights.save_npz(scratch.MLP([2, 3, 1], ["tanh", "sigmoid"]), tmp_path / "w231.npz")
     (tmp_path / "full").mkdir()
     (tmp_path / "full" / "keep.txt").write_text("an earlier report\n")
+    _data_weights_and_sizes(tmp_path)
     return tmp_path
+
+
+def _data_weights_and_sizes(tmp_path) -> None:
+    """The files of the section "Data, weights and sizes"."""
+    with open(tmp_path / "huge.csv", "wb") as f:
+        f.truncate(65 * 2**20)  # sparse: 65 MiB by its size, nothing written
+    _npz_bomb(tmp_path / "bomb.npz")
+    state = scratch.MLP([2, 3, 1], ["tanh", "sigmoid"], rng=0).state_dict()
+    tensors = {k: torch.from_numpy(v.copy()) for k, v in state.items()}
+    torch.save({"state_dict": tensors, "epoch": 3}, tmp_path / "ckpt.npz")
+    seq = torch.nn.Sequential(torch.nn.Linear(2, 3), torch.nn.Tanh(), torch.nn.Linear(3, 1))
+    torch.save(seq.double().state_dict(), tmp_path / "seq.pt")  # carries _metadata
+    nan = {**state, "layers.0.weight": state["layers.0.weight"].copy()}
+    nan["layers.0.weight"][1, 0] = np.nan
+    np.savez(tmp_path / "nan.npz", **nan)
+    torch.save({**tensors, "layers.1.bias": torch.tensor([np.inf])}, tmp_path / "inf.pt")
+    (tmp_path / "argv_model.py").write_text(
+        "import argparse\n"
+        "argparse.ArgumentParser().parse_args()  # at import, as scripts do\n"
+        "from nn_parity import scratch\n\n"
+        "def make():\n"
+        "    return scratch.MLP([3, 4, 1], ['tanh', 'sigmoid'])\n"
+    )
+
+
+def _npz_bomb(path) -> None:
+    """An .npz whose one member declares a 100000 x 100000 float64 array (80 GB) in its .npy
+    header, followed by 1 MB of zeros: small on disk and in this test's memory."""
+    import io
+    import zipfile
+
+    header = io.BytesIO()
+    np.lib.format.write_array_header_1_0(
+        header, {"descr": "<f8", "fortran_order": False, "shape": (100_000, 100_000)}
+    )
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as z:
+        with z.open("layers.0.weight.npy", "w") as f:
+            f.write(header.getvalue())
+            f.write(bytes(2**20))
 
 
 def test_the_table_has_at_least_30_cases():

@@ -100,13 +100,19 @@ def render(run_dir: Path | str) -> list[Path]:
     run_dir = Path(run_dir)
     record = load_record(run_dir)
     written: list[tuple[Path, str]] = []
+    failed: list[str] = []
     for spec in FIGURES:
         path = run_dir / spec.filename
         if spec.available(record):
-            spec.draw(record, path)
-            written.append((path, spec.caption))
-        elif path.exists():
+            try:
+                spec.draw(record, path)
+                written.append((path, spec.caption))
+                continue
+            except Exception as err:  # one figure never costs the record or the others
+                reason = (str(err).strip().splitlines() or [""])[0]
+                failed.append(f"{spec.filename} could not be drawn: {type(err).__name__}: {reason}")
+        if path.exists():
             # A figure left by an earlier render of other data would contradict this record.
             path.unlink()
-    report = write_report(record, run_dir / "report.html", written)
+    report = write_report(record, run_dir / "report.html", written, failed)
     return [p for p, _ in written] + [report]

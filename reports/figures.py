@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from matplotlib import colormaps
+from matplotlib import colormaps, rcParams
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.colors import BoundaryNorm, Colormap, ListedColormap, Normalize
 from matplotlib.figure import Figure
@@ -59,6 +59,21 @@ CLASS_STYLE: list[dict[str, Any]] = [
 # per-bin max: drawing 100,000 points per line buys nothing on a 1,000-pixel-wide axis.
 MAX_LINE_POINTS = 4000
 MAX_HEATMAP_COLUMNS = 1500
+
+
+_TEX_ESCAPES = {
+    "\\": r"\textbackslash{}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}",
+    **{c: "\\" + c for c in "$#%&_{}"},
+}  # fmt: skip
+
+
+def _text(s: object) -> str:
+    """A user-supplied string (a CSV header, a parameter name) as plain text: matplotlib would
+    read `$...$` in it as mathtext, and every TeX special character under text.usetex."""
+    s = str(s)
+    if rcParams["text.usetex"]:
+        return "".join(_TEX_ESCAPES.get(c, c) for c in s)
+    return s.replace("$", r"\$")
 
 
 def _figure(width: float, height: float) -> Figure:
@@ -263,8 +278,8 @@ def errors_figure(record: Record, path: Path | str) -> Path:
     colors = colormaps["tab10"] if len(grads) <= 10 else colormaps["viridis"]
     top.set_yscale("log")
     any_zero = any_bad = False
-    lines = [(label[len("grad ") :], e, "-") for label, e in grads]
-    lines += [(label, e, "--") for label, e in states]
+    lines = [(_text(label[len("grad ") :]), e, "-") for label, e in grads]
+    lines += [(_text(label), e, "--") for label, e in states]
     for k, (label, e, style) in enumerate(lines):
         color = colors(k % 10 if len(grads) <= 10 else k / max(len(lines) - 1, 1))
         any_zero |= bool(np.any(e == 0))
@@ -341,7 +356,9 @@ def errors_figure(record: Record, path: Path | str) -> Path:
         extent=extent,
     )
     bottom.set_yticks(
-        range(len(items)), [label for label, _ in items], fontsize=8 if len(items) > 16 else 9
+        range(len(items)),
+        [_text(label) for label, _ in items],
+        fontsize=8 if len(items) > 16 else 9,
     )
     _mark_divergence(bottom, div_step, label=False)
     bottom.set_xlabel("step")
@@ -460,6 +477,7 @@ def gradient_descent_figure(record: Record, path: Path | str) -> Path:
     loss = np.asarray(record.arrays["slice_loss"], dtype=np.float64).ravel()
     w0, l0 = float(gs["value"]), float(gs["loss"])
     name = f"{gs.get('param', 'weight')}[{', '.join(str(i) for i in gs.get('index') or [])}]"
+    name = _text(name)
 
     fig = _figure(8.5, 5.6)
     ax = fig.subplots()
@@ -543,7 +561,7 @@ def boundary_figure(record: Record, path: Path | str) -> Path:
     norm = BoundaryNorm(levels, cmap.N)
 
     names = list((record.summary.get("data") or {}).get("feature_names") or [])[:2]
-    names = names if len(names) == 2 else ["x1", "x2"]
+    names = [_text(n) for n in names] if len(names) == 2 else ["x1", "x2"]
     fig = _figure(10, 9)
     axes = fig.subplots(2, 2, sharex=True, sharey=True)
     filled = None

@@ -260,8 +260,9 @@ def _figure(path: Path, caption: str) -> str:
     )
 
 
-def page(record: Record, figures: Sequence[tuple[Path, str]]) -> str:
-    """The report as one HTML string; `figures` are (PNG path, caption) pairs to embed."""
+def page(record: Record, figures: Sequence[tuple[Path, str]], failed: Sequence[str] = ()) -> str:
+    """The report as one HTML string; `figures` are (PNG path, caption) pairs to embed,
+    `failed` one line per figure that could not be drawn."""
     s = record.summary
     data = (s.get("data") or {}).get("name")
     title = f"nn-parity: {verdict(s)}" + (f" - {data}" if data else "")
@@ -282,8 +283,9 @@ def page(record: Record, figures: Sequence[tuple[Path, str]]) -> str:
     if diagnosis is not None:
         parts.append(_diagnosis(diagnosis))
     parts += [_quantities(s), _tolerances(s), _provenance(s)]
-    if figures:
+    if figures or failed:
         parts.append("<section><h2>Figures</h2>")
+        parts += [f'<p class="muted">{_e(line)}</p>' for line in failed]
         parts += [_figure(Path(p), caption) for p, caption in figures]
         parts.append("</section>")
     parts.append(
@@ -293,8 +295,13 @@ def page(record: Record, figures: Sequence[tuple[Path, str]]) -> str:
     return "\n".join(parts) + "\n"
 
 
-def write_report(record: Record, path: Path | str, figures: Sequence[tuple[Path, str]]) -> Path:
-    """Write page(record, figures) to path."""
+def write_report(
+    record: Record,
+    path: Path | str,
+    figures: Sequence[tuple[Path, str]],
+    failed: Sequence[str] = (),
+) -> Path:
+    """Write page(record, figures, failed) to path."""
     path = Path(path)
-    path.write_text(page(record, figures), encoding="utf-8")
+    path.write_text(page(record, figures, failed), encoding="utf-8")
     return path

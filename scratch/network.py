@@ -27,7 +27,7 @@ import numpy as np
 from .activations import Activation, get_activation
 from .init import init_layer
 from .layers import Dense
-from .validate import check_names
+from .validate import check_finite, check_names
 
 __all__ = ["DTYPES", "MLP", "resolve_dtype"]
 
@@ -190,8 +190,10 @@ class MLP:
         """Copies of every parameter, by name."""
         return {name: p.copy() for name, p in self.params.items()}
 
-    def load_state_dict(self, state: Mapping[str, np.ndarray]) -> None:
-        """Copy values in, refusing missing, unexpected or mis-shaped entries by name."""
+    def load_state_dict(self, state: Mapping[str, np.ndarray], *, finite: bool = True) -> None:
+        """Copy values in, refusing missing, unexpected or mis-shaped entries by name, and NaN
+        or inf (a network cannot start from them) unless `finite=False` (a trained network's
+        state after a blow-up, copied as it is)."""
         check_names(self.params, state, what=f"state dict does not fit {self!r}")
         for name, p in self.params.items():
             value = np.asarray(state[name])
@@ -199,6 +201,8 @@ class MLP:
                 raise ValueError(f"{name}: expected shape {p.shape}, got {value.shape}")
             if not np.issubdtype(value.dtype, np.floating):
                 raise TypeError(f"{name}: expected floating-point values, got {value.dtype}")
+            if finite:
+                check_finite(value, name)
         for name, p in self.params.items():
             p[...] = state[name]
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["TASKS", "check_labels", "check_names", "check_xy"]
+__all__ = ["TASKS", "check_finite", "check_labels", "check_names", "check_xy"]
 
 TASKS = ("binary", "multiclass", "regression")
 
@@ -41,7 +41,7 @@ def check_xy(
     y = _label_shape(y, task)
     if len(y) != len(X):
         raise ValueError(f"X has {len(X)} samples but y has {len(y)}")
-    _finite(X, "X")
+    check_finite(X, "X")
     return X, _label_values(y, task, n_classes, "")
 
 
@@ -87,7 +87,7 @@ def _label_shape(y: np.ndarray, task: str) -> np.ndarray:
 
 
 def _label_values(y: np.ndarray, task: str, n_classes: int | None, context: str) -> np.ndarray:
-    _finite(y, "y")
+    check_finite(y, "y")
     if task == "binary":
         bad = np.flatnonzero((y != 0) & (y != 1))
         if bad.size:
@@ -143,7 +143,7 @@ def _numeric(a, name: str) -> np.ndarray:
     return arr
 
 
-def _finite(a: np.ndarray, name: str, label: str | None = None) -> None:
+def check_finite(a: np.ndarray, name: str, label: str | None = None) -> None:
     """Refuse NaN and Inf, naming the first element; `label` ("input 'x'") heads the message."""
     if np.issubdtype(a.dtype, np.floating) and not np.isfinite(a).all():
         where = tuple(int(i) for i in np.argwhere(~np.isfinite(a))[0])

@@ -477,9 +477,12 @@ class UserNetwork:
         flat = list(_flatten(got))
         order = [self.pmap.by_user[n] for n in self.access.names]
         if len(flat) != len(order):
+            seq = isinstance(got, (list, tuple))
+            kinds = ", ".join(type(e).__name__ for e in got) if seq else ""
             raise UserCodeError(
-                f"{fname} returned {len(flat)} gradients for {len(order)} parameters "
-                f"({', '.join(self.access.names)})"
+                f"{fname} returned a {type(got).__name__} ({kinds}) holding {len(flat)} values; "
+                f"expected {len(order)} gradients, one per parameter "
+                f"({', '.join(self.access.names)}), or a tuple (loss, gradients)"
             )
         return {s.canonical: self._grad(g, s) for s, g in zip(order, flat)}
 

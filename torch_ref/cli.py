@@ -285,15 +285,17 @@ def load_model(text: str):
         raise UsageError(f"--model: {path_text!r} is not a Python file")
     module = importlib.util.module_from_spec(spec)
     sys.path.insert(0, str(path.resolve().parent))  # its own imports, beside it
+    argv, sys.argv = sys.argv, [path_text]  # an argparse call at import sees no nn-parity flags
     try:
         spec.loader.exec_module(module)
-    except Exception as err:  # the user's code: any failure is theirs to read, in one line
+    except (Exception, SystemExit) as err:  # the user's code: any failure is theirs to read
         raise UsageError(
             f"--model: importing {path_text} failed: {type(err).__name__}: {err}"
         ) from None
     except SystemExit as err:  # never a silent exit 0: nothing was checked
         raise UsageError(f"--model: importing {path_text} called sys.exit({err.code!r})") from None
     finally:
+        sys.argv = argv
         sys.path.pop(0)
     factory = getattr(module, name, None)
     if not callable(factory):
@@ -321,7 +323,7 @@ def _sizes(text: str) -> list[int]:
 
 def plan(args: argparse.Namespace) -> dict:
     """Everything the run needs, checked; raises UsageError or ValueError on bad input."""
-    from .datasets import load_dataset
+    from .datasets import AdvisedError, load_dataset
 
     if args.steps is not None and args.steps < 1:
         raise UsageError(f"--steps must be at least 1, got {args.steps}")
@@ -330,17 +332,20 @@ def plan(args: argparse.Namespace) -> dict:
     except ValueError as err:
         raise UsageError(f"--lr: {err}") from None
     asked = scratch.get_loss(args.loss, args.reduction) if args.loss else None
-    ds = load_dataset(
-        args.data,
-        seed=args.seed,
-        label_column=args.label_column,
-        standardized=args.standardize,
-        task=asked.task if asked else None,
-    )
+    try:
+        ds = load_dataset(
+            args.data,
+            seed=args.seed,
+            label_column=args.label_column,
+            standardized=args.standardize,
+            task=asked.task if asked else None,
+        )
+    except AdvisedError as err:
+        raise UsageError(err.cli) from None
     D = ds.X.shape[1]
     loss = asked or scratch.get_loss(_DEFAULT_LOSS[ds.task], args.reduction)
     if args.model is not None:
-        return _plan_model(args, ds)
+        return _checked_size(_plan_model(args, ds), args)
     exam = ds.name == "exam" and args.data == "exam"
     default_sizes = EXAM_SIZES if exam else [D, 8, ds.n_outputs]
     sizes = _sizes(args.layers) if args.layers else default_sizes
@@ -368,7 +373,25 @@ def plan(args: argparse.Namespace) -> dict:
         raise UsageError(
             "--init article sets the article's weights: only with --data exam and --layers 2,3,1"
         )
-    return {"data": ds, "sizes": sizes, "activations": acts, "loss": loss, "init": init}
+    p = {"data": ds, "sizes": sizes, "activations": acts, "loss": loss, "init": init}
+    return _checked_size(p, args)
+
+
+def _checked_size(p: dict, args: argparse.Namespace) -> dict:
+    """The plan, once its network and its per-step records are known to fit in memory."""
+    from .budget import check_network, check_steps
+    from .engine import run_length
+
+    n = len(p["data"].X)
+    if args.epochs is not None and args.batch_size is None:
+        raise UsageError("--epochs needs --batch-size; full-batch runs count --steps")
+    steps = run_length(args.steps, args.batch_size, args.epochs, args.drop_last, n)
+    check_steps(steps, len(p["sizes"]) - 1)
+    try:
+        check_network(p["sizes"], n, np.dtype(args.dtype).itemsize)
+    except ValueError as err:
+        raise UsageError(f"--layers {args.layers}: {err}") from None
+    return p
 
 
 _DEFAULT_LOSS = {"binary": "bce", "multiclass": "ce", "regression": "mse"}
@@ -402,6 +425,11 @@ def _plan_model(args: argparse.Namespace, ds) -> dict:
         raise UsageError(
             f"--model: {args.model} returned a {type(net).__name__}; expected a network adapted "
             "with nn_parity.torch_ref.adapt(...) or a scratch.MLP"
+        )
+    if desc.sizes[0] != ds.X.shape[1]:
+        raise UsageError(
+            f"--model: {args.model} returned a network taking {desc.sizes[0]} inputs, but the "
+            f"data {args.data!r} has {ds.X.shape[1]} features"
         )
     return {
         "data": ds, "sizes": desc.sizes, "activations": [a.name for a in desc.activations],
@@ -548,7 +576,7 @@ def run(args: argparse.Namespace) -> int:
         bar.close()
     if two_d:
         if "desc" in p and hasattr(net, "get_params"):
-            desc.load_state_dict(net.get_params())
+            desc.load_state_dict(net.get_params(), finite=False)  # as trained, even blown up
         extras["arrays"].update(boundary(desc, ref, loss, ds.X, "after"))
 
     config = {

@@ -25,6 +25,8 @@ indices 0..C-1, `classes` naming them) or "regression" (y (N,) float64).
 from __future__ import annotations
 
 import csv
+import os
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,7 +34,7 @@ import numpy as np
 from nn_parity.scratch import data as toy
 from nn_parity.scratch.validate import TASKS, check_xy
 
-__all__ = ["DATASETS", "Dataset", "load_csv", "load_dataset"]
+__all__ = ["DATASETS", "MAX_CSV_BYTES", "AdvisedError", "Dataset", "load_csv", "load_dataset"]
 
 DATASETS = (
     "exam",
@@ -47,6 +49,15 @@ DATASETS = (
 )
 CSV_TASKS = (*TASKS, "auto")
 TOY_SAMPLES = 200
+MAX_CSV_BYTES = 64 * 2**20  # a larger CSV file, or an endless stream, is refused unread
+
+
+class AdvisedError(ValueError):
+    """A refusal whose advice names Python keywords; `cli` is its wording for the command line."""
+
+    def __init__(self, message: str, cli: str):
+        super().__init__(message)
+        self.cli = cli
 
 
 @dataclass
@@ -75,9 +86,16 @@ class Dataset:
 
 
 def standardize(X: np.ndarray) -> np.ndarray:
-    """Zero mean, unit variance per feature; a constant feature is only centred."""
-    std = X.std(axis=0)
-    return (X - X.mean(axis=0)) / np.where(std > 0, std, 1.0)
+    """Zero mean, unit variance per feature; a constant feature is only centred.
+
+    Values so large that their squares overflow (1e308) are first divided by their column's
+    largest magnitude, which leaves the standardised result the same."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        mean, std = X.mean(axis=0), X.std(axis=0)
+    if not (np.isfinite(mean).all() and np.isfinite(std).all()):
+        peak = np.abs(X).max(axis=0)
+        return standardize(X / np.where(peak > 0, peak, 1.0))
+    return (X - mean) / np.where(std > 0, std, 1.0)
 
 
 def load_dataset(
@@ -201,7 +219,7 @@ def load_csv(path: str | Path, *, label_column: str | None = None, task: str = "
         raise ValueError(f"unknown task {task!r}; expected one of {', '.join(CSV_TASKS)}")
     path = Path(path)
     try:
-        raw = path.read_bytes()
+        raw = _read_bounded(path)
     except FileNotFoundError:
         raise ValueError(f"CSV file {str(path)!r} does not exist") from None
     except IsADirectoryError:
@@ -272,7 +290,10 @@ def load_csv(path: str | Path, *, label_column: str | None = None, task: str = "
     if task == "binary":
         if ((y != 0) & (y != 1)).any():
             where = bad_row((y != 0) & (y != 1), "0 or 1")
-            raise ValueError(f"{where} (for other labels pass task='multiclass' or 'regression')")
+            raise AdvisedError(
+                f"{where} (for other labels pass task='multiclass' or 'regression')",
+                f"{where} (for other labels pass --loss ce for classes or --loss mse for values)",
+            )
         kind = ""
     elif task == "multiclass":
         if (y != np.floor(y)).any():
@@ -288,6 +309,20 @@ def load_csv(path: str | Path, *, label_column: str | None = None, task: str = "
     features = [n for j, n in enumerate(names) if j != label]
     source = f"{path} (label column {names[label]!r}{kind})"
     return Dataset(path.stem, X, y, source, features, task=task, classes=classes)
+
+
+def _read_bounded(path: Path) -> bytes:
+    """The file's bytes, refusing one over MAX_CSV_BYTES: by its size where it has one (a
+    regular file), while reading where it has none (a pipe, a device such as /dev/zero)."""
+    limit = f"the {MAX_CSV_BYTES // 2**20} MiB limit for a CSV file"
+    with open(path, "rb") as f:
+        info = os.fstat(f.fileno())
+        if stat.S_ISREG(info.st_mode) and info.st_size > MAX_CSV_BYTES:
+            raise ValueError(f"{path}: {info.st_size} bytes, over {limit}")
+        raw = f.read(MAX_CSV_BYTES + 1)
+    if len(raw) > MAX_CSV_BYTES:
+        raise ValueError(f"{path}: more than {limit} (an endless stream or device?)")
+    return raw
 
 
 def _guess_task(y: np.ndarray) -> str:

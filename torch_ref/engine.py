@@ -32,10 +32,11 @@ from nn_parity import scratch
 from nn_parity.scratch.gradcheck import network_gradient
 from nn_parity.scratch.losses import check_output
 from nn_parity.scratch.optim import check_lr
-from nn_parity.scratch.validate import check_xy
+from nn_parity.scratch.validate import check_finite, check_xy
 
 from . import threads
 from .adapter import Slot, UserCodeError, UserNetwork, resolve_layout
+from .budget import check_steps
 from .compare import Mismatch, compare_segments, first_mismatch, segment_starts, tolerance
 from .diagnose import Context, diagnose
 from .explain import explain
@@ -336,12 +337,7 @@ def _scratch_side(net, loss, optimizer, lr, X, y):
 def _check_finite(params: Mapping[str, np.ndarray]) -> None:
     """Starting weights that hold NaN or Inf would be reported as a blow-up at step 0."""
     for name, p in params.items():
-        bad = ~np.isfinite(p)
-        if bad.any():
-            at = [int(i) for i in np.unravel_index(int(np.argmax(bad)), p.shape)]
-            raise ValueError(
-                f"the starting weights hold a non-finite value: {name}{at} = {float(p[tuple(at)])}"
-            )
+        check_finite(p, name, "the starting weights")
 
 
 def _user_sizes(net: UserNetwork, X, y, loss_s) -> list[int]:
@@ -470,6 +466,7 @@ def lockstep(
     sside, X, Y = _scratch_side(net, loss, optimizer, lr, X, y)
     n = len(X)
     steps = run_length(steps, batch_size, epochs, drop_last, n)
+    check_steps(steps, len(sside.desc.layers))  # before the (steps, items) records
     loss_s = sside.loss
     opt_desc = _opt_of(sside)
     tside = _torch_side(ref, sside, loss_s, opt_desc)

@@ -48,7 +48,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-from nn_parity.scratch.validate import _finite
+from nn_parity.scratch.validate import check_finite
 
 from .compare import Mismatch, first_mismatch, tolerance
 from .diagnose import _constant_ratio
@@ -471,7 +471,7 @@ def _validate(
                     f"{'takes a gradient' if what == 'param' else 'is compared as floats'}: "
                     "expected float32 or float64"
                 )
-            _finite(v, k, f"{what} {k!r}")  # NaN vs NaN would fail a correct op; Inf misplace it
+            check_finite(v, k, f"{what} {k!r}")  # NaN vs NaN would fail a correct op; Inf misplace it
             arrays[k] = v
     no_grad = (no_grad,) if isinstance(no_grad, str) else tuple(no_grad)
     for k in no_grad:

@@ -70,6 +70,8 @@ def load_pt(path) -> dict[str, np.ndarray]:
     import pickle
     from pathlib import Path
 
+    from nn_parity.scratch.weights import check_weights
+
     path = Path(path)
     if not path.exists():
         raise ValueError(f"weights file {str(path)!r} does not exist")
@@ -82,23 +84,55 @@ def load_pt(path) -> dict[str, np.ndarray]:
         raise ValueError(f"{path}: refused, it carries a pickled object: {what}") from None
     except (RuntimeError, EOFError, OSError) as err:
         raise ValueError(f"{path}: not a readable torch file ({err})") from None
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+    if isinstance(state, dict) and not all(isinstance(v, torch.Tensor) for v in state.values()):
+        inner = [k for k, v in state.items() if isinstance(v, dict)]
+        advice = f"; save its {inner[0]!r} alone (torch.save(ckpt[{inner[0]!r}], ...))"
+        raise ValueError(
+            f"{path}: a checkpoint with keys {', '.join(map(repr, state))}, not a state dict of "
+            f"tensors{advice if inner else ''}"
+        )
+    if not isinstance(state, dict):
         raise ValueError(f"{path}: expected a dict of tensors, got {type(state).__name__}")
-    return {name: t.detach().cpu().numpy() for name, t in state.items()}
+    out = {name: t.detach().cpu().numpy() for name, t in state.items()}
+    check_weights(out, path)
+    return out
 
 
 def load_weights(path) -> dict[str, np.ndarray]:
-    """A state dict from `.npz` or `.pt`/`.pth`, by the file's suffix."""
+    """A state dict from a `.npz` (scratch) or a torch file, told apart by content, not by name:
+    a zip holding `data.pkl` is torch's, one holding `.npy` arrays NumPy's."""
+    import zipfile
     from pathlib import Path
 
     from nn_parity.scratch.weights import load_npz
 
-    suffix = Path(path).suffix.lower()
-    if suffix == ".npz":
-        return load_npz(path)
-    if suffix in (".pt", ".pth"):
+    path = Path(path)
+    try:
+        with open(path, "rb") as f:
+            head = f.read(6)
+    except FileNotFoundError:
+        raise ValueError(f"weights file {str(path)!r} does not exist") from None
+    except OSError as err:
+        raise ValueError(f"weights file {str(path)!r}: cannot read it ({err.strerror})") from None
+    if head.startswith(b"\x80"):  # torch's legacy (pre-zip) format, a pickle stream
         return load_pt(path)
-    raise ValueError(f"weights file {str(path)!r}: expected a .npz, .pt or .pth file")
+    if head.startswith(b"\x93NUMPY"):
+        raise ValueError(f"{path}: a single .npy array; expected an .npz of named arrays")
+    if not head.startswith(b"PK"):
+        raise ValueError(f"{path}: neither an .npz nor a torch file (it is not a zip archive)")
+    try:
+        with zipfile.ZipFile(path) as z:
+            members = z.namelist()
+    except (zipfile.BadZipFile, OSError) as err:
+        raise ValueError(f"{path}: not a readable zip archive ({err})") from None
+    if any(m == "data.pkl" or m.endswith("/data.pkl") for m in members):
+        return load_pt(path)
+    if members and all(m.endswith(".npy") for m in members):
+        return load_npz(path)
+    raise ValueError(
+        f"{path}: a zip archive of neither .npy arrays (an .npz) nor a torch file (data.pkl); "
+        f"it holds {', '.join(members[:3]) or 'nothing'}"
+    )
 
 
 def module_parameters(module: nn.Module, desc: scratch.MLP) -> dict[str, torch.Tensor]:
