@@ -288,7 +288,7 @@ def load_model(text: str):
     argv, sys.argv = sys.argv, [path_text]  # an argparse call at import sees no nn-parity flags
     try:
         spec.loader.exec_module(module)
-    except (Exception, SystemExit) as err:  # the user's code: any failure is theirs to read
+    except Exception as err:  # the user's code: any failure is theirs to read, in one line
         raise UsageError(
             f"--model: importing {path_text} failed: {type(err).__name__}: {err}"
         ) from None

@@ -337,7 +337,7 @@ def _scratch_side(net, loss, optimizer, lr, X, y):
 def _check_finite(params: Mapping[str, np.ndarray]) -> None:
     """Starting weights that hold NaN or Inf would be reported as a blow-up at step 0."""
     for name, p in params.items():
-        check_finite(p, name, "the starting weights")
+        check_finite(p, name, f"the starting weight {name}")
 
 
 def _user_sizes(net: UserNetwork, X, y, loss_s) -> list[int]:

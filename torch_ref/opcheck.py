@@ -471,7 +471,8 @@ def _validate(
                     f"{'takes a gradient' if what == 'param' else 'is compared as floats'}: "
                     "expected float32 or float64"
                 )
-            check_finite(v, k, f"{what} {k!r}")  # NaN vs NaN would fail a correct op; Inf misplace it
+            # NaN against NaN would fail a correct op, and Inf misplace it
+            check_finite(v, k, f"{what} {k!r}")
             arrays[k] = v
     no_grad = (no_grad,) if isinstance(no_grad, str) else tuple(no_grad)
     for k in no_grad:
