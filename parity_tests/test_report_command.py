@@ -97,7 +97,7 @@ def bad_inputs(tmp_path):
         "not-a-record": ([str(empty)], "is not a run record: it has no summary.json"),
         "bad-json": ([str(broken)], "cannot read the record in"),
         "not-an-object": ([str(listed)], "does not hold a JSON object"),
-        "out-not-empty": ([str(listed), "--out", str(tmp_path)], "not an empty folder"),
+        "out-not-empty": ([str(listed), "--out", str(tmp_path)], "nn-parity did not write it"),
         "no-argument": ([], "the following arguments are required: RECORD_DIR"),
     }
 
