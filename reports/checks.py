@@ -40,6 +40,8 @@ SUMMARY = {
     "versions": ("dict", STR), "created": STR,
 }  # fmt: skip
 REQUIRED = ("passed", "steps", "quantities")
+# objects that, when present, are drawn whole: every key of theirs is needed
+WHOLE = ("gradient_slice", "loss_first", "loss_last")
 MAX_DEPTH = 8  # a record nests 3 deep; deeper is not a record
 
 _TYPES = {
@@ -63,6 +65,11 @@ def check_summary(summary, path: Path) -> dict:
         raise RecordError(f"{path}: field {missing[0]!r} is missing (see docs/record.md)")
     if summary["steps"] is not None and _TYPES[INT](summary["steps"]) and summary["steps"] < 1:
         raise RecordError(f"{path}: field 'steps' must be at least 1, got {summary['steps']}")
+    for key in WHOLE:
+        part = summary.get(key)
+        gone = [k for k in SUMMARY[key] if isinstance(part, dict) and k not in part]
+        if gone:
+            raise RecordError(f"{path}: field '{key}.{gone[0]}' is missing (see docs/record.md)")
     return _fit(summary, SUMMARY, path, "")
 
 
