@@ -15,8 +15,8 @@ from nn_parity.torch_ref.cli import main
 
 SUMMARY_KEYS = {
     "format", "passed", "steps", "steps_requested", "dtype", "architecture", "data", "loss",
-    "reduction", "lr", "seed", "tolerances", "quantities", "first_divergence", "kink_steps", "loss_first",
-    "loss_last", "gradient_slice", "versions", "created", "diagnosis", "drift_steps",
+    "reduction", "lr", "seed", "tolerances", "quantities", "first_divergence", "kink_steps",
+    "loss_first", "loss_last", "gradient_slice", "versions", "created", "diagnosis", "drift_steps",
     "saturation_steps", "optimizer", "batches", "checked", "not_compared",
 }  # fmt: skip
 
@@ -115,7 +115,8 @@ def test_existing_out_is_refused_and_default_out_goes_beside(tmp_path, monkeypat
     before = (out / "summary.json").read_bytes()
     code, _ = run_cli(tmp_path, "--no-figures")
     assert code == 2
-    assert "holds an earlier report; choose another folder or pass --overwrite" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "holds an earlier report; choose another folder or pass --overwrite" in err
     assert (out / "summary.json").read_bytes() == before
     monkeypatch.chdir(tmp_path)
     assert main(["run", "--quiet", "--no-figures"]) == 0

@@ -1,14 +1,15 @@
 """The checks `load_record` runs: every field a report reads has the type docs/record.md gives.
 
-A field may be missing (records of older versions lack some), except the few every report
-needs; a field present with the wrong type, a shape that does not fit, or JSON nested past
-any record's depth is a RecordError naming the file and the field.
+A field may be missing or null (older records and pytest's records lack some), except the
+few every report needs; a field present with the wrong type, a shape that does not fit, or
+JSON nested past any record's depth is a RecordError naming the file and the field.
 """
 
 from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -16,7 +17,7 @@ import numpy as np
 # [spec]: a list of them; ("dict", spec): an object whose every value fits spec
 NUM, INT, STR, BOOL = "number", "int", "str", "bool"
 PAIR = {"scratch": NUM, "torch": NUM}
-SUMMARY = {
+SUMMARY: dict[str, Any] = {
     "format": STR, "passed": BOOL, "steps": INT, "steps_requested": INT, "dtype": STR,
     "architecture": {"sizes": [INT], "activations": [STR], "bias": BOOL, "init": STR,
                      "parameters": INT},
@@ -60,9 +61,9 @@ def check_summary(summary, path: Path) -> dict:
         raise RecordError(f"{path} does not hold a JSON object")
     if _depth(summary) > MAX_DEPTH:
         raise RecordError(f"{path}: nested deeper than a run record ({MAX_DEPTH} levels)")
-    missing = [key for key in REQUIRED if key not in summary]
+    missing = [key for key in REQUIRED if summary.get(key) is None]
     if missing:
-        raise RecordError(f"{path}: field {missing[0]!r} is missing (see docs/record.md)")
+        raise RecordError(f"{path}: field {missing[0]!r} is missing or null (docs/record.md)")
     if summary["steps"] is not None and _TYPES[INT](summary["steps"]) and summary["steps"] < 1:
         raise RecordError(f"{path}: field 'steps' must be at least 1, got {summary['steps']}")
     for key in WHOLE:
@@ -86,9 +87,9 @@ def _fit(value, spec, path: Path, where: str):
 
     if spec is None:
         return value
+    if value is None:  # null: NaN where a number is expected, otherwise as good as missing
+        return math.nan if spec == NUM else None
     if isinstance(spec, str):
-        if value is None and (spec.endswith("?") or spec == NUM):
-            return math.nan if spec == NUM else None
         if _TYPES[spec.rstrip("?")](value):
             return value
         expected = f"{spec.rstrip('?')}{' or null' if spec.endswith('?') else ''}"
@@ -97,8 +98,6 @@ def _fit(value, spec, path: Path, where: str):
             return [_fit(v, spec[0], path, f"{where}[{k}]") for k, v in enumerate(value)]
         expected = "a list"
     elif isinstance(spec, tuple):
-        if value is None and spec[0] == "dict?":
-            return None
         if isinstance(value, dict) and isinstance(spec[1], dict) and spec[0] == "dict?":
             return _fit(value, spec[1], path, where)
         if isinstance(value, dict):
@@ -158,8 +157,8 @@ def check_arrays(arrays: dict[str, np.ndarray], path: Path) -> None:
     for names in TOGETHER:
         shapes = {n: arrays[n].shape for n in names if n in arrays}
         if len(set(shapes.values())) > 1:
-            (a, sa), (b, sb) = list(shapes.items())[:2]
-            raise RecordError(f"{path}: arrays {a!r} {sa} and {b!r} {sb} must have one shape")
+            (one, s1), (two, s2) = list(shapes.items())[:2]
+            raise RecordError(f"{path}: arrays {one!r} {s1} and {two!r} {s2} must have one shape")
     grid = arrays.get("boundary_before_scratch")
     if grid is not None and "grid_x" in arrays and "grid_y" in arrays:
         expected = (len(arrays["grid_y"]), len(arrays["grid_x"]))
@@ -169,6 +168,6 @@ def check_arrays(arrays: dict[str, np.ndarray], path: Path) -> None:
     for when in ("first", "last"):
         probs, labels = arrays.get(f"probs_{when}_scratch"), arrays.get(f"probs_{when}_y")
         labels = arrays.get("y") if labels is None else labels
-        if probs is not None and labels is not None and len(probs) != len(labels):
+        if probs is not None and labels is not None and 0 < len(labels) != len(probs):
             raise RecordError(f"{path}: array 'probs_{when}_scratch' holds {len(probs)} "
                               f"samples but the labels {len(labels)}")  # fmt: skip

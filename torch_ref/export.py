@@ -291,8 +291,10 @@ def check_export(folder, name: str = "net", *, overwrite: bool = False, cli: boo
     wrote it (the module file begins with HEADER). Messages name --export and --overwrite
     when `cli`, the arguments otherwise."""
     folder = Path(folder)
-    words = Words("--export", "the export", "--overwrite") if cli else Words(
-        "folder", "the export", "overwrite=True"
+    words = (
+        Words("--export", "the export", "--overwrite")
+        if cli
+        else Words("folder", "the export", "overwrite=True")
     )
     check_destination(folder, words)
     paths = Exported(
