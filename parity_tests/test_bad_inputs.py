@@ -14,6 +14,7 @@ from nn_parity import scratch
 from nn_parity.scratch import weights as scratch_weights
 from nn_parity.torch_ref import TorchMLP, adapt, lockstep
 from nn_parity.torch_ref.cli import main
+from nn_parity.torch_ref.export import export
 from nn_parity.torch_ref.weights import load_weights
 
 DOC = Path(__file__).parents[1] / "docs" / "bad-inputs.md"
@@ -69,6 +70,7 @@ def files(tmp_path):
     (tmp_path / "full").mkdir()
     (tmp_path / "full" / "keep.txt").write_text("an earlier report\n")
     _data_weights_and_sizes(tmp_path)
+    _destinations_and_records(tmp_path)
     return tmp_path
 
 
@@ -111,6 +113,32 @@ def _npz_bomb(path) -> None:
             f.write(bytes(2**20))
 
 
+RECORD = '{"passed": true, "steps": 1, "quantities": {}'  # the least a record holds, no "}"
+TAMPERED = {  # folder -> summary.json
+    "typed": '{"passed": true, "steps": "3", "quantities": {}}',
+    "keyless": '{"steps": 1, "quantities": {}}',
+    "nested": RECORD + ', "checked": ' + "[" * 100_000 + "]" * 100_000 + "}",
+    "nulled": '{"passed": null, "steps": 1, "quantities": {}}',
+    "shaped": RECORD + "}",
+    "infinite": RECORD + "}",
+    "linked": RECORD + "}",
+}
+
+
+def _destinations_and_records(tmp_path):
+    """A link, tampered records, an export nn-parity wrote and one it did not (see the doc)."""
+    (tmp_path / "link").symlink_to(tmp_path / "full")
+    for name, summary in TAMPERED.items():
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "summary.json").write_text(summary)
+    np.savez(tmp_path / "shaped" / "record.npz", y=np.zeros((2, 2)))
+    (tmp_path / "infinite" / "metrics.csv").write_text("step,loss_scratch\ninf,inf\ninf,inf\n")
+    (tmp_path / "linked" / "secret.txt").symlink_to(tmp_path / "students.csv")
+    (tmp_path / "theirs").mkdir()
+    (tmp_path / "theirs" / "net.py").write_text("# the user's own network\n")
+    export(scratch.MLP([2, 3, 1], ["tanh", "sigmoid"], rng=0), tmp_path / "ours")
+
+
 def test_the_table_has_at_least_30_cases():
     assert len(rows()) >= 30
 
@@ -137,7 +165,7 @@ def test_bad_input_gets_a_clear_message(call, message, files, capsys, monkeypatc
             "ref": TorchMLP.from_scratch(net), "X": np.random.default_rng(0).normal(size=(8, 2)),
             "y": np.array([0.0, 1.0] * 4), "adapt": adapt, "P": P,
             "G": lambda X, y: {k: np.full_like(v, 0.1) for k, v in P.items()},
-            "net3": scratch.MLP([2, 4, 3], ["tanh", "identity"], rng=0),
+            "net3": scratch.MLP([2, 4, 3], ["tanh", "identity"], rng=0), "export": export,
             "net_inf": broken(np.inf), "net_nan": broken(np.nan),
         }  # fmt: skip
         X_given = env["X"].copy()

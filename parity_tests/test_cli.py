@@ -14,9 +14,10 @@ from nn_parity.scratch.activations import Tanh
 from nn_parity.torch_ref.cli import main
 
 SUMMARY_KEYS = {
-    "passed", "steps", "steps_requested", "dtype", "architecture", "data", "loss", "reduction",
-    "lr", "seed", "tolerances", "quantities", "first_divergence", "kink_steps", "loss_first",
-    "loss_last", "gradient_slice", "versions", "created", "diagnosis", "drift_steps", "fault",
+    "format", "passed", "steps", "steps_requested", "dtype", "architecture", "data", "loss",
+    "reduction", "lr", "seed", "tolerances", "quantities", "first_divergence", "kink_steps",
+    "loss_first", "loss_last", "gradient_slice", "versions", "created", "diagnosis", "drift_steps",
+    "fault",
     "saturation_steps", "optimizer", "batches", "checked", "not_compared",
 }  # fmt: skip
 
@@ -115,7 +116,8 @@ def test_existing_out_is_refused_and_default_out_goes_beside(tmp_path, monkeypat
     before = (out / "summary.json").read_bytes()
     code, _ = run_cli(tmp_path, "--no-figures")
     assert code == 2
-    assert "exists and is not empty" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "holds an earlier report; choose another folder or pass --overwrite" in err
     assert (out / "summary.json").read_bytes() == before
     monkeypatch.chdir(tmp_path)
     assert main(["run", "--quiet", "--no-figures"]) == 0
@@ -163,3 +165,46 @@ def test_console_entry_point_runs_as_a_module(tmp_path):
     )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.startswith("PASS: 3 steps")
+
+
+def test_a_link_or_a_file_as_out_is_refused_and_left_untouched(tmp_path, capsys):
+    target = tmp_path / "mine"
+    target.mkdir()
+    (target / "keep.txt").write_text("mine")
+    link, a_file = tmp_path / "link", tmp_path / "file.txt"
+    link.symlink_to(target)
+    a_file.write_text("mine")
+    for out in (link, a_file):
+        code = main(["run", "--steps", "2", "--quiet", "--overwrite", "--out", str(out)])
+        assert code == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and str(out) in err and "never replaces" in err
+    assert link.is_symlink() and link.resolve() == target
+    assert a_file.read_text() == "mine" and (target / "keep.txt").read_text() == "mine"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file.txt", "link", "mine"]
+
+
+def test_overwrite_replaces_only_a_report_nn_parity_wrote(tmp_path, capsys):
+    out = tmp_path / "r"
+    assert main(["run", "--steps", "2", "--quiet", "--no-figures", "--out", str(out)]) == 0
+    assert main(["run", "--steps", "3", "--quiet", "--no-figures", "--out", str(out),
+                 "--overwrite"]) == 0  # fmt: skip
+    assert json.loads((out / "summary.json").read_text())["steps"] == 3
+    (out / "summary.json").write_text('{"mine": 1}')  # no longer a record nn-parity wrote
+    code = main(["run", "--steps", "2", "--quiet", "--out", str(out), "--overwrite"])
+    err = capsys.readouterr().err
+    assert code == 2 and "refused, even with --overwrite" in err and "pass --overwrite" not in err
+    assert (out / "summary.json").read_text() == '{"mine": 1}'
+
+
+def test_destination_is_checked_before_the_run(tmp_path, capsys, monkeypatch):
+    import nn_parity.torch_ref.engine as engine
+
+    def never(*args, **kwargs):
+        raise AssertionError("the run started")
+
+    monkeypatch.setattr(engine, "lockstep", never)
+    code = main(["run", "--quiet", "--out", str(tmp_path / ("a" * 245))])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1
+    assert "the name is 245 bytes; at most 237 fit" in err

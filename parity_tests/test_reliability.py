@@ -117,3 +117,82 @@ def test_lockstep_raises_only_documented_errors(X, y, lr):
         assert str(err)
     else:
         assert result.steps >= 1
+
+
+# --- destinations, signals, full disks, strict JSON ----------------------------------------
+
+
+def test_sigterm_while_the_report_is_written_leaves_no_partial_folder(tmp_path):
+    import subprocess
+    import sys
+
+    script = (
+        "import os, signal, sys, time\n"
+        "from nn_parity import reports\n"
+        "from nn_parity.torch_ref.cli import main\n"
+        "def render(folder):\n"
+        "    os.kill(os.getpid(), signal.SIGTERM)\n"
+        "    time.sleep(5)\n"
+        "reports.render = render\n"
+        f"sys.exit(main(['run', '--steps', '3', '--quiet', '--out', {str(tmp_path / 'r')!r}]))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert done.returncode == 143, done.stderr
+    assert done.stderr.count("\n") == 1 and "terminated; no report written" in done.stderr
+    assert list(tmp_path.iterdir()) == []  # no hidden .r.partial-* folder
+
+
+def test_export_on_a_full_disk_leaves_nothing_and_a_retry_works(tmp_path, capsys, monkeypatch):
+    import errno
+
+    import nn_parity.torch_ref.export as export_module
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    args = ["--steps", "3", "--quiet", "--no-figures", "--export", str(tmp_path / "e")]
+    with monkeypatch.context() as m:
+        m.setattr(export_module, "save_pt", full)
+        code, _ = run(tmp_path, "r1", *args)
+    assert code == 2
+    assert "--export: cannot write" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["r1"]  # no folder, half or hidden
+    code, _ = run(tmp_path, "r2", *args)
+    assert code == 0
+    assert sorted(p.name for p in (tmp_path / "e").iterdir()) == [
+        "net.pt", "net.py", "net_expected.npz", "test_net.py"]  # fmt: skip
+
+
+def test_export_of_a_diverged_run_says_it_was_skipped(tmp_path, capsys):
+    args = ["--data", "xor", "--layers", "2,8,8,1", "--activation", "identity", "--quiet"]
+    args += ["--loss", "bce-logits", "--lr", "1e100", "--steps", "30", "--no-figures"]
+    code, _ = run(tmp_path, "blow", *args, "--export", str(tmp_path / "e"))
+    assert code == 1
+    assert "--export skipped: scratch and torch diverged" in capsys.readouterr().err
+    assert not (tmp_path / "e").exists()
+
+
+def test_summary_json_is_strict_and_nulls_read_back_as_nan(tmp_path):
+    from nn_parity.reports import load_record
+
+    args = ["--data", "xor", "--layers", "2,8,8,1", "--activation", "identity", "--quiet"]
+    args += ["--loss", "bce-logits", "--lr", "1e100", "--steps", "30", "--no-figures"]
+    _, out = run(tmp_path, "blow", *args)
+    text = (out / "summary.json").read_text()
+
+    def refuse(name):
+        raise ValueError(f"not strict JSON: {name}")
+
+    strict = json.loads(text, parse_constant=refuse)
+    assert strict["format"] == "nn-parity-record/2"
+    nulls = [k for k, q in strict["quantities"].items() if q["max_abs"] is None]
+    assert nulls  # the blow-up's errors: null on disk...
+    summary = load_record(out).summary
+    assert all(np.isnan(summary["quantities"][k]["max_abs"]) for k in nulls)  # ...NaN in memory
+    # a record written before format 2, NaN and Infinity in it, still reads
+    strict.pop("format")
+    strict["loss_last"] = {"scratch": float("nan"), "torch": float("inf")}
+    (out / "summary.json").write_text(json.dumps(strict))
+    assert "NaN" in (out / "summary.json").read_text()
+    old = load_record(out).summary
+    assert np.isnan(old["loss_last"]["scratch"]) and old["loss_last"]["torch"] == np.inf

@@ -97,7 +97,7 @@ def bad_inputs(tmp_path):
         "not-a-record": ([str(empty)], "is not a run record: it has no summary.json"),
         "bad-json": ([str(broken)], "cannot read the record in"),
         "not-an-object": ([str(listed)], "does not hold a JSON object"),
-        "out-not-empty": ([str(listed), "--out", str(tmp_path)], "not an empty folder"),
+        "out-not-empty": ([str(listed), "--out", str(tmp_path)], "nn-parity did not write it"),
         "no-argument": ([], "the following arguments are required: RECORD_DIR"),
     }
 
@@ -115,3 +115,41 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys, case):
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith("nn-parity: error: "), err
     assert message in err
+
+
+def test_report_dot_inside_a_record_is_refused_and_the_record_kept(runs, tmp_path, capsys,
+                                                                    monkeypatch):  # fmt: skip
+    _, bare = runs
+    folder = tmp_path / "record"
+    folder.mkdir()
+    for name in RECORD:
+        (folder / name).write_bytes((bare / name).read_bytes())
+    monkeypatch.chdir(folder)
+    assert main(["report", "."]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "'.' cannot be drawn in place" in err
+    assert {p.name for p in folder.iterdir()} == RECORD
+    assert [p.name for p in tmp_path.iterdir()] == ["record"]
+
+
+@pytest.mark.parametrize("value", [[[1]], "x", {"a": {"b": 1}}, -1.5, True])
+def test_every_summary_field_of_a_wrong_type_is_one_line(runs, tmp_path, capsys, value):
+    """Each field of a real record, tampered: refused in one line naming it, or drawn."""
+    _, bare = runs
+    summary = json.loads((bare / "summary.json").read_text())
+    folder = tmp_path / "r"
+    folder.mkdir()
+    for name in RECORD - {"summary.json"}:
+        (folder / name).write_bytes((bare / name).read_bytes())
+    for key in summary:
+        if key in ("checked", "diagnosis"):  # free-form: any JSON is drawn as text
+            continue
+        (folder / "summary.json").write_text(json.dumps({**summary, key: value}))
+        code = main(["report", str(folder), "--out", str(tmp_path / "out")])
+        err = capsys.readouterr().err
+        if code == 0:  # a value of the right type after all (e.g. a string for `dtype`)
+            import shutil
+
+            shutil.rmtree(tmp_path / "out")
+            continue
+        assert code == 2 and err.count("\n") == 1 and f"field '{key}" in err, (key, err)

@@ -16,7 +16,27 @@ from pathlib import Path
 import numpy as np
 from nn_parity.reports.text import summary_text
 
-__all__ = ["Record", "load_record", "render", "summary_text"]
+__all__ = ["RECORD_FORMAT", "Record", "RecordError", "json_safe", "load_record", "render",
+           "summary_text"]  # fmt: skip
+
+# summary.json's "format": version 2 writes a non-finite number as null (version 1, unmarked,
+# wrote NaN and Infinity, which strict JSON parsers refuse); both read.
+RECORD_FORMAT = "nn-parity-record/2"
+
+
+class RecordError(ValueError):
+    """A record that cannot be drawn: names the file and the field, in one line."""
+
+
+def json_safe(value):
+    """`value` with every non-finite float replaced by None: strict JSON (null)."""
+    if isinstance(value, float) and not np.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    return value
 
 
 @dataclass
@@ -59,7 +79,7 @@ def _read_metrics(path: Path) -> dict[str, np.ndarray]:
                 except ValueError:
                     pass
     if table.shape[1] != len(header):
-        raise ValueError(
+        raise RecordError(
             f"{path}: the header names {len(header)} columns but rows have {table.shape[1]}"
         )
     columns = {name: table[:, j].copy() for j, name in enumerate(header)}
@@ -70,22 +90,42 @@ def _read_metrics(path: Path) -> dict[str, np.ndarray]:
 
 
 def load_record(run_dir: Path | str) -> Record:
-    """Read summary.json, metrics.csv and record.npz from a run folder.
+    """Read summary.json, metrics.csv and record.npz from a run folder, checked.
 
     summary.json is required; a missing metrics.csv or record.npz reads as empty, and the
-    figures that need it are then skipped.
+    figures that need it are then skipped. A null where a number is expected reads as NaN.
+    Raises RecordError (a ValueError) naming the file and the field when one does not fit
+    docs/record.md, OSError when a file cannot be read.
     """
+    from nn_parity.reports.checks import check_arrays, check_metrics, check_summary
+
     run_dir = Path(run_dir)
-    # json reads the NaN and Infinity that Python's json writes for a diverged run's errors.
-    summary = json.loads((run_dir / "summary.json").read_text(encoding="utf-8"))
+    summary = check_summary(_read_json(run_dir / "summary.json"), run_dir / "summary.json")
     metrics_path = run_dir / "metrics.csv"
     metrics = _read_metrics(metrics_path) if metrics_path.exists() else {}
+    check_metrics(metrics, metrics_path)
     arrays: dict[str, np.ndarray] = {}
     npz_path = run_dir / "record.npz"
     if npz_path.exists():
-        with np.load(npz_path, allow_pickle=False) as npz:
-            arrays = {name: npz[name] for name in npz.files}
+        try:
+            with np.load(npz_path, allow_pickle=False) as npz:
+                arrays = {name: npz[name] for name in npz.files}
+        except (ValueError, EOFError, KeyError) as err:  # not an npz, or a pickled array
+            raise RecordError(f"{npz_path}: not a readable .npz ({err})") from None
+    check_arrays(arrays, npz_path)
     return Record(summary=summary, metrics=metrics, arrays=arrays)
+
+
+def _read_json(path: Path):
+    # json also reads the NaN and Infinity that records before format 2 hold.
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise RecordError(f"{path}: not UTF-8 text") from None
+    except RecursionError:
+        raise RecordError(f"{path}: nested too deeply to be a run record") from None
+    except json.JSONDecodeError as err:
+        raise RecordError(f"{path}: not JSON ({err})") from None
 
 
 def render(run_dir: Path | str) -> list[Path]:

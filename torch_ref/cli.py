@@ -7,7 +7,7 @@
 Exit codes: 0 every quantity agreed at every step; 1 they diverged; 2 bad usage or bad input
 (one line on stderr, no traceback); 3 the user's code failed mid-run (raised, called sys.exit,
 or returned a value that breaks the contract): the steps before it are in the report; 130
-interrupted (no report written).
+interrupted, 143 terminated (SIGTERM): no report written.
 """
 
 from __future__ import annotations
@@ -26,11 +26,16 @@ from nn_parity.scratch.optim import check_lr
 from .datasets import DATASETS
 
 EXIT_PASS, EXIT_DIVERGED, EXIT_USAGE, EXIT_FAULT, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
+EXIT_TERMINATED = 128 + 15  # SIGTERM, as 130 is 128 + SIGINT
 DEFAULT_OUT = "nn-parity-report"
 
 
 class UsageError(Exception):
     """Bad usage or bad input: reported in one line, exit code 2."""
+
+
+class Terminated(BaseException):
+    """SIGTERM, raised like Ctrl-C so that a half-written report is removed on the way out."""
 
 
 class _Parser(argparse.ArgumentParser):
@@ -201,7 +206,10 @@ def build_parser() -> argparse.ArgumentParser:
         "its trained weights (.pt) and a pytest file checking the two against the NumPy math",
     )
     run.add_argument(
-        "--overwrite", action="store_true", help="replace an existing --out folder (default: no)"
+        "--overwrite",
+        action="store_true",
+        help="replace an --out folder or --export files that nn-parity wrote earlier; never "
+        "another folder (default: no)",
     )
     run.add_argument(
         "--stop-at-divergence",
@@ -459,37 +467,21 @@ def build_network(p: dict, args: argparse.Namespace):
 
 
 def out_dir(args: argparse.Namespace) -> tuple[Path, str]:
-    """Where the report goes, and a note when it is not where the user might expect."""
+    """Where the report goes, checked, and a note when it is not where the user might expect."""
+    from .record import Words, check_destination, is_report_folder
+
     if args.out is not None:
-        out = args.out
-        if out.exists() and not out.is_dir():
-            raise UsageError(f"--out {str(out)!r} exists and is not a folder")
-        if out.exists() and any(out.iterdir()) and not args.overwrite:
-            raise UsageError(
-                f"--out {str(out)!r} exists and is not empty; "
-                "choose another folder or pass --overwrite"
-            )
-        return out, ""
+        words = Words("--out", "the report", "--overwrite")
+        check_destination(args.out, words, overwrite=args.overwrite, owned=is_report_folder)
+        return args.out, ""
     out = Path(DEFAULT_OUT)
     k = 2
-    while out.exists():
+    while out.exists() or out.is_symlink():
         out = Path(f"{DEFAULT_OUT}-{k}")
         k += 1
+    check_destination(out, Words("--out", "the report", None))
     note = f" ({DEFAULT_OUT} exists, so written beside it)" if k > 2 else ""
     return out, note
-
-
-def check_writable(folder: Path) -> None:
-    """Fail before the run, not after it, when the report cannot be written."""
-    import os
-
-    parent = folder.absolute().parent
-    while not parent.exists():
-        parent = parent.parent
-    if not parent.is_dir():
-        raise UsageError(f"cannot write the report under {str(parent)!r}: it is a file")
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise UsageError(f"cannot write the report: {str(parent)!r} is not writable")
 
 
 def progress_bar(total: int, *, quiet: bool, stream=None):
@@ -522,7 +514,10 @@ def run(args: argparse.Namespace) -> int:
         p = plan(args)
         net = build_network(p, args)
         out, note = out_dir(args)
-        check_writable(out)
+        if args.export is not None:
+            from .export import check_export
+
+            check_export(args.export, overwrite=args.overwrite, cli=True)
     except (ValueError, TypeError) as err:
         raise UsageError(str(err)) from None
     desc = p.get("desc", net)  # the built-in network the user's computes, for the figures
@@ -618,20 +613,8 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(
             f"cannot write the report to {str(out)!r}: {err.strerror or err}"
         ) from None
-    if args.export is not None and summary["passed"]:
-        from .export import export
-
-        if "desc" in p and hasattr(net, "get_params"):
-            desc.load_state_dict(net.get_params())
-        try:
-            written = export(
-                desc,
-                args.export,
-                loss=loss.name if loss.name in ("bce", "bce-logits", "mse") else None,
-            )
-        except (ValueError, TypeError) as err:
-            raise UsageError(f"--export: {err}") from None
-        print(f"exported: {written.module} (test: {written.test})")
+    if args.export is not None:
+        _export(args, p, net, loss, summary["passed"])
     if args.quiet:
         print(f"{reports.text.verdict(summary)}: {summary['steps']} steps, report in {out}{note}")
     else:
@@ -641,6 +624,30 @@ def run(args: argparse.Namespace) -> int:
         print(f"nn-parity: {reports.text.fault_line(summary)}", file=sys.stderr)
         return EXIT_FAULT
     return EXIT_PASS if summary["passed"] else EXIT_DIVERGED
+
+
+def _export(args: argparse.Namespace, p: dict, net, loss, passed: bool) -> None:
+    """--export after the run: only a network that agreed is written; otherwise say so."""
+    from .export import export
+
+    if not passed:
+        print(f"nn-parity: --export skipped: scratch and torch diverged, so {str(args.export)!r} "
+              "was not written", file=sys.stderr)  # fmt: skip
+        return
+    desc = p.get("desc", net)
+    if "desc" in p and hasattr(net, "get_params"):
+        desc.load_state_dict(net.get_params())
+    spec = loss.name if loss.name in ("bce", "bce-logits", "mse") else None
+    try:
+        written = export(desc, args.export, loss=spec, overwrite=args.overwrite, _cli=True)
+    except (ValueError, TypeError) as err:
+        raise UsageError(str(err)) from None
+    except OSError as err:
+        raise UsageError(
+            f"--export: cannot write {str(args.export)!r}: {err.strerror or err}; nothing "
+            "was written there"
+        ) from None
+    print(f"exported: {written.module} (test: {written.test})")
 
 
 def _checked_in_words(args: argparse.Namespace, p: dict, result) -> dict:
@@ -705,26 +712,20 @@ def report(args: argparse.Namespace) -> int:
 
     from nn_parity import reports
 
-    from .record import atomic_dir
+    from .record import Words, atomic_dir, check_destination, is_report_folder
 
     src: Path = args.record
-    if not src.exists():
-        raise UsageError(f"RECORD_DIR {str(src)!r} does not exist")
-    if not src.is_dir():
-        raise UsageError(f"RECORD_DIR {str(src)!r} is not a folder")
-    if not (src / "summary.json").is_file():
-        raise UsageError(
-            f"{str(src)!r} is not a run record: it has no summary.json (see docs/record.md)"
-        )
+    _check_record_dir(src)
+    if args.out is not None:
+        try:
+            check_destination(args.out, Words("--out", "the report", None), owned=is_report_folder)
+        except ValueError as err:
+            raise UsageError(str(err)) from None
     try:
-        summary = reports.load_record(src).summary
-    except (OSError, ValueError) as err:  # unreadable, or not JSON / CSV / npz inside
+        reports.load_record(src)  # checked: a record that cannot be drawn is refused here
+    except (OSError, ValueError) as err:  # unreadable, or a field that does not fit
         raise UsageError(f"cannot read the record in {str(src)!r}: {err}") from None
-    if not isinstance(summary, dict):
-        raise UsageError(f"{str(src / 'summary.json')!r} does not hold a JSON object")
     out: Path = args.out if args.out is not None else src
-    if args.out is not None and out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise UsageError(f"--out {str(out)!r} exists and is not an empty folder")
     try:
         with atomic_dir(out, overwrite=args.out is None) as tmp:
             shutil.copytree(src, tmp, dirs_exist_ok=True)
@@ -736,8 +737,44 @@ def report(args: argparse.Namespace) -> int:
     return EXIT_PASS
 
 
+def _check_record_dir(src: Path) -> None:
+    """RECORD_DIR: an existing folder with a summary.json, no links out of it, not '.'."""
+    import os
+
+    if not src.exists():
+        raise UsageError(f"RECORD_DIR {str(src)!r} does not exist")
+    if not src.is_dir():
+        raise UsageError(f"RECORD_DIR {str(src)!r} is not a folder")
+    if not (src / "summary.json").is_file():
+        raise UsageError(
+            f"{str(src)!r} is not a run record: it has no summary.json (see docs/record.md)"
+        )
+    if src.name in ("", ".", ".."):
+        raise UsageError(
+            f"RECORD_DIR {str(src)!r} cannot be drawn in place (it would replace the folder "
+            "you are in); name it from outside, e.g. ../NAME, or pass --out NEW_FOLDER"
+        )
+    links = [
+        str(Path(root, name).relative_to(src))
+        for root, dirs, files in os.walk(src)
+        for name in dirs + files
+        if Path(root, name).is_symlink()
+    ]
+    if links:
+        raise UsageError(
+            f"RECORD_DIR {str(src)!r} holds symbolic links ({', '.join(sorted(links)[:3])}); "
+            "a report never follows links out of its record: remove them"
+        )
+
+
 def main(argv: list[str] | None = None) -> int:
+    import signal
+
     parser = build_parser()
+    try:
+        previous = signal.signal(signal.SIGTERM, _terminate)
+    except ValueError:  # not the main thread: SIGTERM keeps its handler
+        previous = None
     try:
         args = parser.parse_args(argv)
         if args.command == "report":
@@ -752,6 +789,22 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return EXIT_INTERRUPTED
+    except Terminated:
+        print(
+            "nn-parity: terminated; no report written (any earlier report is intact)",
+            file=sys.stderr,
+        )
+        return EXIT_TERMINATED
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _terminate(signum, frame) -> None:
+    import signal
+
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # once: the clean-up is not interrupted
+    raise Terminated
 
 
 if __name__ == "__main__":

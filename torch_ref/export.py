@@ -28,9 +28,10 @@ from nn_parity.scratch.activations import Activation, LeakyReLU
 
 from .compare import tolerance
 from .model import torch_activation, torch_loss
+from .record import Words, atomic_dir, check_destination
 from .weights import save_pt
 
-__all__ = ["Exported", "export"]
+__all__ = ["Exported", "check_export", "export"]
 
 PROBE_ROWS = 8  # enough rows that every gradient is a sum over a batch, small to read
 # losses whose targets the probe batch draws as 0/1 floats shaped like the output, (N, C)
@@ -240,6 +241,7 @@ def export(
     loss: str | scratch.Loss | None = None,
     seed: int = 0,
     overwrite: bool = False,
+    _cli: bool = False,
 ) -> Exported:
     """Write `net` as framework code into `folder`; returns the four paths.
 
@@ -247,7 +249,10 @@ def export(
                 by default the one made for the output activation (bce for a sigmoid,
                 bce-logits for identity)
     seed:       draws the probe batch
-    overwrite:  replace files that exist (refused otherwise, naming the first)
+    overwrite:  replace the files of an earlier export of `name` (refused otherwise, naming the
+                first); files nn-parity did not write are never replaced
+    The files are written into a temporary folder beside `folder` and moved into place when
+    all are complete: a failure (a full disk) leaves `folder` as it was.
     """
     from .adapter import UserNetwork
 
@@ -266,22 +271,54 @@ def export(
     name = _check_name(name)
     loss = _loss(net, loss)
     folder = Path(folder)
-    if folder.exists() and not folder.is_dir():
-        raise ValueError(f"folder {str(folder)!r} exists and is not a folder")
+    paths = check_export(folder, name, overwrite=overwrite, cli=_cli)
+    record = expected_values(net, loss, np.random.default_rng(seed))
+    with atomic_dir(folder, merge=True) as tmp:
+        inside = Exported(*(tmp / p.name for p in paths))
+        inside.module.write_text(module_source(net, name))
+        save_pt(net, inside.weights)
+        np.savez(inside.expected, **record)  # type: ignore[arg-type]
+        inside.test.write_text(pytest_source(net, name, loss))
+    return paths
+
+
+HEADER = '"""A PyTorch module exported by nn-parity'  # how an export's module file begins
+
+
+def check_export(folder, name: str = "net", *, overwrite: bool = False, cli: bool = False):
+    """The four paths `export` writes into `folder`, checked before any work: the folder can be
+    written, and a file already there is replaced only with overwrite, and only if nn-parity
+    wrote it (the module file begins with HEADER). Messages name --export and --overwrite
+    when `cli`, the arguments otherwise."""
+    folder = Path(folder)
+    words = (
+        Words("--export", "the export", "--overwrite")
+        if cli
+        else Words("folder", "the export", "overwrite=True")
+    )
+    check_destination(folder, words)
     paths = Exported(
         folder / f"{name}.py",
         folder / f"{name}.pt",
         folder / f"{name}_expected.npz",
         folder / f"test_{name}.py",
     )
+    there = [p for p in paths if p.exists() or p.is_symlink()]
+    if not there:
+        return paths
+    if not _is_export(paths.module):
+        flag = f"{words.flag} {str(folder)!r}: " if cli else ""
+        raise ValueError(
+            f"{flag}{there[0]} exists and nn-parity did not write it (no {paths.module.name} "
+            "it exported beside it); refused: choose another folder"
+        )
     if not overwrite:
-        for path in paths:
-            if path.exists():
-                raise ValueError(f"{path} exists; pass overwrite=True to replace it")
-    record = expected_values(net, loss, np.random.default_rng(seed))
-    folder.mkdir(parents=True, exist_ok=True)
-    paths.module.write_text(module_source(net, name))
-    save_pt(net, paths.weights)
-    np.savez(paths.expected, **record)  # type: ignore[arg-type]
-    paths.test.write_text(pytest_source(net, name, loss))
+        raise ValueError(f"{there[0]} exists; pass {words.overwrite} to replace it")
     return paths
+
+
+def _is_export(module: Path) -> bool:
+    if module.is_symlink() or not module.is_file():
+        return False
+    with open(module, "rb") as f:
+        return f.read(len(HEADER)) == HEADER.encode()
