@@ -34,6 +34,7 @@ SUMMARY: dict[str, Any] = {
                                    "abs_err": NUM, "rel_err": NUM, "rtol": NUM, "atol": NUM,
                                    "mismatches": INT, "total": INT, "fd": "number?"}),
     "diagnosis": None,  # an object, a sentence (older records) or null
+    "fault": ("dict?", {"step": INT, "message": STR}),
     "kink_steps": [INT], "saturation_steps": [INT], "drift_steps": [INT],
     "loss_first": PAIR, "loss_last": PAIR,
     "gradient_slice": {"param": STR, "index": [INT], "value": NUM, "loss": NUM,
