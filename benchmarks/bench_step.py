@@ -7,7 +7,7 @@ For each network, batch and dtype it times, in blocks of R steps, interleaved an
     learner writes it, without nn-parity's scratch classes;
   - a bare torch eager step: nn.Sequential + nn.BCELoss + torch.optim.SGD, zero_grad, backward;
   - the lockstep: `lockstep(steps=R)`, both steps plus every comparison, from fresh weights,
-    including choosing its threading arrangement on its first steps (torch_ref/threads.py).
+    including choosing its threading arrangement on its first steps (torch_ref/engine/threads.py).
 Each bare step is timed with the user's default threads and with one thread, and the faster
 counts: the lockstep gets no threading advantage the bare loops do not also get (on a loaded
 machine, default threads can make a bare step many times slower). Each repeat gives one ratio
@@ -37,7 +37,8 @@ from threadpoolctl import threadpool_limits
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from nn_parity import scratch
-from nn_parity.torch_ref import TorchMLP, engine, lockstep, threads
+from nn_parity.torch_ref import TorchMLP, lockstep
+from nn_parity.torch_ref.engine import loop, threads
 
 
 def random_data(n, d):
@@ -153,16 +154,16 @@ def watching_the_choice():
 def lockstep_steps(sizes, n, data, dtype, reps, arrangements=None):
     net, X, y = setup(sizes, n, data, dtype)
     ref = TorchMLP.from_scratch(net)
-    held = engine._ARRANGEMENTS
+    held = loop._ARRANGEMENTS
     if arrangements is not None:
-        engine._ARRANGEMENTS = arrangements
+        loop._ARRANGEMENTS = arrangements
     try:
         with watching_the_choice() as seen:
             t0 = time.perf_counter()
             result = lockstep(net, ref, X, y, steps=reps, lr=LR)
             elapsed = (time.perf_counter() - t0) / reps
     finally:
-        engine._ARRANGEMENTS = held
+        loop._ARRANGEMENTS = held
     assert result.passed, result.first_divergence
     return elapsed, seen[0].choice
 

@@ -13,9 +13,9 @@ import torch
 from nn_parity import scratch
 from nn_parity.scratch import weights as scratch_weights
 from nn_parity.torch_ref import TorchMLP, adapt, lockstep
-from nn_parity.torch_ref.cli import main
-from nn_parity.torch_ref.export import export
-from nn_parity.torch_ref.weights import load_weights
+from nn_parity.torch_ref.frontends.cli import main
+from nn_parity.torch_ref.mirror.export import export
+from nn_parity.torch_ref.mirror.weights import load_weights
 
 DOC = Path(__file__).parents[1] / "docs" / "bad-inputs.md"
 ROW = re.compile(r"^\| (\d+) \| (.+?) \| `(.+)` \| (.+) \|$")

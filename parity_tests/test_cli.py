@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from nn_parity.scratch.activations import Tanh
-from nn_parity.torch_ref.cli import main
+from nn_parity.torch_ref.frontends.cli import main
 
 SUMMARY_KEYS = {
     "format", "passed", "steps", "steps_requested", "dtype", "architecture", "data", "loss",
@@ -134,7 +134,7 @@ def test_no_figures_writes_the_record_only(tmp_path):
 
 
 def test_interrupted_run_leaves_no_partial_report(tmp_path, monkeypatch, capsys):
-    import nn_parity.torch_ref.engine as engine
+    import nn_parity.torch_ref.engine.loop as engine
 
     def interrupt(*args, **kwargs):
         raise KeyboardInterrupt
@@ -198,7 +198,7 @@ def test_overwrite_replaces_only_a_report_nn_parity_wrote(tmp_path, capsys):
 
 
 def test_destination_is_checked_before_the_run(tmp_path, capsys, monkeypatch):
-    import nn_parity.torch_ref.engine as engine
+    import nn_parity.torch_ref.engine.loop as engine
 
     def never(*args, **kwargs):
         raise AssertionError("the run started")

@@ -11,7 +11,8 @@ import sys
 import numpy as np
 import pytest
 from nn_parity.torch_ref import assert_parity
-from nn_parity.torch_ref.cli import build_parser, main, progress_bar
+from nn_parity.torch_ref.frontends.cli import build_parser, main
+from nn_parity.torch_ref.frontends.cli_run import progress_bar
 
 
 def subparser(name: str) -> argparse.ArgumentParser:
@@ -107,8 +108,8 @@ def test_help_and_the_data_loaders_do_not_import_torch():
     # `nn-parity --help` answers without the second that importing torch takes
     code = (
         "import sys\n"
-        "from nn_parity.torch_ref.cli import main\n"
-        "from nn_parity.torch_ref.datasets import load_dataset\n"
+        "from nn_parity.torch_ref.frontends.cli import main\n"
+        "from nn_parity.torch_ref.frontends.datasets import load_dataset\n"
         "load_dataset('exam', seed=0)\n"
         "try:\n    main(['run', '--help'])\nexcept SystemExit:\n    pass\n"
         "assert 'torch' not in sys.modules, 'torch was imported'\n"

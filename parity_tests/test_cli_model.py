@@ -6,7 +6,7 @@ import json
 import textwrap
 
 import pytest
-from nn_parity.torch_ref.cli import main
+from nn_parity.torch_ref.frontends.cli import main
 
 MODEL = textwrap.dedent(
     """

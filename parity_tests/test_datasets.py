@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import sklearn
-from nn_parity.torch_ref.datasets import DATASETS, load_csv, load_dataset
+from nn_parity.torch_ref.frontends.datasets import DATASETS, load_csv, load_dataset
 
 
 @pytest.fixture

@@ -17,7 +17,7 @@ from nn_parity.reports import figures as drawing
 from nn_parity.reports.text import fmt
 from nn_parity.scratch.activations import Tanh
 from nn_parity.torch_ref import TorchMLP, lockstep
-from nn_parity.torch_ref.display import record_config, result_html
+from nn_parity.torch_ref.frontends.display import record_config, result_html
 from nn_parity.torch_ref.record import write_record
 
 

@@ -14,8 +14,8 @@ import pytest
 import torch
 from nn_parity import scratch
 from nn_parity.torch_ref import TorchMLP, tolerance, torch_to_scratch
-from nn_parity.torch_ref.export import export
-from nn_parity.torch_ref.model import to_scratch
+from nn_parity.torch_ref.mirror.export import export
+from nn_parity.torch_ref.mirror.model import to_scratch
 from torch import nn
 
 # --- the generated test, run as the user would run it ---------------------------------------

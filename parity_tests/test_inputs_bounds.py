@@ -11,9 +11,10 @@ import numpy as np
 import torch
 from nn_parity import scratch
 from nn_parity.reports import figures
-from nn_parity.torch_ref.cli import load_model, main
-from nn_parity.torch_ref.datasets import load_dataset
-from nn_parity.torch_ref.weights import load_weights
+from nn_parity.torch_ref.frontends.cli import main
+from nn_parity.torch_ref.frontends.cli_run import load_model
+from nn_parity.torch_ref.frontends.datasets import load_dataset
+from nn_parity.torch_ref.mirror.weights import load_weights
 
 STUDENTS = "4,3.5,1\n1,2.0,0\n3,3.0,1\n0.5,1.5,0\n"
 

@@ -116,7 +116,7 @@ def test_a_long_float32_adam_run_on_real_data_does_not_cry_wolf():
     # Adam divides by sqrt(v) + eps and amplifies gradient rounding where v is small
     # (docs/optimizers.md); the lockstep judges each step from torch's state, so 1,000 steps of
     # float32 on wine (13 features, 3 classes, 178 samples) must pass.
-    from nn_parity.torch_ref.datasets import load_dataset
+    from nn_parity.torch_ref.frontends.datasets import load_dataset
 
     ds = load_dataset("wine")
     net = scratch.MLP([13, 10, 3], ["tanh", "identity"], dtype="float32", rng=0)

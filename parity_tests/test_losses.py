@@ -26,7 +26,7 @@ from nn_parity.scratch.activations import LogSoftmax, Softmax, log_softmax, soft
 from nn_parity.scratch.validate import check_labels, check_xy
 from nn_parity.torch_ref import TorchMLP, assert_parity
 from nn_parity.torch_ref.compare import tolerance
-from nn_parity.torch_ref.model import _scratch_activation, torch_activation, torch_loss
+from nn_parity.torch_ref.mirror.model import _scratch_activation, torch_activation, torch_loss
 from torch import nn
 
 DTYPES = ["float64", "float32"]

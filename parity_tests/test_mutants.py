@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import pytest
-from nn_parity.torch_ref.mutants import MUTANTS, run_mutant, score
+from nn_parity.torch_ref.mutation.mutants import MUTANTS
+from nn_parity.torch_ref.mutation.score import run_mutant, score
 
 BY_NAME = {m.name: m for m in MUTANTS}
 

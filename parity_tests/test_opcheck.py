@@ -12,8 +12,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 from nn_parity.scratch import ops
-from nn_parity.torch_ref.op_mutants import gallery
-from nn_parity.torch_ref.opcheck import ItemResult, OpCheckResult, assert_op, check_op
+from nn_parity.torch_ref.mutation.op_mutants import gallery
+from nn_parity.torch_ref.opcheck.check import assert_op, check_op
+from nn_parity.torch_ref.opcheck.results import ItemResult, OpCheckResult
 
 ROOT = Path(__file__).parents[1]
 OP_ROW = re.compile(r"^\| (op\d+) \| (.+?) \| `(.+)` \| (.+) \|$")

@@ -9,14 +9,14 @@ import numpy as np
 import pytest
 from nn_parity.scratch import ops
 from nn_parity.torch_ref.compare import tolerance
-from nn_parity.torch_ref.op_mutants import (
+from nn_parity.torch_ref.mutation.op_mutants import (
     ALTERNATIVES,
     OP_MUTANTS,
     gallery,
     op_score,
     run_op_mutant,
 )
-from nn_parity.torch_ref.opcheck import assert_op, check_op
+from nn_parity.torch_ref.opcheck.check import assert_op, check_op
 
 OPS = list(gallery())
 BY_NAME = {m.name: m for m in OP_MUTANTS}

@@ -31,7 +31,7 @@ from nn_parity.scratch.optim import (
     check_lr,
     get_optimizer,
 )
-from nn_parity.torch_ref.optim import set_torch_state, torch_optimizer, torch_state
+from nn_parity.torch_ref.mirror.optim import set_torch_state, torch_optimizer, torch_state
 
 K = 2 * 10
 STEPS = 50

@@ -19,8 +19,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 from nn_parity import scratch
-from nn_parity.torch_ref import pytest_plugin
-from nn_parity.torch_ref.pytest_plugin import Parity, folder_name, summary_line
+from nn_parity.torch_ref.frontends import pytest_plugin
+from nn_parity.torch_ref.frontends.pytest_plugin import Parity, folder_name, summary_line
 
 ROOT = Path(__file__).parents[1]
 EXAMPLE = ROOT / "docs" / "example_test_parity.py"
@@ -73,7 +73,7 @@ def the_summary_line(stdout: str) -> str:
 def test_importing_the_plugin_imports_no_torch_numpy_or_matplotlib():
     code = (
         "import sys\n"
-        "import nn_parity.torch_ref.pytest_plugin\n"
+        "import nn_parity.torch_ref.frontends.pytest_plugin\n"
         "bad = sorted(m for m in sys.modules\n"
         "             if m.split('.')[0] in ('torch', 'numpy', 'matplotlib', 'sklearn'))\n"
         "assert not bad, bad\n"
@@ -84,7 +84,7 @@ def test_importing_the_plugin_imports_no_torch_numpy_or_matplotlib():
 
 def test_the_plugin_is_registered_as_pytest11_and_loaded_without_torch(tmp_path):
     (entry,) = [e for e in metadata.entry_points(group="pytest11") if e.name == "nn_parity"]
-    assert entry.value == "nn_parity.torch_ref.pytest_plugin"
+    assert entry.value == "nn_parity.torch_ref.frontends.pytest_plugin"
     # a suite with no parity check: the plugin is loaded, costs no torch, prints no summary
     (tmp_path / "test_plain.py").write_text(
         "import sys\n\n"
@@ -516,7 +516,7 @@ def make():
 
 
 def test_an_adam_run_records_the_same_optimizer_through_the_plugin_and_the_cli(tmp_path):
-    from nn_parity.torch_ref.cli import main
+    from nn_parity.torch_ref.frontends.cli import main
 
     (tmp_path / "buggy.py").write_text(MODEL_WITH_A_BUG)
     cli_out = tmp_path / "cli"

@@ -11,8 +11,8 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 from nn_parity import scratch
 from nn_parity.torch_ref import TorchMLP, lockstep
-from nn_parity.torch_ref.cli import main
-from nn_parity.torch_ref.datasets import load_csv
+from nn_parity.torch_ref.frontends.cli import main
+from nn_parity.torch_ref.frontends.datasets import load_csv
 
 XOR = ["--data", "xor", "--layers", "2,6,1", "--steps", "40", "--quiet", "--no-figures"]
 
@@ -66,7 +66,7 @@ def test_ctrl_c_keeps_the_previous_report_and_leaves_no_partial_one(tmp_path, mo
     assert code == 0
     before = {p.name: p.read_bytes() for p in out.iterdir()}
 
-    import nn_parity.torch_ref.engine as engine
+    import nn_parity.torch_ref.engine.loop as engine
 
     def interrupted(*args, **kwargs):
         kwargs["progress"](0)
@@ -129,7 +129,7 @@ def test_sigterm_while_the_report_is_written_leaves_no_partial_folder(tmp_path):
     script = (
         "import os, signal, sys, time\n"
         "from nn_parity import reports\n"
-        "from nn_parity.torch_ref.cli import main\n"
+        "from nn_parity.torch_ref.frontends.cli import main\n"
         "def render(folder):\n"
         "    os.kill(os.getpid(), signal.SIGTERM)\n"
         "    time.sleep(5)\n"
@@ -145,7 +145,7 @@ def test_sigterm_while_the_report_is_written_leaves_no_partial_folder(tmp_path):
 def test_export_on_a_full_disk_leaves_nothing_and_a_retry_works(tmp_path, capsys, monkeypatch):
     import errno
 
-    import nn_parity.torch_ref.export as export_module
+    import nn_parity.torch_ref.mirror.export as export_module
 
     def full(*args, **kwargs):
         raise OSError(errno.ENOSPC, "No space left on device")

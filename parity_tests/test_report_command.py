@@ -7,7 +7,7 @@ import re
 
 import pytest
 from nn_parity.scratch.activations import Tanh
-from nn_parity.torch_ref.cli import main
+from nn_parity.torch_ref.frontends.cli import main
 
 RUN = ["--data", "moons", "--layers", "2,6,1", "--steps", "12", "--seed", "3", "--quiet"]
 RECORD = {"summary.json", "metrics.csv", "record.npz"}

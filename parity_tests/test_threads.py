@@ -9,8 +9,9 @@ from dataclasses import dataclass
 import numpy as np
 import pytest
 import torch
-from nn_parity.torch_ref import TorchMLP, engine, lockstep, threads
-from nn_parity.torch_ref.threads import ARRANGEMENTS, Arrangement, choose, schedule
+from nn_parity.torch_ref import TorchMLP, lockstep
+from nn_parity.torch_ref.engine import loop, threads
+from nn_parity.torch_ref.engine.threads import ARRANGEMENTS, Arrangement, choose, schedule
 from threadpoolctl import threadpool_info, threadpool_limits
 
 from parity_tests.helpers import make_data, make_pair
@@ -208,7 +209,7 @@ def run_in(arrangements, monkeypatch, dtype="float64"):
     # Big enough that MKL's GEMMs and torch's reductions split across threads when allowed.
     X, y = make_data(1024, 64, seed=3, dtype=dtype)
     net, ref = make_pair([64, 256, 256, 1], ["tanh", "tanh", "sigmoid"], seed=4, dtype=dtype)
-    monkeypatch.setattr(engine, "_ARRANGEMENTS", tuple(arrangements))
+    monkeypatch.setattr(loop, "_ARRANGEMENTS", tuple(arrangements))
     result = lockstep(net, ref, X, y, steps=8, lr=0.5)
     return result, net, ref
 
@@ -244,4 +245,4 @@ def test_the_bitwise_check_sees_a_changed_number(monkeypatch):
 
 
 def test_threads_module_is_what_the_engine_uses():
-    assert engine._ARRANGEMENTS == threads.ARRANGEMENTS
+    assert loop._ARRANGEMENTS == threads.ARRANGEMENTS

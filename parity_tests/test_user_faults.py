@@ -10,7 +10,7 @@ import textwrap
 import numpy as np
 import pytest
 from nn_parity.torch_ref import adapt, lockstep
-from nn_parity.torch_ref.cli import main
+from nn_parity.torch_ref.frontends.cli import main
 
 FAULT_STEP = 5
 

@@ -7,7 +7,7 @@
 a file carrying a pickled object is refused, never run, and one declaring more than
 `MAX_NPZ_BYTES` of arrays (a decompression bomb, or not weights) is refused unread. NaN or inf
 weights are refused by name and element. The torch side's `.pt` state dicts are in
-`torch_ref.weights`.
+`torch_ref.mirror.weights`.
 """
 
 from __future__ import annotations

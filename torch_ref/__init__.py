@@ -1,7 +1,7 @@
 """nn-parity's PyTorch side: the mirror module, user code through `adapt`, the lockstep, the op
 check, and weights across both worlds.
 
-Names are loaded on first use (PEP 562), so that `nn_parity.torch_ref.pytest_plugin`, which
+Names are loaded on first use (PEP 562), so that the pytest plugin, which
 pytest imports in every run, and `nn-parity report`, which only draws, cost no torch import.
 """
 
@@ -11,32 +11,33 @@ import importlib
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from .adapter import UserNetwork, adapt
     from .compare import TOLERANCES, Tolerance, assert_parity, tolerance
-    from .engine import Divergence, LockstepResult, check, lockstep
-    from .model import TorchMLP, torch_dtype, torch_loss
+    from .lockstep import check, lockstep
+    from .mirror.model import TorchMLP, torch_dtype, torch_loss
+    from .mirror.weights import scratch_to_torch, torch_to_scratch
     from .opcheck import assert_op, check_op
-    from .weights import scratch_to_torch, torch_to_scratch
+    from .results import Divergence, LockstepResult
+    from .user import UserNetwork, adapt
 
 # public name -> the module that defines it: the one list of the public surface
 _WHERE = {
-    "UserNetwork": "adapter",
-    "adapt": "adapter",
+    "UserNetwork": "user",
+    "adapt": "user",
     "TOLERANCES": "compare",
     "Tolerance": "compare",
     "assert_parity": "compare",
     "tolerance": "compare",
-    "Divergence": "engine",
-    "LockstepResult": "engine",
-    "check": "engine",
-    "lockstep": "engine",
-    "TorchMLP": "model",
-    "torch_dtype": "model",
-    "torch_loss": "model",
+    "Divergence": "results",
+    "LockstepResult": "results",
+    "check": "lockstep",
+    "lockstep": "lockstep",
+    "TorchMLP": "mirror.model",
+    "torch_dtype": "mirror.model",
+    "torch_loss": "mirror.model",
     "assert_op": "opcheck",
     "check_op": "opcheck",
-    "scratch_to_torch": "weights",
-    "torch_to_scratch": "weights",
+    "scratch_to_torch": "mirror.weights",
+    "torch_to_scratch": "mirror.weights",
 }
 
 __all__ = [  # noqa: RUF022 (grouped by module, as _WHERE)

@@ -2,6 +2,6 @@
 
 import sys
 
-from .cli import main
+from nn_parity.torch_ref.frontends.cli import main
 
 sys.exit(main())

@@ -26,8 +26,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from nn_parity import scratch
-
-from .model import torch_loss
+from nn_parity.torch_ref.evidence import constant_ratio as _constant_ratio
+from nn_parity.torch_ref.evidence import near as _near
+from nn_parity.torch_ref.mirror.model import torch_loss
 
 __all__ = ["Context", "diagnose"]
 
@@ -51,23 +52,6 @@ _DERIVATIVES = {  # f'(z) from (z, a), as a hand derivation should take it, and 
     "sigmoid": (lambda z, a: a * (1 - a), lambda z, a: z * (1 - z)),
     "tanh": (lambda z, a: 1 - a * a, lambda z, a: 1 - z * z),
 }
-
-
-def _constant_ratio(s: np.ndarray, t: np.ndarray) -> float | None:
-    """The c with s = c t elementwise, to 1e-6, if there is one."""
-    scale = max(np.abs(t).max(), np.abs(s).max(), 1e-300)
-    mask = np.abs(t) > 1e-9 * scale
-    if not mask.any() or np.any(np.abs(s[~mask]) > 1e-9 * scale):
-        return None  # where torch's is zero, scratch's must be too
-    r = s[mask] / t[mask]
-    c = float(np.median(r))
-    if c != 0 and not _near(c, 1) and np.all(np.abs(r - c) <= 1e-6 * abs(c)):
-        return c
-    return None
-
-
-def _near(x: float, target: float, rel: float = 1e-6) -> bool:
-    return abs(x - target) <= rel * abs(target)
 
 
 def _ratio_cause(c: float, n: int, lr: float, what: str) -> dict | None:

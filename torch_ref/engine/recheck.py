@@ -21,18 +21,41 @@ from __future__ import annotations
 
 import numpy as np
 from nn_parity import scratch
+from nn_parity.torch_ref.compare import (
+    first_mismatch,
+    tolerance,
+)
+from nn_parity.torch_ref.engine.comparer import _np
+from nn_parity.torch_ref.engine.scratch_side import MLPSide
 
-from .compare import first_mismatch, tolerance
 
-__all__ = ["explain"]
+def _has_kink(act) -> bool:
+    return act.name.partition(":")[0] in ("relu", "leaky_relu")
+
+
+def _kink_flips(sside, tside, layers: list[int]) -> dict[int, np.ndarray]:
+    """Per relu-family layer, where the two sides put z on opposite sides of 0."""
+    cache = getattr(sside, "cache", None)
+    if not isinstance(sside, MLPSide) or cache is None:
+        return {}
+    flips = {}
+    for l in layers:
+        flip = (cache[l][1] > 0) != (_np(tside.cache[l][0]) > 0)  # (N, H)
+        if flip.any():
+            flips[l] = flip
+    return flips
+
+
+def _resync(sside, tside) -> None:
+    """Scratch takes torch's parameters and optimizer state."""
+    sside.set_params(tside.params_now())
+    if sside.stateful:
+        sside.opt.load_state_dict(tside.state())
+
 
 # How many units of epsilon, times the sum of magnitudes sum_i |x_i w_i| + |b|, a dot product may
 # differ by between two libraries: worst case about D eps each, in practice about sqrt(D) eps.
 _DOT_ULPS = 32
-
-
-def _np(t) -> np.ndarray:
-    return t.detach().cpu().numpy() if hasattr(t, "detach") else np.asarray(t)
 
 
 def explain(sside, tside, items, within: np.ndarray, svals: list, tvals: list, flips, batch):

@@ -10,6 +10,7 @@ import numpy as np
 import torch
 from nn_parity import scratch
 from nn_parity.scratch.validate import check_names
+from nn_parity.torch_ref.mirror.model import to_scratch
 from torch import nn
 
 __all__ = [
@@ -52,8 +53,6 @@ def torch_to_scratch(module: nn.Module, net: scratch.MLP | None = None) -> scrat
     module is then a `TorchMLP` or any `nn.Sequential` of `nn.Linear` and supported activations.
     """
     if net is None:
-        from .model import to_scratch  # model imports this module as it loads
-
         return to_scratch(module)
     for name, t in _check_names(net, module).items():
         np.copyto(net.params[name], t.detach().cpu().numpy())

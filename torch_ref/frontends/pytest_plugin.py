@@ -7,7 +7,7 @@ hypothesis register theirs, so any pytest run where nn-parity is installed has i
         net = scratch.MLP([2, 8, 1], ["tanh", "sigmoid"], dtype=parity.dtype, rng=0)
         parity.lockstep(net, TorchMLP.from_scratch(net), X, y, steps=50, lr=0.5)
 
-`parity.lockstep` takes what `nn_parity.torch_ref.lockstep` takes (every keyword is passed on)
+`parity.lockstep` takes what `nn_parity.torch_ref.engine` takes (every keyword is passed on)
 and fails the test with the first divergence: step, quantity, parameter and element, both
 values, the finite-difference verdict and the likely cause. `parity.op` does the same for the
 op check, where nn_parity.torch_ref.opcheck is installed.
@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 if TYPE_CHECKING:
-    from .engine import LockstepResult
+    from nn_parity.torch_ref.results import LockstepResult
 
 __all__ = ["Parity", "parity"]
 
@@ -121,15 +121,14 @@ class Parity:
         return self._config.getoption("parity_dtype", None) or "float64"
 
     def lockstep(self, net, ref=None, X=None, y=None, **kwargs) -> LockstepResult:
-        """`nn_parity.torch_ref.lockstep(net, ref, X, y, **kwargs)`; fails the test on divergence.
+        """`nn_parity.torch_ref.engine(net, ref, X, y, **kwargs)`; fails the test on divergence.
 
         For a `scratch.MLP`, `ref` defaults to `TorchMLP.from_scratch(net)`. --parity-steps
         replaces `steps`. Returns the result when every quantity agreed at every step.
         """
         __tracebackhide__ = True
         import numpy as np
-
-        from .engine import lockstep
+        from nn_parity.torch_ref.engine.loop import lockstep
 
         config = self._config
         forced = config.getoption("parity_dtype", None)
@@ -145,8 +144,7 @@ class Parity:
             kwargs["steps"] = steps
         if ref is None:
             from nn_parity import scratch
-
-            from .model import TorchMLP
+            from nn_parity.torch_ref.mirror.model import TorchMLP
 
             if isinstance(net, scratch.MLP):  # other networks: lockstep's own default, if any
                 ref = TorchMLP.from_scratch(net)
@@ -204,9 +202,9 @@ class Parity:
 
     def _write_report(self, root: Path, result: LockstepResult, context: dict) -> Path:
         from nn_parity import reports
-
-        from .display import record_config
-        from .record import atomic_dir, write_record
+        from nn_parity.reports.destination import atomic_dir
+        from nn_parity.torch_ref.frontends.display import record_config
+        from nn_parity.torch_ref.record import write_record
 
         self._reports += 1  # a test that goes on after a failed check gets -2, -3, ...
         name = folder_name(self._nodeid)
@@ -257,14 +255,17 @@ def _dtype_of(result: LockstepResult) -> str:
     return str(pair[0].dtype) if pair is not None else "?"
 
 
+_OPCHECK = "nn_parity.torch_ref.opcheck"
+
+
 def _check_op():
     """opcheck.check_op where installed, else None."""
     import importlib
 
     try:  # through sys.modules, which is where an install (or a test) puts it
-        opcheck = importlib.import_module(f"{__package__}.opcheck")
+        opcheck = importlib.import_module(_OPCHECK)
     except ImportError as err:
-        if err.name != f"{__package__}.opcheck":
+        if err.name != _OPCHECK:
             raise  # the op check is installed but broken: say so, do not skip
         return None
     return getattr(opcheck, "check_op", None)

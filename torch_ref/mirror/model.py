@@ -27,8 +27,6 @@ from nn_parity.scratch.activations import (
 )
 from torch import nn
 
-from .weights import scratch_to_torch
-
 __all__ = ["TorchMLP", "torch_activation", "torch_dtype", "torch_loss", "torch_probabilities"]
 
 TORCH_DTYPES = {"float64": torch.float64, "float32": torch.float32}
@@ -123,7 +121,8 @@ class TorchMLP(nn.Module):
     def from_scratch(cls, net: scratch.MLP) -> TorchMLP:
         """A mirror of `net`: same architecture, dtype and bit-identical weights."""
         ref = cls(net.sizes, net.activations, bias=net.bias, dtype=net.dtype)
-        scratch_to_torch(net, ref)
+        # the same names by construction; torch checks them and the shapes, and copies exactly
+        ref.load_state_dict({k: torch.from_numpy(p) for k, p in net.params.items()})
         return ref
 
     def to_scratch(self) -> scratch.MLP:

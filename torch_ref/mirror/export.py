@@ -24,12 +24,11 @@ from pathlib import Path
 
 import numpy as np
 from nn_parity import scratch
+from nn_parity.reports.destination import Words, atomic_dir, check_destination
 from nn_parity.scratch.activations import Activation, LeakyReLU
-
-from .compare import tolerance
-from .model import torch_activation, torch_loss
-from .record import Words, atomic_dir, check_destination
-from .weights import save_pt
+from nn_parity.torch_ref.compare import tolerance
+from nn_parity.torch_ref.mirror.model import torch_activation, torch_loss
+from nn_parity.torch_ref.mirror.weights import save_pt
 
 __all__ = ["Exported", "check_export", "export"]
 
@@ -254,10 +253,8 @@ def export(
     The files are written into a temporary folder beside `folder` and moved into place when
     all are complete: a failure (a full disk) leaves `folder` as it was.
     """
-    from .adapter import UserNetwork
-
-    if isinstance(net, UserNetwork):  # the user's network: its description, at its values
-        if net.pmap is None:
+    if hasattr(net, "description"):  # the user's network: its description, at its values
+        if getattr(net, "pmap", None) is None:
             raise ValueError("export a user network after its first check: its layout is unknown")
         net = net.description()
     if not isinstance(net, scratch.MLP):

@@ -7,8 +7,8 @@ never applied to the shipped code. `op_score()` runs `check_op` on every mutant 
 whether it was caught (the check failed, or refused the op with an error naming the input) and
 located (the first mismatch names the item where the bug lives).
 
-    python -m nn_parity.torch_ref.op_mutants            # the score table, float64
-    python -m nn_parity.torch_ref.op_mutants float32
+    python -m nn_parity.torch_ref.mutation.op_mutants            # the score table, float64
+    python -m nn_parity.torch_ref.mutation.op_mutants float32
 """
 
 from __future__ import annotations
@@ -22,9 +22,9 @@ import torch
 import torch.nn.functional as F
 from nn_parity.scratch import ops
 from nn_parity.scratch.activations import sigmoid
-
-from .mutants import Score
-from .opcheck import OpCheckResult, check_op
+from nn_parity.torch_ref.mutation.score import Score
+from nn_parity.torch_ref.opcheck.check import check_op
+from nn_parity.torch_ref.opcheck.results import OpCheckResult
 
 __all__ = ["ALTERNATIVES", "OP_MUTANTS", "OpMutant", "gallery", "op_score"]
 

@@ -24,8 +24,7 @@ import numpy as np
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
     from nn_parity.reports import Record
-
-    from .engine import LockstepResult
+    from nn_parity.torch_ref.results import LockstepResult
 
 __all__ = [
     "record_config",
@@ -110,7 +109,7 @@ def record_config(
 
 def result_summary(result: LockstepResult, **context: Any) -> dict:
     """The summary.json object `write_record` would save for this result."""
-    from .record import summary_dict
+    from nn_parity.torch_ref.record import summary_dict
 
     return summary_dict(result, record_config(result, **context), {})
 
@@ -308,8 +307,7 @@ def result_figures(result: LockstepResult, **context: Any) -> list[Figure]:
     `load_record`, exactly as `nn-parity report` reads a saved one.
     """
     from nn_parity.reports import load_record
-
-    from .record import write_record
+    from nn_parity.torch_ref.record import write_record
 
     config = record_config(result, **context)
     with tempfile.TemporaryDirectory(prefix="nn-parity-figures-") as tmp:

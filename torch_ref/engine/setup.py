@@ -1,0 +1,176 @@
+"""A run's setup: the scratch side, the torch side built from its description, data in the
+network's dtype, the batch plan."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import numpy as np
+import torch
+from nn_parity import scratch
+from nn_parity.scratch.losses import check_output
+from nn_parity.scratch.validate import check_finite, check_xy
+from nn_parity.torch_ref.engine.scratch_side import MLPSide
+from nn_parity.torch_ref.engine.torch_side import TorchSide
+from nn_parity.torch_ref.engine.user_side import UserSide
+from nn_parity.torch_ref.mirror.model import TorchMLP
+from nn_parity.torch_ref.user.layout import resolve_layout
+from nn_parity.torch_ref.user.network import UserNetwork
+
+
+def _batches(
+    n: int, batch_size: int | None, epochs: int, seed: int, shuffle: bool, drop_last: bool
+):
+    """(epoch, batch, rows) for every step: one seeded permutation per epoch, the same for both
+    sides. Without a batch size every step takes the whole data set (rows None)."""
+    if batch_size is None:
+        while True:
+            yield 0, 0, None
+    rng = np.random.default_rng(seed)
+    for epoch in range(epochs):
+        order = rng.permutation(n) if shuffle else np.arange(n)
+        stop = n - n % batch_size if drop_last else n
+        for b, start in enumerate(range(0, stop, batch_size)):
+            yield epoch, b, order[start : start + batch_size]
+
+
+def run_length(steps, batch_size, epochs, drop_last, n) -> int:
+    """The number of steps a run takes, from steps or from batch size and epochs."""
+    for name, v in (("steps", steps), ("batch_size", batch_size), ("epochs", epochs)):
+        if v is not None and (isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1):
+            raise ValueError(f"{name} must be a positive integer, got {v!r}")
+    if batch_size is None:
+        if epochs is not None:
+            raise ValueError("epochs needs batch_size; full-batch runs count steps")
+        return 100 if steps is None else int(steps)
+    if batch_size > n:
+        raise ValueError(
+            f"batch_size {batch_size} is larger than the data set ({n} samples); "
+            f"use at most {n} (or leave it out for full-batch steps)"
+        )
+    per_epoch = n // batch_size if drop_last else -(-n // batch_size)
+    total = per_epoch * (1 if epochs is None else int(epochs))
+    return total if steps is None else min(int(steps), total)
+
+
+def _scratch_side(net, loss, optimizer, lr, X, y):
+    """The scratch side for the built-in network or for adapted user code."""
+    if isinstance(net, UserNetwork):
+        if loss is not None and scratch.get_loss(loss).name != net.loss.name:
+            raise ValueError(
+                f"loss {scratch.get_loss(loss).name!r} given, but the network was adapted "
+                f"with loss {net.loss.name!r}"
+            )
+        loss_s = net.loss
+        Xc, Yc = _check_data(loss_s, X, y, net.dtype, _user_sizes(net, X, y, loss_s))
+        return (
+            UserSide(net, _optimizer_factory(optimizer, lr), lr, np.asarray(X), np.asarray(y)),
+            Xc,
+            Yc,
+        )
+    if not isinstance(net, scratch.MLP):
+        raise TypeError(
+            f"lockstep takes a scratch.MLP or a network adapted with adapt(...), "
+            f"got {type(net).__name__}"
+        )
+    loss_s = scratch.get_loss("bce" if loss is None else loss)
+    check_output(loss_s, net.layers[-1].activation.name)
+    _check_finite(net.params)
+    Xc, Yc = _check_data(loss_s, X, y, net.dtype, net.sizes)
+    if isinstance(optimizer, (str, Mapping)) or optimizer is None:
+        opt = _optimizer_factory(optimizer, lr)(net)
+    else:
+        if getattr(optimizer, "net", None) is not net:
+            raise ValueError("optimizer must be bound to the scratch network being trained")
+        _check_mirrored(optimizer)
+        opt = optimizer
+    return MLPSide(net, loss_s, opt, lr), Xc, Yc
+
+
+def _check_finite(params: Mapping[str, np.ndarray]) -> None:
+    """Starting weights that hold NaN or Inf would be reported as a blow-up at step 0."""
+    for name, p in params.items():
+        check_finite(p, name, f"the starting weight {name}")
+
+
+def _user_sizes(net: UserNetwork, X, y, loss_s) -> list[int]:
+    """The user network's [D, ..., C], from its layout (worked out here if not yet)."""
+    if net.pmap is None:
+        Xa = np.asarray(X)
+        if Xa.ndim != 2:
+            raise ValueError(f"X must be 2-D (samples, features), got shape {Xa.shape}")
+        resolve_layout(net, Xa, np.asarray(y), 1 if loss_s.task == "binary" else None)
+    assert net.pmap is not None
+    return net.pmap.sizes
+
+
+def _check_data(loss_s, X, y, dtype, sizes):
+    """X as a finite (N, D) array in the network's dtype, and the labels in the form the loss
+    takes: (N, 1) 0/1 floats for the binary losses, (N,) class indices for ce and nll, (N, C)
+    targets for mse. `sizes` is the network's [D, ..., C]."""
+    # X and the labels' own form first, then the loss checks them against the output width
+    X, _ = check_xy(X, y, width=sizes[0], task=loss_s.task)
+    Y = loss_s.targets(y, sizes[-1], dtype)
+    return np.ascontiguousarray(X, dtype=dtype), Y
+
+
+def _optimizer_factory(spec, lr):
+    """A function params -> scratch optimizer, from None (plain SGD), a name or a dict
+    {"name": ..., **hyper-parameters}: the one description both sides are built from."""
+    if spec is None:
+        spec = {"name": "sgd"}
+    if isinstance(spec, str):
+        spec = {"name": spec}
+    if not isinstance(spec, Mapping):
+        raise TypeError(
+            "for a user network give the optimizer by name or as a dict "
+            f"{{'name': 'adam', 'betas': (0.9, 0.999)}}, got {type(spec).__name__}"
+        )
+    spec = dict(spec)
+    name = spec.pop("name", "sgd")
+    scratch.get_optimizer(name, {"probe": np.zeros(1)}, lr=lr, **spec)  # refuse bad input now
+    return lambda params: scratch.get_optimizer(name, params, lr=lr, **spec)
+
+
+def _opt_of(sside):
+    """The scratch optimizer both sides' optimizers are built from."""
+    return sside.opt if isinstance(sside, MLPSide) else sside.opt_desc
+
+
+def _optimizer_record(spec, opt) -> dict:
+    """The optimizer as a record keeps it (summary.json's "optimizer"), as `nn-parity run`
+    writes it: the name and the options given; for an optimizer object, those off default."""
+    if spec is None or isinstance(spec, (str, Mapping)):
+        given = {"name": spec} if isinstance(spec, str) else dict(spec or {})
+        return {"name": given.pop("name", "sgd"), **given}
+    defaults = type(opt)._defaults()
+    hyper = {k: v for k, v in opt.hyper.items() if k != "lr" and v != defaults.get(k)}
+    return {"name": opt.name, **hyper}
+
+
+def _check_mirrored(opt) -> None:
+    """The torch side is built from the scratch optimizer's description (`opt.hyper`); an
+    optimizer without one would be compared against the wrong thing."""
+    registry = scratch.OPTIMIZERS
+    if not isinstance(opt, tuple(registry.values())):
+        raise ValueError(
+            f"optimizer {type(opt).__name__} has no torch mirror: nn-parity builds torch's from "
+            f"the scratch optimizer's description; use one of {', '.join(registry)}"
+        )
+
+
+def _torch_side(ref, sside, loss_s, opt_desc):
+    """The torch side: the given module with the scratch side's weights copied in, or a
+    TorchMLP built from the scratch side's description."""
+    from nn_parity.torch_ref.mirror.weights import module_parameters
+
+    desc = sside.desc
+    if ref is None:
+        ref = TorchMLP.from_scratch(desc)
+    by_name = module_parameters(ref, desc)
+    if isinstance(sside, UserSide):
+        params = sside.get_params()
+        with torch.no_grad():
+            for k, p in by_name.items():
+                p.copy_(torch.from_numpy(np.ascontiguousarray(params[k])))
+    return TorchSide(ref, by_name, loss_s, opt_desc, sside.order)

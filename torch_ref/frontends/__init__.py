@@ -1,0 +1,1 @@
+"""The front ends: the `nn-parity` command, the pytest plugin and the notebook display."""

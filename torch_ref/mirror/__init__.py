@@ -1,0 +1,1 @@
+"""The torch mirror: the module, weights both ways, the optimizer, and framework code for export."""
