@@ -288,15 +288,15 @@ class Figures(list["Figure"]):
         super().__init__(figures)
         self.failed = list(failed)  # "loss.png could not be drawn: ..." lines
 
-    def _shown(self) -> list[bytes | str]:
-        """Each figure as PNG bytes, or as the line saying why it could not be rendered; then
-        the figures that could not be drawn."""
+    def _shown(self) -> list[tuple[bytes, str] | str]:
+        """Each figure as (PNG bytes, its title for alt text), or as the line saying why it
+        could not be rendered; then the figures that could not be drawn."""
         from nn_parity.reports.figures import failure, png
 
-        shown: list[bytes | str] = []
+        shown: list[tuple[bytes, str] | str] = []
         for k, fig in enumerate(self):
             try:
-                shown.append(png(fig))
+                shown.append((png(fig), _title(fig)))
             except Exception as err:  # e.g. a label matplotlib cannot lay out
                 shown.append(failure(f"figure {k}", err))
         return shown + self.failed
@@ -306,20 +306,29 @@ class Figures(list["Figure"]):
         from IPython.display import display
 
         for item in self._shown():
-            if isinstance(item, bytes):
-                bundle = {"image/png": item, "text/plain": "<nn-parity figure>"}
+            if isinstance(item, str):
+                display({"text/html": _failure_html(item), "text/plain": item}, raw=True)
             else:
-                bundle = {"text/html": _failure_html(item), "text/plain": item}
-            display(bundle, raw=True)
+                image, title = item
+                display({"image/png": image, "text/plain": f"<Figure: {title}>"},
+                        metadata={"image/png": {"alt": title}}, raw=True)  # fmt: skip
 
     def _repr_html_(self) -> str:
         """For front ends that take HTML but not IPython's display calls."""
-        parts = [
-            _failure_html(item) if isinstance(item, str)
-            else f'<img src="data:image/png;base64,{base64.b64encode(item).decode()}">'
-            for item in self._shown()
-        ]  # fmt: skip
+        parts = []
+        for item in self._shown():
+            if isinstance(item, str):
+                parts.append(_failure_html(item))
+            else:
+                image, title = item
+                data = base64.b64encode(image).decode("ascii")
+                parts.append(f'<img src="data:image/png;base64,{data}" alt="{_e(title)}">')
         return "<div>" + "\n".join(parts) + "</div>"
+
+
+def _title(fig: Figure) -> str:
+    """What a figure shows, in words: its title, or its first panel's."""
+    return fig.get_suptitle() or (fig.axes[0].get_title() if fig.axes else "") or "figure"
 
 
 def _failure_html(line: str) -> str:
