@@ -131,7 +131,7 @@ def test_figures_are_the_reports_own(passing, tmp_path):
         buf = io.BytesIO()
         fig.savefig(buf, format="png", dpi=drawing.DPI, metadata={"Software": None})
         assert buf.getvalue() == path.read_bytes(), path.name
-    # the report's saving is back in place: rendering again writes files
+    # drawing for a notebook leaves the report alone: rendering again writes files
     (tmp_path / "loss.png").unlink()
     reports.render(tmp_path)
     assert (tmp_path / "loss.png").is_file()

@@ -353,6 +353,8 @@ def result_record(result: LockstepResult, **context: Any) -> Record:
     config = record_config(result, **context)
     # through JSON, as `load_record` reads summary.json: lists, not tuples
     summary = json.loads(json.dumps(result_summary(result, **context)))
+    # The loop below mirrors write_record's arrays (record.py, left to the reorganisation):
+    # test_figures_are_the_reports_own pins the two to the same PNGs until they are one function.
     arrays: dict[str, np.ndarray] = {}
     labels = config["y"]
     if labels.size:  # without labels, the probability figure is not drawn
