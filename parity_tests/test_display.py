@@ -131,7 +131,7 @@ def test_figures_are_the_reports_own(passing, tmp_path):
         buf = io.BytesIO()
         fig.savefig(buf, format="png", dpi=drawing.DPI, metadata={"Software": None})
         assert buf.getvalue() == path.read_bytes(), path.name
-    # the report's saving is back in place: rendering again writes files
+    # drawing for a notebook leaves the report alone: rendering again writes files
     (tmp_path / "loss.png").unlink()
     reports.render(tmp_path)
     assert (tmp_path / "loss.png").is_file()
@@ -170,3 +170,26 @@ def test_figures_need_no_display():
         "Gradient error per parameter, ||g_scratch - g_torch|| / ||g_torch|| | "
         "Output probabilities, scratch against torch"
     )
+
+
+def test_figures_are_a_list_that_shows_itself(passing, tmp_path):
+    """What code gets is a list of Figures; what a notebook gets is their PNGs inline."""
+    from matplotlib.figure import Figure
+    from nn_parity.torch_ref.frontends.display import Figures
+
+    result, y = passing
+    figs = result.figures(y=y)
+    assert isinstance(figs, list) and len(figs) == 3 and all(isinstance(f, Figure) for f in figs)
+    assert [f.axes[0].get_title() for f in figs[:1]] == ["Training loss, scratch and torch"]
+    figs[0].savefig(tmp_path / "loss.png")
+    assert (tmp_path / "loss.png").read_bytes().startswith(b"\x89PNG")
+    html = figs._repr_html_()
+    assert html.count('<img src="data:image/png;base64,') == 3 and "could not be drawn" not in html
+    assert 'alt="Training loss, scratch and torch"' in html
+    # a figure that cannot be rendered is named in its place, and costs the others nothing
+    figs[1].axes[0].set_title("$\\frac{$")
+    odd = Figures(figs, failed=["boundary.png could not be drawn: ValueError: no grid"])
+    html = odd._repr_html_()
+    assert html.count("<img ") == 2
+    assert "figure 1 could not be drawn: ValueError" in html
+    assert "boundary.png could not be drawn: ValueError: no grid" in html

@@ -39,7 +39,7 @@ def test_a_mathtext_header_gets_a_complete_report(tmp_path, capsys):
 
 
 def test_a_failing_figure_is_named_and_costs_nothing_else(tmp_path, capsys, monkeypatch):
-    def broken(record, path):
+    def broken(record):
         raise RuntimeError("drawing failed\nsecond line")
 
     specs = tuple(

@@ -17,7 +17,7 @@ import pytest
 from matplotlib.image import imread
 from nn_parity import reports
 from nn_parity.reports import load_record, render, summary_text
-from nn_parity.reports.figures import probs_figure
+from nn_parity.reports.figures import probs_figure, save
 from nn_parity.reports.html import page as html_page
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -427,7 +427,7 @@ def test_probabilities_of_only_the_first_step_still_draw(tmp_path):
     with np.load(run / "record.npz") as npz:
         arrays = {k: npz[k] for k in npz.files if not k.startswith("probs_last")}
     np.savez(run / "record.npz", **arrays)
-    probs_figure(load_record(run), run / "probs.png")  # the one figure this looks at
+    save(probs_figure(load_record(run)), run / "probs.png")  # the one figure this looks at
     img = imread(run / "probs.png")
     assert img.shape[1] < img.shape[0] * 1.5  # one square panel, not two side by side
     _assert_png(run / "probs.png")

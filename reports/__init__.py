@@ -16,8 +16,8 @@ from pathlib import Path
 import numpy as np
 from nn_parity.reports.text import summary_text
 
-__all__ = ["RECORD_FORMAT", "Record", "RecordError", "json_safe", "load_record", "render",
-           "summary_text"]  # fmt: skip
+__all__ = ["RECORD_FORMAT", "Record", "RecordError", "json_safe", "load_record",
+           "parse_metrics", "render", "summary_text"]  # fmt: skip
 
 # summary.json's "format": version 2 writes a non-finite number as null (version 1, unmarked,
 # wrote NaN and Infinity, which strict JSON parsers refuse); both read.
@@ -56,8 +56,10 @@ class Record:
             return float(np.finfo(np.float64).eps)
 
 
-def _read_metrics(path: Path) -> dict[str, np.ndarray]:
-    head, _, body = path.read_text(encoding="utf-8").partition("\n")
+def parse_metrics(text: str, source: str = "metrics.csv") -> dict[str, np.ndarray]:
+    """metrics.csv's text by column: what `load_record` reads from a file, and a notebook from
+    the text a run would write (`source` names it in errors)."""
+    head, _, body = text.partition("\n")
     header = next(csv.reader([head]), None)
     if not header:
         return {}
@@ -80,7 +82,7 @@ def _read_metrics(path: Path) -> dict[str, np.ndarray]:
                     pass
     if table.shape[1] != len(header):
         raise RecordError(
-            f"{path}: the header names {len(header)} columns but rows have {table.shape[1]}"
+            f"{source}: the header names {len(header)} columns but rows have {table.shape[1]}"
         )
     columns = {name: table[:, j].copy() for j, name in enumerate(header)}
     step = columns.get("step")
@@ -102,7 +104,9 @@ def load_record(run_dir: Path | str) -> Record:
     run_dir = Path(run_dir)
     summary = check_summary(_read_json(run_dir / "summary.json"), run_dir / "summary.json")
     metrics_path = run_dir / "metrics.csv"
-    metrics = _read_metrics(metrics_path) if metrics_path.exists() else {}
+    metrics: dict[str, np.ndarray] = {}
+    if metrics_path.exists():
+        metrics = parse_metrics(metrics_path.read_text(encoding="utf-8"), str(metrics_path))
     check_metrics(metrics, metrics_path)
     arrays: dict[str, np.ndarray] = {}
     npz_path = run_dir / "record.npz"
@@ -134,25 +138,18 @@ def render(run_dir: Path | str) -> list[Path]:
     Returns the paths written, figures first and report.html last.
     """
     # Imported here so that `summary_text` (the CLI's hot path) does not pay for matplotlib.
-    from nn_parity.reports.figures import FIGURES
+    from nn_parity.reports.figures import FIGURES, draw_figures, save
     from nn_parity.reports.html import write_report
 
     run_dir = Path(run_dir)
     record = load_record(run_dir)
-    written: list[tuple[Path, str]] = []
-    failed: list[str] = []
+    drawn, failed = draw_figures(record, lambda spec, fig: save(fig, run_dir / spec.filename))
+    written = [(run_dir / spec.filename, spec.caption) for spec, _ in drawn]
     for spec in FIGURES:
         path = run_dir / spec.filename
-        if spec.available(record):
-            try:
-                spec.draw(record, path)
-                written.append((path, spec.caption))
-                continue
-            except Exception as err:  # one figure never costs the record or the others
-                reason = (str(err).strip().splitlines() or [""])[0]
-                failed.append(f"{spec.filename} could not be drawn: {type(err).__name__}: {reason}")
-        if path.exists():
-            # A figure left by an earlier render of other data would contradict this record.
+        if (path, spec.caption) not in written and path.exists():
+            # Left by an earlier render of other data, or half-written by a failed save: it
+            # would contradict this record.
             path.unlink()
     report = write_report(record, run_dir / "report.html", written, failed)
     return [p for p, _ in written] + [report]

@@ -1,15 +1,18 @@
-"""The run's figures as PNG files, one function per figure, each drawn from a Record.
+"""The run's figures: one function per figure draws it from a Record, one function saves it.
 
-Figures are built on `matplotlib.figure.Figure` with an Agg canvas, so drawing touches no
-pyplot state and works headless and from threads.
+Drawing and saving are apart so that a notebook shows the very figures a report embeds,
+without files: `draw_figures` draws every figure the record allows (the `FIGURES` registry),
+`save` writes one as PNG. Figures are built on `matplotlib.figure.Figure` with an Agg canvas,
+so drawing touches no pyplot state and works headless and from threads.
 """
 
 from __future__ import annotations
 
+import io
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 import numpy as np
 from matplotlib import colormaps, rcParams
@@ -26,10 +29,13 @@ __all__ = [
     "FIGURES",
     "FigureSpec",
     "boundary_figure",
+    "draw_figures",
     "errors_figure",
     "gradient_descent_figure",
     "loss_figure",
+    "png",
     "probs_figure",
+    "save",
 ]
 
 DPI = 110
@@ -82,10 +88,20 @@ def _figure(width: float, height: float) -> Figure:
     return fig
 
 
-def _save(fig: Figure, path: Path | str) -> Path:
-    # No "Software" stamp: the same record then gives byte-identical PNGs.
-    fig.savefig(path, dpi=DPI, metadata={"Software": None})
-    return Path(path)
+def save(fig: Figure, to: Path | str | BinaryIO) -> None:
+    """Write `fig` as PNG to a path (the report) or a binary file (a notebook's inline image).
+
+    The one place the figures' resolution and metadata are set. No "Software" stamp: the same
+    record then gives byte-identical PNGs.
+    """
+    fig.savefig(to, format="png", dpi=DPI, metadata={"Software": None})
+
+
+def png(fig: Figure) -> bytes:
+    """`fig` as PNG bytes, as `save` writes it."""
+    buf = io.BytesIO()
+    save(fig, buf)
+    return buf.getvalue()
 
 
 def _steps(record: Record) -> np.ndarray:
@@ -177,7 +193,7 @@ def _safe_log_ylim(ax: Axes, floor: float) -> None:
 # 1. loss.png
 
 
-def loss_figure(record: Record, path: Path | str) -> Path:
+def loss_figure(record: Record) -> Figure:
     """Loss per step on both sides, and their absolute difference on a log axis beneath."""
     m = record.metrics
     x = _steps(record)
@@ -224,7 +240,7 @@ def loss_figure(record: Record, path: Path | str) -> Path:
     bottom.set_ylabel("absolute difference")
     bottom.legend(loc="upper right", fontsize="small")
     bottom.grid(alpha=0.3, which="major")
-    return _save(fig, path)
+    return fig
 
 
 # --------------------------------------------------------------------------------------------
@@ -257,7 +273,7 @@ def _heatmap_bins(x: np.ndarray, data: np.ndarray) -> tuple[np.ndarray, np.ndarr
     return x[starts], np.maximum.reduceat(data, starts, axis=1)
 
 
-def errors_figure(record: Record, path: Path | str) -> Path:
+def errors_figure(record: Record) -> Figure:
     """Gradient errors per parameter over steps, and a step x item heatmap of every error."""
     x = _steps(record)
     items = _rel_err_columns(record)
@@ -399,7 +415,7 @@ def errors_figure(record: Record, path: Path | str) -> Path:
             fontsize="small",
             transform=bar.ax.get_xaxis_transform(),
         )
-    return _save(fig, path)
+    return fig
 
 
 # --------------------------------------------------------------------------------------------
@@ -413,7 +429,7 @@ def _last_step(record: Record) -> int:
     return max(int(record.summary.get("steps") or 1) - 1, 0)
 
 
-def probs_figure(record: Record, path: Path | str) -> Path:
+def probs_figure(record: Record) -> Figure:
     """Scratch against torch output probability per sample, at step 0 and at the last step."""
     a = record.arrays
     y = labels = np.asarray(a["y"]).ravel()
@@ -463,14 +479,14 @@ def probs_figure(record: Record, path: Path | str) -> Path:
         ax.grid(alpha=0.3)
         ax.legend(loc="upper left", fontsize="small")
     fig.suptitle("Output probabilities, scratch against torch")
-    return _save(fig, path)
+    return fig
 
 
 # --------------------------------------------------------------------------------------------
 # 4. gradient_descent.png
 
 
-def gradient_descent_figure(record: Record, path: Path | str) -> Path:
+def gradient_descent_figure(record: Record) -> Figure:
     """The loss along one weight, with the gradient as a tangent and the descent step."""
     gs = record.summary["gradient_slice"]
     w = np.asarray(record.arrays["slice_w"], dtype=np.float64).ravel()
@@ -536,14 +552,14 @@ def gradient_descent_figure(record: Record, path: Path | str) -> Path:
     ax.set_title(f"Loss along {name}")
     ax.grid(alpha=0.3)
     ax.legend(loc="upper center", fontsize="small")
-    return _save(fig, path)
+    return fig
 
 
 # --------------------------------------------------------------------------------------------
 # 5. boundary.png
 
 
-def boundary_figure(record: Record, path: Path | str) -> Path:
+def boundary_figure(record: Record) -> Figure:
     """P(class 1) over the input plane, before and after training, on both sides."""
     a = record.arrays
     gx = np.asarray(a["grid_x"], dtype=np.float64)
@@ -609,7 +625,7 @@ def boundary_figure(record: Record, path: Path | str) -> Path:
     elif filled is not None:
         fig.colorbar(filled, ax=axes, label="P(class 1)", ticks=np.linspace(0, 1, 6))
     fig.suptitle("Decision boundary, before and after training")
-    return _save(fig, path)
+    return fig
 
 
 # --------------------------------------------------------------------------------------------
@@ -620,7 +636,7 @@ class FigureSpec:
     """A figure: its file name, how to draw it, its caption, and when the record allows it."""
 
     filename: str
-    draw: Callable[[Record, Path], Path]
+    draw: Callable[[Record], Figure]
     caption: str
     available: Callable[[Record], bool]
 
@@ -682,3 +698,34 @@ FIGURES: tuple[FigureSpec, ...] = (
         ),
     ),
 )
+
+
+def failure(what: str, err: BaseException) -> str:
+    """The line a report or a notebook shows in place of a figure that failed."""
+    reason = (str(err).strip().splitlines() or [""])[0]
+    return f"{what} could not be drawn: {type(err).__name__}: {reason}"
+
+
+def draw_figures(
+    record: Record, finish: Callable[[FigureSpec, Figure], object] | None = None
+) -> tuple[list[tuple[FigureSpec, Figure]], list[str]]:
+    """Every figure the record allows, drawn in `FIGURES` order, and the failures by name.
+
+    `finish` (saving it, say) runs on each figure as it is drawn: matplotlib lays text out only
+    when a figure is rendered, so a failure can surface there too. Either way a figure that
+    fails is named in the second list and costs neither the record nor the other figures.
+    """
+    drawn: list[tuple[FigureSpec, Figure]] = []
+    failed: list[str] = []
+    for spec in FIGURES:
+        if not spec.available(record):
+            continue
+        try:
+            fig = spec.draw(record)
+            if finish is not None:
+                finish(spec, fig)
+        except Exception as err:
+            failed.append(failure(spec.filename, err))
+        else:
+            drawn.append((spec, fig))
+    return drawn, failed

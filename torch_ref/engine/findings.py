@@ -13,10 +13,10 @@ from nn_parity.torch_ref.compare import (
     first_mismatch,
     tolerance,
 )
-from nn_parity.torch_ref.evidence import agreement
 from nn_parity.torch_ref.engine.comparer import _np
 from nn_parity.torch_ref.engine.diagnosis import Context, diagnose
 from nn_parity.torch_ref.engine.setup import _opt_of
+from nn_parity.torch_ref.evidence import agreement
 from nn_parity.torch_ref.results import Divergence, Item
 
 

@@ -263,9 +263,9 @@ def run(args: argparse.Namespace) -> int:
     import torch
     from nn_parity import reports
     from nn_parity.reports.destination import atomic_dir
-    from nn_parity.torch_ref.frontends.figure_data import boundary, gradient_slice
     from nn_parity.torch_ref.engine.loop import lockstep
     from nn_parity.torch_ref.engine.setup import run_length
+    from nn_parity.torch_ref.frontends.figure_data import boundary, gradient_slice
     from nn_parity.torch_ref.mirror.model import TorchMLP
     from nn_parity.torch_ref.record import write_record
 

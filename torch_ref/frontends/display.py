@@ -8,15 +8,15 @@ passed as context, and what nobody said is shown as unknown rather than guessed.
 
     result                  # LockstepResult(PASS: 100 steps, 14 items, ...)
     result._repr_html_()    # what Jupyter shows: verdict, per-item table, first divergence
-    result.figures(y=y)     # matplotlib Figures (Agg canvases, no display needed)
+    result.figures(y=y)     # a list of matplotlib Figures (Agg canvases), shown inline
 """
 
 from __future__ import annotations
 
-import tempfile
-import threading
+import base64
+import json
+from collections.abc import Iterable
 from html import escape
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -27,10 +27,12 @@ if TYPE_CHECKING:
     from nn_parity.torch_ref.results import LockstepResult
 
 __all__ = [
+    "Figures",
     "record_config",
     "record_figures",
     "result_figures",
     "result_html",
+    "result_record",
     "result_repr",
     "result_summary",
     "summary_html",
@@ -269,50 +271,105 @@ def result_html(result: LockstepResult, **context: Any) -> str:
 
 # --- figures --------------------------------------------------------------------------------
 
-# The report's figure functions build each Figure and save it in one call (`_save`). To hand
-# the Figures themselves to a notebook through the very same drawing code, that call is
-# replaced, for the calling thread only, by one that keeps the figure instead of writing it.
-_capturing = threading.Lock()
 
+class Figures(list["Figure"]):
+    """The report's figures for a run: a list of matplotlib Figures that shows itself inline.
 
-def record_figures(record: Record) -> list[Figure]:
-    """The report's figures for a record, as matplotlib Figures on Agg canvases, unsaved."""
-    from nn_parity.reports import figures as drawing
-
-    me = threading.get_ident()
-    kept: list[Figure] = []
-    with _capturing:
-        save = drawing._save
-
-        def keep(fig: Figure, path: Path | str) -> Path:
-            if threading.get_ident() != me:  # another thread's report: save as usual
-                return save(fig, path)
-            kept.append(fig)
-            return Path(path)
-
-        drawing._save = keep
-        try:
-            for spec in drawing.FIGURES:
-                if spec.available(record):
-                    spec.draw(record, Path(spec.filename))
-        finally:
-            drawing._save = save
-    return kept
-
-
-def result_figures(result: LockstepResult, **context: Any) -> list[Figure]:
-    """The report's figures for a result (loss, errors, and probabilities when `y` is given).
-
-    The record is written to a temporary folder with `write_record` and read back with
-    `load_record`, exactly as `nn-parity report` reads a saved one.
+    Code gets the Figures as from any list (`figs[0].savefig(...)`, `len(figs)`, a loop); a
+    notebook gets pictures rather than `[<Figure size 900x640 with 2 Axes>, ...]`. In an
+    IPython kernel (Jupyter, VS Code, Colab) each figure is its own image/png output, as the
+    report embeds it (`figures.save`); other front ends get one HTML fragment with the same PNGs.
+    Each picture is rendered when shown, so changes made to a figure show. A figure that failed
+    to draw, or fails to render, is named in its place: it costs none of the others.
     """
-    from nn_parity.reports import load_record
-    from nn_parity.torch_ref.record import write_record
+
+    def __init__(self, figures: Iterable[Figure] = (), failed: Iterable[str] = ()):
+        super().__init__(figures)
+        self.failed = list(failed)  # "loss.png could not be drawn: ..." lines
+
+    def _shown(self) -> list[tuple[bytes, str] | str]:
+        """Each figure as (PNG bytes, its title for alt text), or as the line saying why it
+        could not be rendered; then the figures that could not be drawn."""
+        from nn_parity.reports.figures import failure, png
+
+        shown: list[tuple[bytes, str] | str] = []
+        for k, fig in enumerate(self):
+            try:
+                shown.append((png(fig), _title(fig)))
+            except Exception as err:  # e.g. a label matplotlib cannot lay out
+                shown.append(failure(f"figure {k}", err))
+        return shown + self.failed
+
+    def _ipython_display_(self) -> None:
+        """One output per figure, so that each can be seen, copied and saved on its own."""
+        from IPython.display import display
+
+        for item in self._shown():
+            if isinstance(item, str):
+                display({"text/html": _failure_html(item), "text/plain": item}, raw=True)
+            else:
+                image, title = item
+                display({"image/png": image, "text/plain": f"<Figure: {title}>"},
+                        metadata={"image/png": {"alt": title}}, raw=True)  # fmt: skip
+
+    def _repr_html_(self) -> str:
+        """For front ends that take HTML but not IPython's display calls."""
+        parts = []
+        for item in self._shown():
+            if isinstance(item, str):
+                parts.append(_failure_html(item))
+            else:
+                image, title = item
+                data = base64.b64encode(image).decode("ascii")
+                parts.append(f'<img src="data:image/png;base64,{data}" alt="{_e(title)}">')
+        return "<div>" + "\n".join(parts) + "</div>"
+
+
+def _title(fig: Figure) -> str:
+    """What a figure shows, in words: its title, or its first panel's."""
+    return fig.get_suptitle() or (fig.axes[0].get_title() if fig.axes else "") or "figure"
+
+
+def _failure_html(line: str) -> str:
+    return f'<p style="color:{_FAIL}">{_e(line)}</p>'
+
+
+def record_figures(record: Record) -> Figures:
+    """The report's figures for a record, drawn by the report's own code, unsaved."""
+    from nn_parity.reports.figures import draw_figures
+
+    drawn, failed = draw_figures(record)
+    return Figures((fig for _, fig in drawn), failed)
+
+
+def result_record(result: LockstepResult, **context: Any) -> Record:
+    """The record `write_record` would save for a result, built in memory: its summary, its
+    metrics parsed from the very CSV text, and the arrays the figures read."""
+    from nn_parity.reports import Record, parse_metrics
+    from nn_parity.torch_ref.record import _per_sample, metrics_csv
 
     config = record_config(result, **context)
-    with tempfile.TemporaryDirectory(prefix="nn-parity-figures-") as tmp:
-        write_record(Path(tmp), result, config, {})
-        record = load_record(tmp)
-    if record.arrays.get("y") is not None and record.arrays["y"].size == 0:
-        del record.arrays["y"]  # no labels given: the probability figure is not drawn
-    return record_figures(record)
+    # through JSON, as `load_record` reads summary.json: lists, not tuples
+    summary = json.loads(json.dumps(result_summary(result, **context)))
+    # The loop below mirrors write_record's arrays (record.py, left to the reorganisation):
+    # test_figures_are_the_reports_own pins the two to the same PNGs until they are one function.
+    arrays: dict[str, np.ndarray] = {}
+    labels = config["y"]
+    if labels.size:  # without labels, the probability figure is not drawn
+        arrays["y"] = labels
+        for when, pair, rows in (
+            ("first", result.probs_first, result.rows_first),
+            ("last", result.probs_last, result.rows_last),
+        ):
+            if pair is not None:
+                y = labels if rows is None else labels[rows]
+                arrays[f"probs_{when}_scratch"] = _per_sample(pair[0], y)
+                arrays[f"probs_{when}_torch"] = _per_sample(pair[1], y)
+                if rows is not None:  # a mini-batch: its own labels
+                    arrays[f"probs_{when}_y"] = y
+    return Record(summary=summary, metrics=parse_metrics(metrics_csv(result)), arrays=arrays)
+
+
+def result_figures(result: LockstepResult, **context: Any) -> Figures:
+    """The report's figures for a result (loss, errors, and probabilities when `y` is given)."""
+    return record_figures(result_record(result, **context))
