@@ -27,7 +27,8 @@ LAYERS = [
 # imported only by `nn-parity mutants` (inside that command) and the tests
 CATALOGUES = "torch_ref.mutation"
 MAX_MODULE_LINES = 500
-MAX_FUNCTION_LINES = 60
+MAX_FUNCTION_LINES = 60  # of code: a docstring, however long, is not counted
+SIZED = ("torch_ref", "reports")  # scratch keeps each concept whole, with its math
 # declarative tables, longer by nature: the argument parser, the catalogue itself
 LONG_ON_PURPOSE = {"build_parser", "MUTANTS", "OP_MUTANTS", "gallery"}
 
@@ -145,7 +146,14 @@ def test_scratch_and_reports_never_import_torch():
             assert not any(n.split(".")[0] == "torch" for n in names), m
 
 
-@pytest.mark.parametrize("module", sorted(ALL))
+def code_lines(node: ast.FunctionDef | ast.AsyncFunctionDef) -> int:
+    first = node.body[0]
+    doc = isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant)
+    start = node.body[1].lineno if doc and len(node.body) > 1 else node.lineno
+    return node.end_lineno - start + 1
+
+
+@pytest.mark.parametrize("module", sorted(m for m in ALL if room(m).split(".")[0] in SIZED))
 def test_modules_and_functions_stay_readable(module):
     path = ALL[module]
     lines = path.read_text().count("\n")
@@ -153,7 +161,7 @@ def test_modules_and_functions_stay_readable(module):
     long = []
     for node in ast.walk(ast.parse(path.read_text())):
         if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
-            n = node.end_lineno - node.lineno + 1
+            n = code_lines(node)
             if n > MAX_FUNCTION_LINES and node.name not in LONG_ON_PURPOSE:
                 long.append(f"{node.name} ({n} lines)")
     assert not long, f"{path.relative_to(ROOT)}: " + ", ".join(long)
