@@ -9,15 +9,15 @@ import re
 import subprocess
 import sys
 import textwrap
+from html import escape
 
 import numpy as np
 import pytest
 from nn_parity import reports, scratch
 from nn_parity.reports import figures as drawing
-from nn_parity.reports.text import fmt
+from nn_parity.reports.text import fmt, run_description
 from nn_parity.scratch.activations import Tanh
 from nn_parity.torch_ref import TorchMLP, lockstep
-from nn_parity.torch_ref.frontends.display import record_config, result_html
 from nn_parity.torch_ref.record import write_record
 
 
@@ -66,10 +66,12 @@ def test_html_of_a_passing_result(passing):
         cells = row(html, label)
         assert f">{fmt(w['max_abs'])}<" in cells and f">{fmt(w['max_rel'])}<" in cells
         assert ">pass</span>" in cells
-    # what the result knows, and no guess at what it does not (its activations, lr, loss)
-    assert ">network 3-5-1, 26 parameters, 16 samples, float64, 6 steps</p>" in html
-    told = result_html(result, lr=0.5, loss="bce")  # what the caller knows, it can say
-    assert "16 samples, float64, 6 steps, lr 0.5, loss bce (mean)</p>" in told
+    # the run described as its report describes it, one description: the result knows its
+    # network, loss and training (issue 20: no more "network ?")
+    for line in run_description(result.summary()):
+        assert escape(line) in html, line
+    assert "network: 3-5-1 (tanh, sigmoid), bias, 26 parameters" in html
+    assert "training: float64, loss bce (mean), sgd, lr 0.5, 6 steps" in html
 
 
 def test_html_of_a_failing_result(failing):
@@ -122,7 +124,7 @@ def test_repr_is_one_short_line(passing, failing):
 def test_figures_are_the_reports_own(passing, tmp_path):
     """figures() draws what report.html embeds: the same PNG bytes from the same record."""
     result, y = passing
-    write_record(tmp_path, result, record_config(result, y=y), {})
+    write_record(tmp_path, result, y=y)
     written = reports.render(tmp_path)[:-1]  # the PNGs, without report.html
     figs = result.figures(y=y)
     assert [p.name for p in written] == ["loss.png", "errors.png", "probs.png"]
@@ -175,7 +177,7 @@ def test_figures_need_no_display():
 def test_figures_are_a_list_that_shows_itself(passing, tmp_path):
     """What code gets is a list of Figures; what a notebook gets is their PNGs inline."""
     from matplotlib.figure import Figure
-    from nn_parity.torch_ref.frontends.display import Figures
+    from nn_parity.reports.notebook import Figures
 
     result, y = passing
     figs = result.figures(y=y)

@@ -105,7 +105,7 @@ def test_the_check_fails_when_figures_do_not_display(tmp_path, monkeypatch):
     figures = cell_with(nb, "result.figures(")
     nb.cells = nb.cells[: nb.cells.index(figures) + 1]
     nb.cells.insert(0, nbformat.v4.new_code_cell(
-        "from nn_parity.torch_ref.frontends.display import Figures\n"
+        "from nn_parity.reports.notebook import Figures\n"
         "del Figures._ipython_display_, Figures._repr_html_"
     ))  # fmt: skip
     execute(nb, tmp_path, monkeypatch)

@@ -18,7 +18,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from nn_parity import scratch
+from nn_parity import reports, scratch
+from nn_parity.reports.notebook import summary_html
 from nn_parity.torch_ref.frontends import pytest_plugin
 from nn_parity.torch_ref.frontends.pytest_plugin import Parity, folder_name, summary_line
 
@@ -535,6 +536,16 @@ def test_an_adam_run_records_the_same_optimizer_through_the_plugin_and_the_cli(t
         parity.lockstep(user_net(bug=2.0, d=2), None, X, y, steps=3, optimizer=adam)
     plugin = json.loads((tmp_path / "plugin" / "t.py__t" / "summary.json").read_text())
     assert plugin["optimizer"] == cli["optimizer"] == {"name": "adam", "betas": [0.8, 0.99]}
+    # the notebook's record of the same run, and the reports that show it
+    from nn_parity.torch_ref import lockstep
+
+    notebook = lockstep(user_net(bug=2.0, d=2), None, X, y, steps=3, optimizer=adam).summary()
+    assert notebook["optimizer"] == cli["optimizer"]
+    for key in ("optimizer", "loss", "reduction", "dtype", "batches"):
+        assert plugin[key] == cli[key] == notebook[key], key
+    for shown in (reports.summary_text(cli), summary_html(notebook)):
+        assert "adam (betas 0.8, 0.99)" in shown
+    assert "adam (betas 0.8, 0.99)" in (tmp_path / "plugin" / "t.py__t" / "report.html").read_text()
 
 
 def test_an_adam_update_that_differs_is_diagnosed_in_adams_words(tmp_path):

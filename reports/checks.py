@@ -13,6 +13,11 @@ from typing import Any
 
 import numpy as np
 
+
+class RecordError(ValueError):
+    """A record that cannot be drawn: names the file and the field, in one line."""
+
+
 # a spec: a type name; "x?" also takes null; {key: spec}: an object (keys optional);
 # [spec]: a list of them; ("dict", spec): an object whose every value fits spec
 NUM, INT, STR, BOOL = "number", "int", "str", "bool"
@@ -56,8 +61,6 @@ _TYPES = {
 
 def check_summary(summary, path: Path) -> dict:
     """summary.json, checked against SUMMARY; a null where a number is expected becomes NaN."""
-    from nn_parity.reports import RecordError
-
     if not isinstance(summary, dict):
         raise RecordError(f"{path} does not hold a JSON object")
     if _depth(summary) > MAX_DEPTH:
@@ -84,8 +87,6 @@ def _depth(value, level: int = 0) -> int:
 
 def _fit(value, spec, path: Path, where: str):
     """`value` checked against `spec`, with null numbers as NaN; raises RecordError."""
-    from nn_parity.reports import RecordError
-
     if spec is None:
         return value
     if value is None:  # null: NaN where a number is expected, otherwise as good as missing
@@ -116,8 +117,6 @@ def _fit(value, spec, path: Path, where: str):
 
 
 def check_metrics(metrics: dict[str, np.ndarray], path: Path) -> None:
-    from nn_parity.reports import RecordError
-
     if metrics and "step" not in metrics:
         raise RecordError(f"{path}: no 'step' column (see docs/record.md)")
     step = metrics.get("step")
@@ -143,8 +142,6 @@ TOGETHER = (
 
 
 def check_arrays(arrays: dict[str, np.ndarray], path: Path) -> None:
-    from nn_parity.reports import RecordError
-
     for name, ndim in ARRAYS.items():
         a = arrays.get(name)
         if a is None:

@@ -11,12 +11,11 @@ from typing import TYPE_CHECKING, Any
 from nn_parity.reports.text import (
     diagnosis_of,
     diagnosis_parts,
-    divergence_where,
+    divergence_rows,
     fault_line,
     fd_verdict,
     fmt,
     headline,
-    index_text,
     quantity_rows,
     run_description,
     verdict,
@@ -146,19 +145,7 @@ def _description(summary: dict) -> str:
 
 
 def _divergence(div: dict) -> str:
-    rows = [
-        ("step", fmt(div.get("step"))),
-        ("item", divergence_where(div)),
-        ("element index", index_text(div.get("index"))),
-        ("scratch", fmt(div.get("scratch"), ".17g")),
-        ("torch", fmt(div.get("torch"), ".17g")),
-        ("|scratch - torch|", fmt(div.get("abs_err"), ".6g")),
-        ("relative error", fmt(div.get("rel_err"), ".6g")),
-        ("tolerance", f"rtol {fmt(div.get('rtol'))}, atol {fmt(div.get('atol'))}"),
-        ("elements outside tolerance", f"{fmt(div.get('mismatches'))} of {fmt(div.get('total'))}"),
-        ("finite differences (float64)", fmt(div.get("fd"), ".17g")),
-        ("finite differences agree with", fmt(div.get("fd_agrees_with"))),
-    ]
+    rows = divergence_rows(div)
     table = _table(["field", "value"], [(_e(k), f"<code>{_e(v)}</code>") for k, v in rows], set())
     fd = fd_verdict(div)
     line = f'<p class="verdict-line">{_e(fd)}</p>' if fd else ""

@@ -10,10 +10,12 @@ from typing import Any
 __all__ = [
     "diagnosis_of",
     "diagnosis_parts",
+    "divergence_rows",
     "fault_line",
     "fd_verdict",
     "fmt",
     "headline",
+    "optimizer_text",
     "quantity_rows",
     "run_description",
     "summary_text",
@@ -111,6 +113,36 @@ def divergence_where(div: dict) -> str:
     return f"{div.get('label', '?')} ({', '.join(parts)})"
 
 
+def divergence_rows(div: dict) -> list[tuple[str, str]]:
+    """The first divergence, field by field: the one table the page, the notebook and the
+    terminal show."""
+    return [
+        ("step", fmt(div.get("step"))),
+        ("item", divergence_where(div)),
+        ("element index", index_text(div.get("index"))),
+        ("scratch", fmt(div.get("scratch"), ".17g")),
+        ("torch", fmt(div.get("torch"), ".17g")),
+        ("|scratch - torch|", fmt(div.get("abs_err"), ".6g")),
+        ("relative error", fmt(div.get("rel_err"), ".6g")),
+        ("tolerance", f"rtol {fmt(div.get('rtol'))}, atol {fmt(div.get('atol'))}"),
+        ("elements outside tolerance", f"{fmt(div.get('mismatches'))} of {fmt(div.get('total'))}"),
+        ("finite differences (float64)", fmt(div.get("fd"), ".17g")),
+        ("finite differences agree with", fmt(div.get("fd_agrees_with"))),
+    ]
+
+
+def optimizer_text(optimizer: dict | None) -> str:
+    """The optimizer as the record keeps it, in words: `adam (betas 0.8, 0.99)`."""
+    if not optimizer:
+        return "?"
+    options = {k: v for k, v in optimizer.items() if k != "name"}
+    shown = ", ".join(
+        f"{k} {', '.join(map(str, v)) if isinstance(v, (list, tuple)) else v}"
+        for k, v in options.items()
+    )
+    return str(optimizer.get("name", "?")) + (f" ({shown})" if shown else "")
+
+
 def fd_verdict(div: dict) -> str | None:
     """What the finite-difference gradient says about who is wrong, or None without one."""
     if div.get("fd") is None:
@@ -161,7 +193,8 @@ def run_description(summary: dict) -> list[str]:
     t = f"training: {summary.get('dtype', '?')}, loss {summary.get('loss', '?')}"
     if summary.get("reduction"):
         t += f" ({summary['reduction']})"
-    t += f", lr {fmt(summary.get('lr'), 'g')}, {fmt(summary.get('steps'))} steps"
+    t += f", {optimizer_text(summary.get('optimizer'))}, lr {fmt(summary.get('lr'), 'g')}"
+    t += f", {fmt(summary.get('steps'))} steps"
     requested = summary.get("steps_requested")
     if requested is not None and requested != summary.get("steps"):
         t += f" of {requested} requested (stopped early)"

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from .compare import TOLERANCES, Tolerance, assert_parity, tolerance
-    from .lockstep import check, lockstep
+    from .engine import check, lockstep
     from .mirror.model import TorchMLP, torch_dtype, torch_loss
     from .mirror.weights import scratch_to_torch, torch_to_scratch
     from .opcheck import assert_op, check_op
@@ -29,8 +29,8 @@ _WHERE = {
     "tolerance": "compare",
     "Divergence": "results",
     "LockstepResult": "results",
-    "check": "lockstep",
-    "lockstep": "lockstep",
+    "check": "engine",
+    "lockstep": "engine",
     "TorchMLP": "mirror.model",
     "torch_dtype": "mirror.model",
     "torch_loss": "mirror.model",

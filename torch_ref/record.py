@@ -2,19 +2,20 @@
 
 from __future__ import annotations
 
-import csv
 import datetime as dt
-import io
 import json
 import platform
 from importlib import metadata
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
-from nn_parity.reports import RECORD_FORMAT, json_safe
+from nn_parity.reports.record import RECORD_FORMAT, Record, json_safe, save_record
 from nn_parity.torch_ref.compare import TOLERANCES
-from nn_parity.torch_ref.results import LockstepResult
+
+if TYPE_CHECKING:
+    from nn_parity.torch_ref.results import LockstepResult
 
 
 def versions() -> dict[str, str]:
@@ -32,14 +33,41 @@ def versions() -> dict[str, str]:
 
 def summary_dict(result: LockstepResult, config: dict, extras: dict) -> dict:
     """The summary.json object: config, verdict, tolerances, errors, first divergence."""
-    worst = result.worst()
     dtype = config["dtype"]
-    eps = float(np.finfo(dtype).eps)
-    quantities = {}
-    judged = result.judged
+    div = result.first_divergence
+    return {
+        "format": RECORD_FORMAT,
+        "passed": result.passed,
+        "steps": result.steps,
+        "steps_requested": config["steps"],
+        **{k: config[k] for k in ("dtype", "architecture", "data", "loss", "reduction", "lr")},
+        "optimizer": config.get("optimizer", {"name": "sgd"}),
+        "batches": config.get("batches", {"batch_size": None, "epochs": None, "drop_last": False}),
+        "seed": config["seed"],
+        "checked": config.get("checked") or result.checked,
+        "not_compared": list(result.not_compared),
+        "tolerances": {q: by_dtype[dtype].as_dict() for q, by_dtype in TOLERANCES.items()},
+        "quantities": _quantities(result, float(np.finfo(dtype).eps)),
+        "first_divergence": div.as_dict() if div is not None else None,
+        "diagnosis": div.diagnosis if div is not None else None,
+        "fault": result.fault,
+        "kink_steps": list(result.kink_steps),
+        "saturation_steps": list(result.saturation_steps),
+        "drift_steps": list(result.drift_steps),
+        "loss_first": _pair(result, 0),
+        "loss_last": _pair(result, -1),
+        **extras.get("summary", {}),
+        "versions": versions(),
+        "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+def _quantities(result: LockstepResult, eps: float) -> dict[str, dict]:
+    worst, judged = result.worst(), result.judged
+    out = {}
     for k, item in enumerate(result.items):
         failing = np.flatnonzero(~judged[:, k])
-        quantities[item.label] = {
+        out[item.label] = {
             "quantity": item.quantity,
             "layer": item.layer,
             **worst[item.label],
@@ -47,87 +75,81 @@ def summary_dict(result: LockstepResult, config: dict, extras: dict) -> dict:
             "max_abs_eps": worst[item.label]["max_abs"] / eps,
             "first_failing_step": int(failing[0]) if failing.size else None,
         }
-    return {
-        "format": RECORD_FORMAT,
-        "passed": result.passed,
-        "steps": result.steps,
-        "steps_requested": config["steps"],
-        "dtype": dtype,
-        "architecture": config["architecture"],
-        "data": config["data"],
-        "loss": config["loss"],
-        "reduction": config["reduction"],
-        "lr": config["lr"],
-        "optimizer": config.get("optimizer", {"name": "sgd"}),
-        "batches": config.get("batches", {"batch_size": None, "epochs": None, "drop_last": False}),
-        "seed": config["seed"],
-        "checked": config.get("checked") or result.checked,
-        "not_compared": list(result.not_compared),
-        "tolerances": {q: by_dtype[dtype].as_dict() for q, by_dtype in TOLERANCES.items()},
-        "quantities": quantities,
-        "first_divergence": (
-            result.first_divergence.as_dict() if result.first_divergence is not None else None
-        ),
-        "diagnosis": (
-            result.first_divergence.diagnosis if result.first_divergence is not None else None
-        ),
-        "fault": result.fault,
-        "kink_steps": list(result.kink_steps),
-        "saturation_steps": list(result.saturation_steps),
-        "drift_steps": list(result.drift_steps),
-        "loss_first": {
-            "scratch": float(result.loss_scratch[0]),
-            "torch": float(result.loss_torch[0]),
-        },
-        "loss_last": {
-            "scratch": float(result.loss_scratch[-1]),
-            "torch": float(result.loss_torch[-1]),
-        },
-        **extras.get("summary", {}),
-        "versions": versions(),
-        "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+    return out
+
+
+def _pair(result: LockstepResult, step: int) -> dict[str, float]:
+    return {"scratch": float(result.loss_scratch[step]), "torch": float(result.loss_torch[step])}
+
+
+def metrics_of(result: LockstepResult) -> dict[str, np.ndarray]:
+    """metrics.csv by column: the step, both losses, and per item its largest absolute and its
+    normwise relative error at every step."""
+    columns = {
+        "step": np.arange(result.steps),
+        "loss_scratch": result.loss_scratch,
+        "loss_torch": result.loss_torch,
     }
+    for k, label in enumerate(result.labels):
+        columns[f"{label}:max_abs"] = result.max_abs[:, k]
+        columns[f"{label}:rel_err"] = result.rel_err[:, k]
+    return columns
 
 
-def metrics_csv(result: LockstepResult) -> str:
-    buf = io.StringIO()
-    writer = csv.writer(buf, lineterminator="\n")
-    header = ["step", "loss_scratch", "loss_torch"]
-    for label in result.labels:
-        header += [f"{label}:max_abs", f"{label}:rel_err"]
-    writer.writerow(header)
-    cols = np.empty((result.steps, 2 * len(result.items)))
-    cols[:, 0::2] = result.max_abs
-    cols[:, 1::2] = result.rel_err
-    for step in range(result.steps):
-        writer.writerow(
-            [step, repr(float(result.loss_scratch[step])), repr(float(result.loss_torch[step]))]
-            + [repr(float(v)) for v in cols[step]]
-        )
-    return buf.getvalue()
+def record_config(result: LockstepResult, *, data=None, init=None, y=None, side=None,
+                  checked=None, **_) -> dict:  # fmt: skip
+    """The run's configuration as its record keeps it: the result's own, with what only the
+    caller knows: the data set (a name, or the CLI's description), the initialisation, the
+    labels the probabilities figure needs, and in words what was checked. Other keywords (the
+    rest of a lockstep call) are accepted and ignored: the run already knows them."""
+    config = dict(result.config)
+    if isinstance(data, dict):
+        config["data"] = data
+    elif data is not None:
+        config["data"] = {**config["data"], "name": data}
+    if init is not None:
+        config["architecture"] = {**config["architecture"], "init": init}
+    config["checked"] = checked or ({**result.checked, "side": side} if side else result.checked)
+    # record.npz needs an array; "no labels" is an empty one, dropped again on reading
+    config["y"] = np.zeros(0) if y is None else np.asarray(y)
+    return config
 
 
-def write_record(folder: Path, result: LockstepResult, config: dict, extras: dict) -> dict:
-    """Write summary.json, metrics.csv and record.npz into `folder`; returns the summary."""
-    summary = summary_dict(result, config, extras)
-    # strict JSON: a non-finite number is written null (docs/record.md), allow_nan=False proves it
-    text = json.dumps(json_safe(summary), indent=2, allow_nan=False)
-    (folder / "summary.json").write_text(text + "\n")
-    (folder / "metrics.csv").write_text(metrics_csv(result))
-    arrays = {"y": config["y"]}
+def record_of(result: LockstepResult, *, extras: dict | None = None, **context) -> Record:
+    """The run record of a result, in memory: the one path by which the CLI, the pytest plugin
+    and the notebook all record a run. `context` as `record_config`; `extras` the CLI's
+    figure data ({"summary": {...}, "arrays": {...}})."""
+    extras = extras or {}
+    config = record_config(result, **context)
+    # through JSON, as `load_record` reads summary.json: lists, not tuples, null for NaN
+    summary = json.loads(json.dumps(json_safe(summary_dict(result, config, extras))))
+    arrays = {"y": config["y"], **_probability_arrays(result, config["y"])}
+    arrays.update(extras.get("arrays", {}))
+    return Record(summary=summary, metrics=metrics_of(result), arrays=arrays)
+
+
+def write_record(folder: Path, result: LockstepResult, **context) -> dict:
+    """Write the run record of `result` into `folder` (summary.json, metrics.csv,
+    record.npz); returns the summary. `context` as `record_of`."""
+    return save_record(Path(folder), record_of(result, **context))
+
+
+def _probability_arrays(result: LockstepResult, labels: np.ndarray) -> dict[str, np.ndarray]:
+    """The probabilities figure's arrays: per sample, at the first and the last step."""
+    arrays: dict[str, np.ndarray] = {}
+    if not labels.size:  # without labels, the probability figure is not drawn
+        return arrays
     for when, pair, rows in (
         ("first", result.probs_first, result.rows_first),
         ("last", result.probs_last, result.rows_last),
     ):
         if pair is not None:
-            y = np.asarray(config["y"]) if rows is None else np.asarray(config["y"])[rows]
+            y = labels if rows is None else labels[rows]
             arrays[f"probs_{when}_scratch"] = _per_sample(pair[0], y)
             arrays[f"probs_{when}_torch"] = _per_sample(pair[1], y)
             if rows is not None:  # a mini-batch: its own labels
                 arrays[f"probs_{when}_y"] = y
-    arrays.update(extras.get("arrays", {}))
-    np.savez(folder / "record.npz", **arrays)
-    return summary
+    return arrays
 
 
 def _predicted(p: np.ndarray) -> np.ndarray:

@@ -124,12 +124,22 @@ class LockstepResult:
     batches: np.ndarray | None = None
     rows_first: np.ndarray | None = None  # with mini-batches: the rows of probs_first, _last
     rows_last: np.ndarray | None = None
-    dtype: str | None = None  # the run's dtype ("float64"); None where not known
-    # the optimizer as a record keeps it: {"name": "adam", **the options given}
-    optimizer: dict = field(default_factory=lambda: {"name": "sgd"})
+    # The run's configuration as its record keeps it (docs/record.md): dtype, architecture,
+    # data, loss, reduction, lr, optimizer, batches, seed, steps requested. Built once, by the
+    # run; a front end adds only what the run cannot know (the data set's name, the init).
+    config: dict = field(default_factory=dict)
     # A fault in the user's code that ended the run early ({"step", "message"}): an exception
     # it raised or a value breaking the contract, at a step after the first. Never a pass.
     fault: dict | None = None
+
+    @property
+    def dtype(self) -> str | None:
+        return self.config.get("dtype")
+
+    @property
+    def optimizer(self) -> dict:
+        """The optimizer as a record keeps it: {"name": "adam", **the options given}."""
+        return self.config.get("optimizer", {"name": "sgd"})
 
     @property
     def labels(self) -> list[str]:
@@ -156,18 +166,47 @@ class LockstepResult:
         }
 
     def __repr__(self) -> str:  # the dataclass's would print every array
-        from nn_parity.torch_ref.frontends.display import result_repr
+        """One line: the verdict, the size of the run, and where it diverged or how close it
+        was."""
+        result = self
+        word = "PASS" if result.passed else "DIVERGED" if result.first_divergence else "FAULT"
+        head = f"{type(result).__name__}({word}: "
+        head += f"{result.steps} step{'s' * (result.steps != 1)}, {len(result.items)} items"
+        div = result.first_divergence
+        if div is not None:
+            cause = (div.diagnosis or {}).get("cause")
+            index = ", ".join(str(i) for i in div.index)
+            where = f"; first divergence at step {div.step}, {div.label}[{index}]: "
+            where += f"scratch {div.scratch:.6g} vs torch {div.torch:.6g}"
+            return head + where + (f", likely cause {cause})" if cause else ")")
+        if result.fault is not None:
+            fault = result.fault
+            return head + f"; your code failed at step {fault['step']}: {fault['message']})"
+        if not result.steps:
+            return head + ")"
+        k = int(np.argmax(np.max(result.rel_err, axis=0)))
+        worst = float(np.max(result.rel_err[:, k]))
+        return head + f"; largest relative error {worst:.3g} in {result.items[k].label})"
 
-        return result_repr(self)
+    def summary(self, **context) -> dict:
+        """The summary.json object the run's record holds (docs/record.md). `context`: what
+        only the caller knows, as `torch_ref.record.record_config` (data=, y=, init=)."""
+        from nn_parity.torch_ref.record import record_of
 
-    def _repr_html_(self) -> str:
-        """Jupyter's view: the verdict, the first divergence and the per-item table."""
-        from nn_parity.torch_ref.frontends.display import result_html
+        return record_of(self, **context).summary
 
-        return result_html(self)
+    def _repr_html_(self, **context) -> str:
+        """Jupyter's view: the verdict, the run described as its report describes it, the
+        first divergence and the per-item table."""
+        from nn_parity.reports.notebook import summary_html
+
+        return summary_html(self.summary(**context))
 
     def figures(self, **context):
-        """The report's figures as matplotlib Figures, no display needed (`display.py`)."""
-        from nn_parity.torch_ref.frontends.display import result_figures
+        """The report's figures, drawn from the run's record: a list of matplotlib Figures that
+        shows itself inline in a notebook (`reports.notebook.Figures`). Pass `y=` for the
+        probabilities figure."""
+        from nn_parity.reports.notebook import record_figures
+        from nn_parity.torch_ref.record import record_of
 
-        return result_figures(self, **context)
+        return record_figures(record_of(self, **context))

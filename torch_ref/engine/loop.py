@@ -1,4 +1,19 @@
-"""The run loop: one training step on both sides, compared, explained or recorded."""
+"""The run loop: one training step on both sides, compared, explained or recorded.
+
+From identical weights, a scratch side (the built-in network, or the user's own through
+`adapt`) and a torch side take the same training steps on the same batches. After every step
+each quantity both sides report is compared, in the order the step computes it:
+
+    z[l], a[l]   every layer's pre-activation and (hidden) activation      forward
+    prob         the output probabilities                                  forward
+    loss         the scalar loss                                           loss
+    grad ...     every parameter's gradient, last layer first              backward
+    param ...    every parameter after the update, last layer first        update
+    state ...    every optimizer buffer after the update (exp_avg W1, ...)  update
+
+so the first failing (step, quantity, layer, index) is where the two first part: backward runs
+from the last layer down, and an error made in one layer spreads to the layers below it.
+"""
 
 from __future__ import annotations
 
@@ -8,27 +23,10 @@ from contextlib import AbstractContextManager
 import numpy as np
 import torch
 from nn_parity import scratch
-from nn_parity.scratch.optim import check_lr
-from nn_parity.torch_ref.compare import (
-    compare_segments,
-    tolerance,
-)
 from nn_parity.torch_ref.engine import threads
-from nn_parity.torch_ref.engine.budget import check_steps
-from nn_parity.torch_ref.engine.comparer import _check_dtypes, _Group, _groups, _np, _slack_for
-from nn_parity.torch_ref.engine.findings import _divergence, _nonfinite, _snapshot
-from nn_parity.torch_ref.engine.items import _checked, _items, _resize
-from nn_parity.torch_ref.engine.recheck import _has_kink, _kink_flips, _resync, explain
-from nn_parity.torch_ref.engine.setup import (
-    _batches,
-    _opt_of,
-    _optimizer_record,
-    _scratch_side,
-    _torch_side,
-    run_length,
-)
-from nn_parity.torch_ref.engine.start import _carried_in, _start_divergence, _start_words
-from nn_parity.torch_ref.results import Divergence, Item, LockstepResult
+from nn_parity.torch_ref.engine.ledger import Ledger
+from nn_parity.torch_ref.engine.setup import prepare
+from nn_parity.torch_ref.results import LockstepResult
 from nn_parity.torch_ref.user.network import UserCodeError
 
 # The threading arrangement is chosen per run from the run's own first steps (threads.py): which
@@ -85,167 +83,32 @@ def lockstep(
 
     Both sides are trained in place. `progress(step)` is called after each step.
     """
-    lr = check_lr(lr)
-    sside, X, Y = _scratch_side(net, loss, optimizer, lr, X, y)
-    n = len(X)
-    steps = run_length(steps, batch_size, epochs, drop_last, n)
-    check_steps(steps, len(sside.desc.layers))  # before the (steps, items) records
-    loss_s = sside.loss
-    opt_desc = _opt_of(sside)
-    tside = _torch_side(ref, sside, loss_s, opt_desc)
-    relu_layers = [l for l, a in enumerate(sside.desc.activations) if _has_kink(a)]
-    plan = _batches(n, batch_size, epochs or 1, seed, shuffle, drop_last)
-    # Before step 0, nothing has been computed: a difference in the starting state is no
-    # rounding any step produced, so it is a divergence no re-check may excuse.
-    first: Divergence | None = _start_divergence(sside, tside)
-    fault: dict | None = None  # a fault in the user's code mid-run: {"step", "message"}
-    start = {k: np.array(v) for k, v in sside.get_params().items()}
-    started = _start_words(sside, first)
-
-    # sized once the items are known, after step 0
-    max_abs = rel_err = np.zeros((0, 0))
-    within = np.zeros((0, 0), dtype=bool)
-    loss_hist = np.zeros((2, steps))
-    epochs_at = np.zeros(steps, dtype=np.int64)
-    batches_at = np.zeros(steps, dtype=np.int64)
-    explained: dict[str, list[int]] = {"kink": [], "saturation": [], "drift": []}
-    snapshot: dict = {}
-    probs_first = None
-    rows_first = rows = None
-    ran = 0
-    items: list[Item] = []
-    layout: dict[int, tuple[list[Item], list[_Group]]] = {}  # per batch size
-    pick_s = pick_t = p_idx = None
-    Xt_full, Yt_full = torch.from_numpy(X), torch.from_numpy(Y)
-
-    # Overflow, NaN and log(0) are detected and reported as a blow-up below, not warned about.
-    with (
-        _side_by_side() as pairs,
-        np.errstate(over="ignore", invalid="ignore", divide="ignore"),
-    ):
-        for step, (epoch, b, rows), pair in zip(range(steps), plan, pairs):
-            Xb, Yb = (X, Y) if rows is None else (X[rows], Y[rows])
-            Xt, Yt = (
-                (Xt_full, Yt_full) if rows is None else (torch.from_numpy(Xb), torch.from_numpy(Yb))
-            )
-            epochs_at[step], batches_at[step] = epoch, b
+    run = prepare(net, ref, X, y, steps=steps, lr=lr, loss=loss, optimizer=optimizer,
+                  batch_size=batch_size, epochs=epochs, shuffle=shuffle, drop_last=drop_last,
+                  seed=seed)  # fmt: skip
+    ledger = Ledger(run, resync)
+    start = {k: np.array(v) for k, v in run.sside.get_params().items()}
+    # Overflow, NaN and log(0) are detected and reported as a blow-up, not warned about.
+    with _side_by_side() as pairs, np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+        for step, (epoch, b, rows), pair in zip(range(run.steps), run.plan, pairs):
+            mine, theirs = run.batch(rows)
             try:
                 svals, tvals = pair(
-                    lambda: sside.step(Xb, Yb, rows),  # noqa: B023 (called within this iteration)
-                    lambda: tside.step(Xt, Yt),  # noqa: B023
+                    lambda: run.sside.step(*mine),  # noqa: B023 (called within this iteration)
+                    lambda: run.tside.step(*theirs),  # noqa: B023
                 )
             except UserCodeError as err:
                 if step == 0:  # nothing compared yet: the user's code does not run as given
-                    sside.set_params(start)  # and a refused call leaves their arrays alone
+                    run.sside.set_params(start)  # and a refused call leaves their arrays alone
                     raise
-                fault = {"step": step, "message": str(err)}  # what came before it is kept
+                ledger.fault = {"step": step, "message": str(err)}  # what came before is kept
                 break
-            if step == 0:
-                items, pick_s, pick_t, not_compared = _items(sside, tside, svals)
-                p_idx = next((k for k, it in enumerate(items) if it.quantity == "prob"), None)
-                max_abs = np.zeros((steps, len(items)))
-                rel_err = np.zeros((steps, len(items)))
-                within = np.zeros((steps, len(items)), dtype=bool)
-            if pick_s is not None:
-                svals = [svals[j] for j in pick_s]
-            if pick_t is not None:
-                tvals = [tvals[j] for j in pick_t]
-            if len(Xb) not in layout:
-                its = items if step == 0 else _resize(items, len(Xb))
-                layout[len(Xb)] = (its, _groups(its, sside.dtype))
-            step_items, groups = layout[len(Xb)]
-            if step == 0:
-                _check_dtypes(step_items, svals, tvals)
-            slack = sside.recovery_slack() if sside.recovered else None
-
-            for g in groups:
-                s, t = g.flat(svals, tvals)
-                atol = g.atol if slack is None else g.atol + _slack_for(g, step_items, slack)
-                m, r, ok = compare_segments(s, t, g.starts, g.rtol, atol)
-                max_abs[step, g.slice] = m
-                rel_err[step, g.slice] = r
-                within[step, g.slice] = ok
-            loss_hist[0, step] = sside.loss_value
-            loss_hist[1, step] = tside.loss_value
-            if step == 0 and p_idx is not None:
-                probs_first = (np.array(svals[p_idx]), _np(tvals[p_idx]).copy())
-                rows_first = rows
-
-            blowup = None
-            if not (np.isfinite(max_abs[step]).all() and np.isfinite(rel_err[step]).all()):
-                blowup = _nonfinite(step, step_items, svals, tvals, sside.loss, tside)
-            if blowup is not None:
-                # Training has blown up: every later step would compare NaN with NaN.
-                first = first or blowup
-                if not snapshot:
-                    snapshot = _snapshot(step_items, svals, tvals, sside)
-                ran = step + 1
-                if progress is not None:
-                    progress(step)
-                break
-
-            flips = _kink_flips(sside, tside, relu_layers) if relu_layers else {}
-            reason = None
-            if first is None and not within[step].all():
-                reason, failed_at = None, None
-                if _carried_in(sside, tside, step):
-                    reason, failed_at = explain(
-                        sside, tside, step_items, within[step], svals, tvals, flips, (Xb, Yb, rows)
-                    )
-                if reason is None:
-                    # the stage that failed names the item, unless it is one that agreed
-                    named = failed_at is not None and not bool(within[step][failed_at])
-                    k = (
-                        failed_at
-                        if failed_at is not None and named
-                        else int(np.argmin(within[step]))
-                    )
-                    first = _divergence(step, step_items, k, svals, tvals, sside, tside, slack)
-                    if batch_size is not None:
-                        first.epoch, first.batch = epoch, b
-                    snapshot = _snapshot(step_items, svals, tvals, sside)
-            elif flips and within[step].all():
-                reason = "kink"  # agreed this time; resync so the trajectories cannot part
-            if reason is not None:
-                explained[reason].append(step)
-            if reason is not None or resync:
-                _resync(sside, tside)
-            ran = step + 1
+            stop = ledger.record(step, (epoch, b), mine, svals, tvals)
             if progress is not None:
                 progress(step)
-            if first is not None and stop_at_divergence:
+            if stop or (ledger.first is not None and stop_at_divergence):
                 break
-
-    probs_last = None
-    if p_idx is not None:
-        probs_last = (np.array(svals[p_idx]), _np(tvals[p_idx]).copy())
-    return LockstepResult(
-        passed=first is None and fault is None,
-        fault=fault,
-        steps=ran,
-        items=items,
-        max_abs=max_abs[:ran],
-        rel_err=rel_err[:ran],
-        within=within[:ran],
-        loss_scratch=loss_hist[0, :ran],
-        loss_torch=loss_hist[1, :ran],
-        tolerances={it.label: tolerance(it.quantity, sside.dtype).as_dict() for it in items},
-        first_divergence=first,
-        kink_steps=explained["kink"],
-        saturation_steps=explained["saturation"],
-        drift_steps=explained["drift"],
-        probs_first=probs_first,
-        probs_last=probs_last,
-        snapshot=snapshot,
-        not_compared=not_compared,
-        checked={**_checked(sside), "start": started},
-        epochs=epochs_at[:ran] if batch_size is not None else None,
-        rows_first=rows_first,
-        rows_last=rows,
-        batches=batches_at[:ran] if batch_size is not None else None,
-        dtype=np.dtype(sside.dtype).name,
-        optimizer=_optimizer_record(optimizer, opt_desc),
-    )
+    return ledger.result()
 
 
 def check(net, X: np.ndarray, y: np.ndarray, *, ref: torch.nn.Module | None = None, **options):

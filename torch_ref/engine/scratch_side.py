@@ -85,6 +85,10 @@ class MLPSide:
         vals.append(np.asarray(loss_value, self.dtype))
         return vals
 
+    def recovery_slack(self) -> dict[str, float]:
+        """Nothing to allow for: the built-in network returns its gradients."""
+        return {}
+
     def oracle(self) -> tuple[scratch.MLP, dict[str, np.ndarray], list]:
         """The network, the parameters the step started from, and its forward cache."""
         return self.net, self.params_before, self.cache

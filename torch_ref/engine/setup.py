@@ -3,14 +3,18 @@ network's dtype, the batch plan."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 from nn_parity import scratch
 from nn_parity.scratch.losses import check_output
+from nn_parity.scratch.optim import check_lr
 from nn_parity.scratch.validate import check_finite, check_xy
+from nn_parity.torch_ref.engine.budget import check_steps
 from nn_parity.torch_ref.engine.scratch_side import MLPSide
+from nn_parity.torch_ref.engine.side import Side
 from nn_parity.torch_ref.engine.torch_side import TorchSide
 from nn_parity.torch_ref.engine.user_side import UserSide
 from nn_parity.torch_ref.mirror.model import TorchMLP
@@ -174,3 +178,73 @@ def _torch_side(ref, sside, loss_s, opt_desc):
             for k, p in by_name.items():
                 p.copy_(torch.from_numpy(np.ascontiguousarray(params[k])))
     return TorchSide(ref, by_name, loss_s, opt_desc, sside.order)
+
+
+@dataclass
+class Run:
+    """Everything a lockstep run is made of, checked before its first step: both sides, the
+    data in the network's dtype (and as torch tensors over the same memory), the plan of
+    batches, and the run's configuration as its record keeps it."""
+
+    sside: Side
+    tside: TorchSide
+    X: np.ndarray
+    Y: np.ndarray
+    steps: int
+    plan: Iterator[tuple[int, int, np.ndarray | None]]
+    config: dict
+    mini_batches: bool
+    kinks: list[int] = field(default_factory=list)  # layers whose activation has a kink
+
+    def __post_init__(self) -> None:
+        self._tensors = torch.from_numpy(self.X), torch.from_numpy(self.Y)
+
+    def batch(self, rows: np.ndarray | None) -> tuple[tuple, tuple]:
+        """(scratch's X, Y, rows), (torch's X, Y) for one step: the whole set, or its rows."""
+        if rows is None:
+            return (self.X, self.Y, None), self._tensors
+        Xb, Yb = self.X[rows], self.Y[rows]
+        return (Xb, Yb, rows), (torch.from_numpy(Xb), torch.from_numpy(Yb))
+
+
+def prepare(net, ref, X, y, *, steps, lr, loss, optimizer, batch_size, epochs, shuffle,
+            drop_last, seed) -> Run:  # fmt: skip
+    """A run, every input checked: bad input is refused here, before anything is computed."""
+    lr = check_lr(lr)
+    sside, X, Y = _scratch_side(net, loss, optimizer, lr, X, y)
+    n = len(X)
+    steps = run_length(steps, batch_size, epochs, drop_last, n)
+    check_steps(steps, len(sside.desc.layers))  # before the (steps, items) records
+    opt_desc = _opt_of(sside)
+    tside = _torch_side(ref, sside, sside.loss, opt_desc)
+    desc = sside.desc
+    config = {
+        "steps": steps,
+        "dtype": np.dtype(sside.dtype).name,
+        "architecture": {
+            "sizes": list(desc.sizes),
+            "bias": desc.bias,
+            "init": None,
+            "activations": [a.name for a in desc.activations],
+            "parameters": desc.num_params,
+        },
+        "data": {
+            "name": "arrays",
+            "samples": n,
+            "features": int(X.shape[1]),
+            "feature_names": None,
+            "source": None,
+        },
+        "loss": sside.loss.name,
+        "reduction": sside.loss.reduction,
+        "lr": lr,
+        "optimizer": _optimizer_record(optimizer, opt_desc),
+        "batches": {"batch_size": batch_size, "epochs": epochs, "drop_last": drop_last},
+        "seed": seed,
+    }
+    plan = _batches(n, batch_size, epochs or 1, seed, shuffle, drop_last)
+    kinks = [l for l, a in enumerate(desc.activations) if a.name.partition(":")[0] in _KINKED]
+    return Run(sside, tside, X, Y, steps, plan, config, batch_size is not None, kinks)
+
+
+_KINKED = ("relu", "leaky_relu")  # activations with a kink at 0

@@ -1,14 +1,68 @@
-"""The side protocol: what the lockstep asks of each side, and the keys of what a step reports."""
+"""The two sides of a lockstep, behind one small protocol.
+
+A side takes one training step on a batch and reports what it computed, as values in the order of
+its `keys`, one key per compared quantity:
+
+    ("z", l, None, None)              layer l's pre-activation            forward
+    ("a", l, None, None)              layer l's (hidden) activation
+    ("prob", L-1, None, None)         the output probabilities
+    ("loss", None, None, None)        the scalar loss                     loss
+    ("grad", l, "weight", None)       a gradient, last layer first        backward
+    ("param", l, "weight", None)      a parameter after the update        update
+    ("state", l, "weight", "exp_avg") an optimizer buffer after the update
+
+in canonical names and layout (`layers.{l}.weight` stored (out, in), like nn.Linear). The engine
+compares the keys both sides report and records the ones only one side could. `Side` below is
+what the loop, the ledger and the start check ask of a scratch side; the re-check
+(`recheck.py`) asks more, by capability:
+
+    staged       forward, loss, backward and update can each rerun on given inputs (the
+                 built-in network): the stage-wise explanation of a mismatch
+    rerunnable   the whole step can rerun from given parameters (user code): a coarser
+                 explanation, "this step from torch's weights reproduces torch's"
+    stateful     optimizer state can be read and set: compared and resynchronised
+    recovered    gradients are recovered from a fused update, (before - after) / lr, and carry
+                 that recovery's rounding, allowed for explicitly
+"""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 from nn_parity import scratch
 
 Key = tuple[str, Any, Any, Any]
+
+
+class Side(Protocol):
+    """A scratch side: the built-in network (`MLPSide`) or the user's (`UserSide`)."""
+
+    keys: list[Key]  # what a step reports, in order; known after the first step
+    order: list[str]  # canonical parameter names, last layer first
+    dtype: Any
+    desc: scratch.MLP  # the network the side computes, as a description
+    loss: scratch.Loss
+    loss_value: float  # the last step's loss
+    opt: Any  # the scratch optimizer both sides' optimizers are built from, or None
+    staged: bool
+    rerunnable: bool
+    stateful: bool
+    recovered: bool
+
+    def step(self, X: np.ndarray, Y: np.ndarray, rows: Any = None) -> list: ...
+
+    @property
+    def params_before(self) -> dict[str, np.ndarray]: ...
+
+    def get_params(self) -> dict[str, np.ndarray]: ...
+
+    def set_params(self, params: Mapping[str, np.ndarray]) -> None: ...
+
+    def recovery_slack(self) -> dict[str, float]: ...
+
+    def oracle(self) -> tuple[scratch.MLP, dict[str, np.ndarray], list]: ...
 
 
 def forward_keys(n_layers: int, *, z: set[int], a: set[int], prob: bool, loss: bool) -> list[Key]:

@@ -84,8 +84,7 @@ class UserSide:
         return vals
 
     def _step(self, X, Y, Xu, yu) -> list:
-        net, lr = self.net, self.lr
-        forward: list = []
+        net = self.net
         z: dict[int, np.ndarray] = {}
         a: dict[int, np.ndarray] = {}
         prob = None
@@ -94,57 +93,59 @@ class UserSide:
             z, a, self.cache_names = _layer_cache(cache, len(X), self.desc.sizes)
             prob = np.asarray(self.loss.probabilities(out.astype(self.dtype, copy=False)))
         loss_value = net.call_loss(Xu, yu) if net.loss_fn is not None else None
-        if net.form == "grads":
-            returned, grads = net.call_grads(Xu, yu)
-            loss_value = returned if loss_value is None else loss_value
-            if net.update is not None:
-                net.run("update", net.last_raw_grads, lr)
-                after = net.get_params()
-            else:
-                assert self.opt is not None
-                _check_unchanged(net, self.canon)
-                self.opt.step({k: np.ascontiguousarray(g, self.dtype) for k, g in grads.items()})
-                net.set_params(self.canon)
-                after = self.canon
-        else:
-            returned = net.run("fn", Xu, yu, lr)
-            if loss_value is None and is_scalar(returned):  # a fused step's own loss
-                loss_value = float(returned)
-            after = net.get_params()
-            grads = {k: (self.before[k] - after[k]) / lr for k in self.before}
+        returned, grads, after = self._update(Xu, yu)
+        if loss_value is None:
+            loss_value = returned
         if net.form == "step" or net.update is not None:
             _check_changed(net, self.before, after)
         self.loss_value = math.nan if loss_value is None else loss_value
-        if not self.keys and self.opt is not None:
-            self.state_names = active_state(self.opt.state_names, self.opt.state)
-            self.stateful = bool(self.state_names)
         if not self.keys:
-            self.keys = forward_keys(
-                len(self.desc.layers),
-                z=set(z),
-                a=set(a),
-                prob=net.forward is not None,
-                loss=loss_value is not None,
-            ) + [k for k in update_keys(self.order, self.state_names)
-                 if k[0] != "grad" or self.grads_seen]  # fmt: skip
+            self._set_keys(z, a, loss_value is not None)
+        forward = {"z": z, "a": a}
+        vals: list = []
         for q, l, _, _ in self.keys[: self._n_forward()]:
-            if q == "z":
-                forward.append(z[l])
-            elif q == "a":
-                forward.append(a[l])
-            elif q == "prob":
-                forward.append(prob)
+            if q in forward:
+                vals.append(forward[q][l])
             else:
-                forward.append(np.asarray(loss_value, self.dtype))
-        vals = forward
+                vals.append(prob if q == "prob" else np.asarray(loss_value, self.dtype))
         if self.grads_seen:
-            vals = vals + [np.asarray(grads[k], self.dtype) for k in self.order]
+            vals += [np.asarray(grads[k], self.dtype) for k in self.order]
         if self.stateful:
             assert self.opt is not None
             vals += _state_values(self.opt.state_dict(), self.order, self.state_names)
         vals += [np.asarray(after[k]) for k in self.order]
         self.after = {k: np.array(after[k]) for k in self.order}
         return vals
+
+    def _update(self, Xu, yu) -> tuple[float | None, dict, dict]:
+        """The user's gradients and update (or their fused step): (the loss their code
+        returned, the gradients, the parameters after the step)."""
+        net, lr = self.net, self.lr
+        if net.form == "grads":
+            returned, grads = net.call_grads(Xu, yu)
+            if net.update is not None:
+                net.run("update", net.last_raw_grads, lr)
+                return returned, grads, net.get_params()
+            assert self.opt is not None
+            _check_unchanged(net, self.canon)
+            self.opt.step({k: np.ascontiguousarray(g, self.dtype) for k, g in grads.items()})
+            net.set_params(self.canon)
+            return returned, grads, self.canon
+        got = net.run("fn", Xu, yu, lr)
+        after = net.get_params()
+        grads = {k: (self.before[k] - after[k]) / lr for k in self.before}
+        return (float(got) if is_scalar(got) else None), grads, after  # a fused step's loss
+
+    def _set_keys(self, z: dict, a: dict, loss: bool) -> None:
+        """What this style reports, known from the first step."""
+        if self.opt is not None:
+            self.state_names = active_state(self.opt.state_names, self.opt.state)
+            self.stateful = bool(self.state_names)
+        self.keys = forward_keys(
+            len(self.desc.layers), z=set(z), a=set(a), prob=self.net.forward is not None,
+            loss=loss,
+        ) + [k for k in update_keys(self.order, self.state_names)
+             if k[0] != "grad" or self.grads_seen]  # fmt: skip
 
     def _n_forward(self) -> int:
         return sum(1 for k in self.keys if k[0] in ("z", "a", "prob", "loss"))

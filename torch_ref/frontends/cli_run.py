@@ -260,15 +260,23 @@ def progress_bar(total: int, *, quiet: bool, stream=None):
 
 
 def run(args: argparse.Namespace) -> int:
-    import torch
-    from nn_parity import reports
-    from nn_parity.reports.destination import atomic_dir
-    from nn_parity.torch_ref.engine.loop import lockstep
-    from nn_parity.torch_ref.engine.setup import run_length
-    from nn_parity.torch_ref.frontends.figure_data import boundary, gradient_slice
-    from nn_parity.torch_ref.mirror.model import TorchMLP
-    from nn_parity.torch_ref.record import write_record
+    """`nn-parity run`: plan, figure data, the lockstep, the record, the verdict."""
+    p, net, out, note = _plan_all(args)
+    desc = p.get("desc", net)  # the built-in network the user's computes, for the figures
+    extras, two_d = _figure_data(desc, p)
+    result = _run_lockstep(args, p, net, desc)
+    if two_d:
+        if "desc" in p and hasattr(net, "get_params"):
+            desc.load_state_dict(net.get_params(), finite=False)  # as trained, even blown up
+        extras["arrays"].update(_boundary(desc, p, "after"))
+    summary = _write(args, p, result, out, extras)
+    if args.export is not None:
+        _export(args, p, net, p["loss"], summary["passed"])
+    return _verdict(args, result, summary, out, note)
 
+
+def _plan_all(args: argparse.Namespace):
+    """The plan, the network and the destination, every input checked before the run."""
     try:
         p = plan(args)
         net = build_network(p, args)
@@ -279,101 +287,94 @@ def run(args: argparse.Namespace) -> int:
             check_export(args.export, overwrite=args.overwrite, cli=True)
     except (ValueError, TypeError) as err:
         raise UsageError(str(err)) from None
-    desc = p.get("desc", net)  # the built-in network the user's computes, for the figures
-    ref = TorchMLP.from_scratch(desc)
-    ds, loss = p["data"], p["loss"]
-    X = ds.X.astype(desc.dtype)
+    return p, net, out, note
 
+
+def _boundary(desc, p: dict, when: str) -> dict:
+    from nn_parity.torch_ref.frontends.figure_data import boundary
+    from nn_parity.torch_ref.mirror.model import TorchMLP
+
+    return boundary(desc, TorchMLP.from_scratch(desc), p["loss"], p["data"].X, when)
+
+
+def _figure_data(desc, p: dict) -> tuple[dict, bool]:
+    """What the figures need beyond the record: the decision boundary before training (on two
+    features: P(class 1), or the predicted class over C) and a slice through the loss."""
+    from nn_parity.torch_ref.frontends.figure_data import gradient_slice
+    from nn_parity.torch_ref.mirror.model import TorchMLP
+
+    ds, loss = p["data"], p["loss"]
     extras: dict = {"summary": {}, "arrays": {}}
-    # the decision-boundary figure: P(class 1), or the predicted class over C, on two features
-    two_d = X.shape[1] == 2 and loss.task in ("binary", "multiclass")
+    two_d = ds.X.shape[1] == 2 and loss.task in ("binary", "multiclass")
     if two_d:
-        extras["arrays"].update(boundary(desc, ref, loss, ds.X, "before"))
+        extras["arrays"].update(_boundary(desc, p, "before"))
     try:
         targets = loss.targets(ds.y, desc.sizes[-1], "float64")
     except ValueError as err:
         raise UsageError(str(err)) from None
-    sl = gradient_slice(desc, ref, loss, ds.X, targets)
+    sl = gradient_slice(desc, TorchMLP.from_scratch(desc), loss, ds.X, targets)
     extras["summary"].update(sl["summary"])
     extras["arrays"].update(sl["arrays"])
+    return extras, two_d
 
+
+def _run_lockstep(args: argparse.Namespace, p: dict, net, desc):
+    import torch
+    from nn_parity.torch_ref.engine.loop import lockstep
+    from nn_parity.torch_ref.engine.setup import run_length
+    from nn_parity.torch_ref.mirror.model import TorchMLP
+
+    ds, loss = p["data"], p["loss"]
+    X = ds.X.astype(desc.dtype)
     # torch.optim imports its compiler stack on the first step (about 1.5 s); take that cost
     # before the progress bar starts, so the bar's rate is the lockstep's own.
     _warm = torch.zeros(1, dtype=torch.float64, requires_grad=True)
     torch.optim.SGD([_warm], lr=0.0).step()
-
     try:
         steps = run_length(args.steps, args.batch_size, args.epochs, args.drop_last, len(X))
     except ValueError as err:
         raise UsageError(str(err)) from None
     bar = progress_bar(steps, quiet=args.quiet)
     try:
-        result = lockstep(
-            net,
-            ref,
-            X,
-            ds.y,
-            steps=steps,
-            lr=args.lr,
-            loss=None if "desc" in p else loss,
-            optimizer=optimizer_spec(args),
-            batch_size=args.batch_size,
-            epochs=args.epochs,
-            drop_last=args.drop_last,
-            seed=args.seed,
-            stop_at_divergence=args.stop_at_divergence,
+        return lockstep(
+            net, TorchMLP.from_scratch(desc), X, ds.y, steps=steps, lr=args.lr,
+            loss=None if "desc" in p else loss, optimizer=optimizer_spec(args),
+            batch_size=args.batch_size, epochs=args.epochs, drop_last=args.drop_last,
+            seed=args.seed, stop_at_divergence=args.stop_at_divergence,
             progress=lambda _: bar.update(),
-        )
+        )  # fmt: skip
     except (ValueError, TypeError) as err:
         raise UsageError(str(err)) from None
     finally:
         bar.close()
-    if two_d:
-        if "desc" in p and hasattr(net, "get_params"):
-            desc.load_state_dict(net.get_params(), finite=False)  # as trained, even blown up
-        extras["arrays"].update(boundary(desc, ref, loss, ds.X, "after"))
 
-    config = {
-        "steps": steps,
-        "dtype": desc.dtype.name,
-        "architecture": {
-            "sizes": p["sizes"],
-            "activations": [a.name for a in desc.activations],
-            "bias": desc.bias,
-            "init": p["init"],
-            "parameters": desc.num_params,
-        },
-        "optimizer": optimizer_spec(args),
-        "batches": {
-            "batch_size": args.batch_size,
-            "epochs": args.epochs,
-            "drop_last": args.drop_last,
-        },
-        "data": {
-            "name": ds.name,
-            "samples": int(X.shape[0]),
-            "features": int(X.shape[1]),
-            "feature_names": ds.feature_names,
-            "source": ds.source,
-        },
-        "loss": loss.name,
-        "reduction": loss.reduction,
-        "lr": args.lr,
-        "seed": args.seed,
-        "y": ds.y,
-        "checked": _checked_in_words(args, p, result),
-    }
+
+def _write(args: argparse.Namespace, p: dict, result, out: Path, extras: dict) -> dict:
+    """The record (and, unless --no-figures, the figures and report.html), atomically."""
+    from nn_parity import reports
+    from nn_parity.reports.destination import atomic_dir
+    from nn_parity.torch_ref.record import write_record
+
+    ds = p["data"]
+    data = {"name": ds.name, "samples": int(ds.X.shape[0]), "features": int(ds.X.shape[1]),
+            "feature_names": ds.feature_names, "source": ds.source}  # fmt: skip
     try:
         with atomic_dir(out, overwrite=args.overwrite) as tmp:
-            summary = write_record(tmp, result, config, extras)
+            checked = _checked_in_words(args, p, result)
+            summary = write_record(tmp, result, data=data, init=p["init"], y=ds.y,
+                                   checked=checked, extras=extras)  # fmt: skip
             if args.figures:
                 reports.render(tmp)
     except OSError as err:
         raise UsageError(
             f"cannot write the report to {str(out)!r}: {err.strerror or err}"
         ) from None
-    if args.export is not None:
-        _export(args, p, net, loss, summary["passed"])
+    return summary
+
+
+def _verdict(args: argparse.Namespace, result, summary: dict, out: Path, note: str) -> int:
+    from nn_parity import reports
+
     if args.quiet:
         print(f"{reports.text.verdict(summary)}: {summary['steps']} steps, report in {out}{note}")
     else:

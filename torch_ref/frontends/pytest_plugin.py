@@ -203,7 +203,6 @@ class Parity:
     def _write_report(self, root: Path, result: LockstepResult, context: dict) -> Path:
         from nn_parity import reports
         from nn_parity.reports.destination import atomic_dir
-        from nn_parity.torch_ref.frontends.display import record_config
         from nn_parity.torch_ref.record import write_record
 
         self._reports += 1  # a test that goes on after a failed check gets -2, -3, ...
@@ -212,7 +211,7 @@ class Parity:
         # Written under a temporary name and renamed into place: a reader never sees a half
         # report, and a folder left by an earlier run of the same test is replaced whole.
         with atomic_dir(folder, overwrite=True) as tmp:
-            write_record(tmp, result, record_config(result, **context), {})
+            write_record(tmp, result, **context)
             reports.render(tmp)
         return folder
 
