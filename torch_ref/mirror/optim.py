@@ -16,7 +16,7 @@ from collections.abc import Mapping
 import numpy as np
 import torch
 from nn_parity.scratch.optim import Optimizer
-from nn_parity.scratch.validate import check_names
+from nn_parity.torch_ref.mirror.weights import check_fit
 
 __all__ = ["set_torch_state", "torch_optimizer", "torch_state"]
 
@@ -31,14 +31,7 @@ def torch_optimizer(
     """
     if not isinstance(opt, Optimizer):
         raise TypeError(f"opt must be a scratch optimiser, got {type(opt).__name__}")
-    check_names(
-        opt.params, torch_params, what="parameters do not match",
-        ours_lack="torch lacks", theirs_lack="scratch lacks",
-    )  # fmt: skip
-    for name, p in opt.params.items():
-        t = torch_params[name]
-        if tuple(t.shape) != p.shape:
-            raise ValueError(f"{name}: scratch shape {p.shape}, torch shape {tuple(t.shape)}")
+    check_fit(opt.params, torch_params, dtypes=False)
     cls = getattr(torch.optim, opt.torch_name)
     return cls([torch_params[name] for name in opt.params], **opt.hyper, foreach=foreach)
 

@@ -6,6 +6,8 @@ name and its shape asserted as it is copied, so a mismatch is named, never broad
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import numpy as np
 import torch
 from nn_parity import scratch
@@ -23,18 +25,25 @@ __all__ = [
 ]
 
 
-def _check_names(net: scratch.MLP, module: nn.Module) -> dict[str, torch.nn.Parameter]:
-    tparams = dict(module.named_parameters())
+def check_fit(ours: Mapping[str, np.ndarray], theirs: Mapping[str, torch.Tensor], *,
+              dtypes: bool = True) -> None:  # fmt: skip
+    """The one fit check of the mirror: scratch's arrays and torch's tensors by name, shape and
+    (for weights) dtype, each misfit named."""
     check_names(
-        net.params, tparams, what="parameters do not match",
+        ours, theirs, what="parameters do not match",
         ours_lack="torch lacks", theirs_lack="scratch lacks",
     )  # fmt: skip
-    for name, p in net.params.items():
-        t = tparams[name]
+    for name, p in ours.items():
+        t = theirs[name]
         if tuple(t.shape) != p.shape:
             raise ValueError(f"{name}: scratch shape {p.shape}, torch shape {tuple(t.shape)}")
-        if str(t.dtype).removeprefix("torch.") != p.dtype.name:
+        if dtypes and str(t.dtype).removeprefix("torch.") != p.dtype.name:
             raise TypeError(f"{name}: scratch dtype {p.dtype.name}, torch dtype {t.dtype}")
+
+
+def _check_names(net: scratch.MLP, module: nn.Module) -> dict[str, torch.nn.Parameter]:
+    tparams = dict(module.named_parameters())
+    check_fit(net.params, tparams)
     return tparams
 
 
