@@ -103,8 +103,7 @@ def _user_sizes(net: UserNetwork, X, y, loss_s) -> list[int]:
         Xa = np.asarray(X)
         if Xa.ndim != 2:
             raise ValueError(f"X must be 2-D (samples, features), got shape {Xa.shape}")
-        resolve_layout(net, Xa, np.asarray(y), 1 if loss_s.task == "binary" else None)
-    assert net.pmap is not None
+        return resolve_layout(net, Xa, np.asarray(y)).sizes
     return net.pmap.sizes
 
 

@@ -180,8 +180,7 @@ def _plan_model(args: argparse.Namespace, ds) -> dict:
     if isinstance(net, UserNetwork):
         if net.pmap is None:
             X = ds.X.astype(net.dtype)
-            resolve_layout(net, X, ds.y, 1 if net.loss.name.startswith("bce") else None)
-        assert net.pmap is not None
+            resolve_layout(net, X, ds.y)
         desc, loss = net.description(), net.loss
     elif isinstance(net, scratch.MLP):
         desc = net

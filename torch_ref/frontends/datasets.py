@@ -115,53 +115,60 @@ def load_dataset(
     """
     if task is not None and task not in CSV_TASKS:
         raise ValueError(f"unknown task {task!r}; expected one of {', '.join(CSV_TASKS)}")
-    rng = np.random.default_rng(seed)
     is_csv = spec not in DATASETS and (spec.lower().endswith(".csv") or Path(spec).exists())
     if label_column is not None and not is_csv:
         raise ValueError(f"--label-column applies to CSV files only, not to {spec!r}")
+    if is_csv:
+        ds, by_default = load_csv(spec, label_column=label_column, task=task or "binary"), True
+    else:
+        ds, by_default = _named(spec, seed)
+        if task not in (None, "auto") and task != ds.task:
+            _read_as(ds, task)
+    if standardized if standardized is not None else by_default:
+        _standardise(ds)
+    ds.X, ds.y = check_xy(ds.X, ds.y, task=ds.task, n_classes=ds.n_classes)
+    return ds
+
+
+def _named(spec: str, seed: int) -> tuple[Dataset, bool]:
+    """A named set, and whether it is standardised by default (its features' scales differ)."""
     if spec == "exam":
         X, y = toy.exam()
-        ds = Dataset("exam", X, y, "the seed article's four students", ["hours of study", "GPA"])
-    elif spec in ("xor", "moons", "circles"):
-        X, y = getattr(toy, spec)(TOY_SAMPLES, rng)
-        ds = Dataset(spec, X, y, f"{TOY_SAMPLES} points drawn from seed {seed}", ["x1", "x2"])
-    elif spec == "breast-cancer":
+        source = "the seed article's four students"
+        return Dataset("exam", X, y, source, ["hours of study", "GPA"]), False
+    if spec in ("xor", "moons", "circles"):
+        X, y = getattr(toy, spec)(TOY_SAMPLES, np.random.default_rng(seed))
+        source = f"{TOY_SAMPLES} points drawn from seed {seed}"
+        return Dataset(spec, X, y, source, ["x1", "x2"]), False
+    if spec == "breast-cancer":
         from sklearn.datasets import load_breast_cancer  # bundled with scikit-learn, offline
 
         bunch = load_breast_cancer()
         X, y = bunch.data.astype(np.float64), bunch.target.astype(np.float64)
-        ds = Dataset(
-            "breast-cancer",
-            X,
-            y,
-            "Wisconsin diagnostic breast cancer (scikit-learn's bundled copy), 1 = benign",
-            list(bunch.feature_names),
-        )
-        standardized = True if standardized is None else standardized
-    elif spec in ("iris", "wine", "digits", "diabetes"):
-        ds = _sklearn(spec)
-        standardized = (spec != "digits") if standardized is None else standardized
-    elif is_csv:
-        ds = load_csv(spec, label_column=label_column, task=task or "binary")
-        standardized = True if standardized is None else standardized
+        source = "Wisconsin diagnostic breast cancer (scikit-learn's bundled copy), 1 = benign"
+        return Dataset("breast-cancer", X, y, source, list(bunch.feature_names)), True
+    if spec in ("iris", "wine", "digits", "diabetes"):
+        return _sklearn(spec), spec != "digits"  # the pixels share one scale
+    raise ValueError(
+        f"unknown data set {spec!r}; expected one of {', '.join(DATASETS)} or a path to a .csv file"
+    )
+
+
+def _read_as(ds: Dataset, task: str) -> None:
+    """A named set has its own task: only a binary one may be read as 2-class multiclass."""
+    if not (ds.task == "binary" and task == "multiclass"):
+        raise ValueError(f"{ds.name!r} is a {ds.task} data set; it cannot be read as {task}")
+    ds.y, ds.task, ds.classes = ds.y.astype(np.int64), "multiclass", ["0", "1"]
+
+
+def _standardise(ds: Dataset) -> None:
+    """The features, and a regression target, on one scale, so that no input dominates."""
+    ds.X = standardize(ds.X)
+    if ds.task == "regression":
+        ds.y = standardize(ds.y[:, None])[:, 0] if ds.y.ndim == 1 else standardize(ds.y)
+        ds.source += ", features and target standardised"
     else:
-        raise ValueError(
-            f"unknown data set {spec!r}; expected one of {', '.join(DATASETS)} or a path to a "
-            ".csv file"
-        )
-    if task not in (None, "auto") and not is_csv and task != ds.task:
-        if not (ds.task == "binary" and task == "multiclass"):
-            raise ValueError(f"{spec!r} is a {ds.task} data set; it cannot be read as {task}")
-        ds.y, ds.task, ds.classes = ds.y.astype(np.int64), "multiclass", ["0", "1"]
-    if standardized:
-        ds.X = standardize(ds.X)
-        if ds.task == "regression":
-            ds.y = standardize(ds.y[:, None])[:, 0] if ds.y.ndim == 1 else standardize(ds.y)
-            ds.source += ", features and target standardised"
-        else:
-            ds.source += ", standardised"
-    ds.X, ds.y = check_xy(ds.X, ds.y, task=ds.task, n_classes=ds.n_classes)
-    return ds
+        ds.source += ", standardised"
 
 
 def _sklearn(name: str) -> Dataset:
@@ -218,75 +225,118 @@ def load_csv(path: str | Path, *, label_column: str | None = None, task: str = "
     if task not in CSV_TASKS:
         raise ValueError(f"unknown task {task!r}; expected one of {', '.join(CSV_TASKS)}")
     path = Path(path)
+    table = _table(_decode(_read_csv_bytes(path), path), path)
+    label = _label_index(label_column, table.header, table.width, path)
+    values = _numbers(table)
+    y = values[:, label]
+    if task == "auto":
+        task = _guess_task(y)
+    y, classes, kind = _labels(y, task, table, label)
+    X = np.delete(values, label, axis=1)
+    features = [n for j, n in enumerate(table.names) if j != label]
+    source = f"{path} (label column {table.names[label]!r}{kind})"
+    return Dataset(path.stem, X, y, source, features, task=task, classes=classes)
+
+
+@dataclass
+class _Table:
+    """A CSV file's cells, with what its messages need: the file, the column names, the line
+    the first data row was on."""
+
+    path: Path
+    header: list[str] | None
+    rows: list[list[str]]
+    names: list[str]
+    first_line: int
+
+    @property
+    def width(self) -> int:
+        return len(self.names)
+
+    def at(self, i: int, j: int) -> str:
+        """Where cell (i, j) is, as a message names it."""
+        return f"{self.path}: row {i + self.first_line}, column {self.names[j]!r}"
+
+
+def _read_csv_bytes(path: Path) -> bytes:
+    """The file's bytes, bounded; an unreadable path is a ValueError naming it, not a trace."""
     try:
-        raw = _read_bounded(path)
+        return _read_bounded(path)
     except FileNotFoundError:
         raise ValueError(f"CSV file {str(path)!r} does not exist") from None
     except IsADirectoryError:
         raise ValueError(f"{str(path)!r} is a directory, not a CSV file") from None
     except OSError as err:
         raise ValueError(f"cannot read {str(path)!r}: {err.strerror}") from None
+
+
+def _decode(raw: bytes, path: Path) -> str:
+    """UTF-8 text (a byte-order mark dropped): a binary file is refused before the CSV parser
+    reads garbage."""
     try:
         text = raw.decode("utf-8-sig")
     except UnicodeDecodeError as err:
         raise ValueError(f"{path}: not UTF-8 text (byte {err.start})") from None
     if "\0" in text:
         raise ValueError(f"{path}: contains NUL bytes; not a text CSV file")
+    return text
+
+
+def _table(text: str, path: Path) -> _Table:
+    """The header (when the first row is not all numbers) and rows of equal width, so that
+    every later message can name a row and a column."""
     try:
         rows = [r for r in csv.reader(text.splitlines()) if any(c.strip() for c in r)]
     except csv.Error as err:
         raise ValueError(f"{path}: malformed CSV: {err}") from None
     if not rows:
         raise ValueError(f"{path}: the file is empty")
-
     header = None
     if any(not _is_number(c) for c in rows[0]):
         header, rows = [c.strip() for c in rows[0]], rows[1:]
     if not rows:
         raise ValueError(f"{path}: a header but no data rows")
     width = len(header) if header is not None else len(rows[0])
-    first_data_line = 2 if header is not None else 1
+    first_line = 2 if header is not None else 1
     for i, r in enumerate(rows):
         if len(r) != width:
-            raise ValueError(
-                f"{path}: row {i + first_data_line} has {len(r)} fields, expected {width}"
-            )
+            raise ValueError(f"{path}: row {i + first_line} has {len(r)} fields, expected {width}")
     if width < 2:
         raise ValueError(
             f"{path}: {width} column; need at least one feature column and a label column"
         )
     names = header or [f"column {j}" for j in range(width)]
-    label = _label_index(label_column, header, width, path)
+    return _Table(path, header, rows, names, first_line)
 
-    values = np.empty((len(rows), width))
-    for i, r in enumerate(rows):
+
+def _numbers(table: _Table) -> np.ndarray:
+    """Every cell as a finite float: the first that is not is reported where it is."""
+    values = np.empty((len(table.rows), table.width))
+    for i, r in enumerate(table.rows):
         for j, cell in enumerate(r):
             try:
                 values[i, j] = float(cell)
             except ValueError:
-                raise ValueError(
-                    f"{path}: row {i + first_data_line}, column {names[j]!r}: "
-                    f"{cell.strip()!r} is not a number"
-                ) from None
+                raise ValueError(f"{table.at(i, j)}: {cell.strip()!r} is not a number") from None
     bad = np.argwhere(~np.isfinite(values))
     if bad.size:
         i, j = bad[0]
-        raise ValueError(
-            f"{path}: row {i + first_data_line}, column {names[j]!r}: "
-            f"{rows[i][j].strip()!r} is not a finite number"
-        )
-    y = values[:, label]
-    if task == "auto":
-        task = _guess_task(y)
+        raise ValueError(f"{table.at(i, j)}: {table.rows[i][j].strip()!r} is not a finite number")
+    return values
 
-    def bad_row(mask: np.ndarray, expected: str):
+
+def _labels(
+    y: np.ndarray, task: str, table: _Table, label: int
+) -> tuple[np.ndarray, list[str] | None, str]:
+    """The labels checked against the task: (y, class names, what the source line adds)."""
+
+    def bad_row(mask: np.ndarray, expected: str) -> ValueError:
         i = np.flatnonzero(mask)[0]
         return ValueError(
-            f"{path}: label column {names[label]!r} must hold {expected}; row "
-            f"{i + first_data_line} has {rows[i][label].strip()!r}"
+            f"{table.path}: label column {table.names[label]!r} must hold {expected}; row "
+            f"{i + table.first_line} has {table.rows[i][label].strip()!r}"
         )
 
-    classes = None
     if task == "binary":
         if ((y != 0) & (y != 1)).any():
             where = bad_row((y != 0) & (y != 1), "0 or 1")
@@ -294,21 +344,16 @@ def load_csv(path: str | Path, *, label_column: str | None = None, task: str = "
                 f"{where} (for other labels pass task='multiclass' or 'regression')",
                 f"{where} (for other labels pass --loss ce for classes or --loss mse for values)",
             )
-        kind = ""
-    elif task == "multiclass":
+        return y, None, ""
+    if task == "multiclass":
         if (y != np.floor(y)).any():
             raise bad_row(y != np.floor(y), "class numbers 0, 1, 2, ...")
         if (y < 0).any():
             raise bad_row(y < 0, "class numbers 0, 1, 2, ...")
         y = y.astype(np.int64)
         classes = [str(c) for c in range(int(y.max()) + 1)]
-        kind = f", {len(classes)} classes"
-    else:
-        kind = ", real-valued target"
-    X = np.delete(values, label, axis=1)
-    features = [n for j, n in enumerate(names) if j != label]
-    source = f"{path} (label column {names[label]!r}{kind})"
-    return Dataset(path.stem, X, y, source, features, task=task, classes=classes)
+        return y, classes, f", {len(classes)} classes"
+    return y, None, ", real-valued target"
 
 
 def _read_bounded(path: Path) -> bytes:

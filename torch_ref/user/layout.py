@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 import numpy as np
 
 if TYPE_CHECKING:
+    from nn_parity import scratch
     from nn_parity.torch_ref.user.network import UserNetwork
 
 
@@ -193,10 +194,22 @@ def _left_over(shapes, weights: list[str], width: int, layers: int, chain: str) 
     )
 
 
-def resolve_layout(net: UserNetwork, X: np.ndarray, Y: np.ndarray, out_width: int | None) -> None:
-    """Decide `net.pmap` from the shapes, the input width and, where they cannot tell, a probe.
+def output_width(loss: scratch.Loss) -> int | None:
+    """The output width the loss fixes, which rules out layouts the shapes alone allow: one
+    column for a binary loss; the class or target count is the last weight's to say."""
+    return 1 if loss.task == "binary" else None
 
-    The user's arrays are left exactly as they were found, whatever the probe runs.
+
+def resolve_layout(net: UserNetwork, X: np.ndarray, Y: np.ndarray) -> ParamMap:
+    """`net`'s layout worked out from the data and kept on it: the one place `net.pmap` is set."""
+    net.pmap = layout_of(net, X, Y, output_width(net.loss))
+    return net.pmap
+
+
+def layout_of(net: UserNetwork, X: np.ndarray, Y: np.ndarray, out_width: int | None) -> ParamMap:
+    """How `net` stores its parameters, from the shapes, the input width and, where they cannot
+    tell, a probe. Nothing is changed: not `net`, and not the user's arrays, whatever the probe
+    runs.
     """
     arrays = net.access.read()
     shapes = {n: tuple(a.shape) for n, a in arrays.items()}
@@ -214,9 +227,8 @@ def resolve_layout(net: UserNetwork, X: np.ndarray, Y: np.ndarray, out_width: in
     ]
     cands = named or cands
     if len(cands) > 1:
-        net.pmap = ParamMap.of(_probe(net, cands, X, Y), X.shape[1], "probe")
-    else:
-        net.pmap = ParamMap.of(cands[0], X.shape[1])
+        return ParamMap.of(_probe(net, cands, X, Y), X.shape[1], "probe")
+    return ParamMap.of(cands[0], X.shape[1])
 
 
 def _probe(net: UserNetwork, cands: list[list[Slot]], X: np.ndarray, Y: np.ndarray) -> list[Slot]:
@@ -236,16 +248,16 @@ def _probe(net: UserNetwork, cands: list[list[Slot]], X: np.ndarray, Y: np.ndarr
     errors = []
     try:
         for cand in cands:
-            net.pmap = ParamMap.of(cand, X.shape[1])
-            desc = net.description()
+            trial = replace(net, pmap=ParamMap.of(cand, X.shape[1]))  # `net` keeps its own
+            desc = trial.description()
             out_d, cache_d = desc.forward(Xp.astype(desc.dtype))
             if net.forward is not None:
-                mine, _ = net.call_forward(Xp)
+                mine, _ = trial.call_forward(Xp)
                 ref = out_d
             else:
                 _, lc = net.loss.forward(out_d, net.loss.targets(Yp, out_d.shape[1], desc.dtype))
                 ref_g = desc.backward(net.loss.backward(lc), cache_d)
-                _, g = net.call_grads(Xp, Yp)
+                _, g = trial.call_grads(Xp, Yp)
                 mine = np.concatenate([np.ravel(g[k]) for k in ref_g])
                 ref = np.concatenate([np.ravel(ref_g[k]) for k in ref_g])
             errors.append(
@@ -255,7 +267,6 @@ def _probe(net: UserNetwork, cands: list[list[Slot]], X: np.ndarray, Y: np.ndarr
     finally:
         for n, a in saved.items():
             net.access.write(n, a)
-        net.pmap = None
     order = np.argsort(errors)
     best = int(order[0])
     runner_up = errors[int(order[1])]

@@ -25,29 +25,38 @@ class UserNetwork:
     forward: Callable | None
     loss_fn: Callable | None
     dtype: np.dtype
-    pmap: ParamMap | None = None
+    pmap: ParamMap | None = None  # set once, by `layout.resolve_layout`; read `param_map`
     layout: dict[str, str] = field(default_factory=dict)
     names: dict[str, str] = field(default_factory=dict)  # fn name per role, for messages
     last_raw_grads: Any = None  # the gradients as the user's function returned them
 
     # --- the parameters in canonical layout ---
+    @property
+    def param_map(self) -> ParamMap:
+        """The layout, which everything reading the parameters needs: worked out from the data
+        (`layout.resolve_layout`) when the network is first checked."""
+        if self.pmap is None:
+            raise RuntimeError(
+                "the layout of the parameters is not known yet: it is worked out from the data "
+                "when the network is first checked (lockstep or the nn-parity command)"
+            )
+        return self.pmap
+
     def get_params(self) -> dict[str, np.ndarray]:
         """Copies of the user's parameters, canonical names and layout, in the user's dtype."""
-        assert self.pmap is not None
         return {
             s.canonical: np.array(s.to_canonical(self.access.get(s.user)), dtype=self.dtype)
-            for s in self.pmap.slots
+            for s in self.param_map.slots
         }
 
     def set_params(self, params: Mapping[str, np.ndarray]) -> None:
-        assert self.pmap is not None
-        for s in self.pmap.slots:
+        for s in self.param_map.slots:
             self.access.write(s.user, s.to_user(np.asarray(params[s.canonical], self.dtype)))
 
     def description(self) -> scratch.MLP:
         """The built-in network the user's claims to compute, holding the user's values."""
-        assert self.pmap is not None
-        desc = scratch.MLP(self.pmap.sizes, self.activations, bias=self.pmap.bias, dtype=self.dtype)
+        pmap = self.param_map
+        desc = scratch.MLP(pmap.sizes, self.activations, bias=pmap.bias, dtype=self.dtype)
         desc.load_state_dict(self.get_params())
         return desc
 
@@ -63,8 +72,7 @@ class UserNetwork:
         elif isinstance(got, tuple):
             got = got[0]
         out = np.array(got)
-        assert self.pmap is not None, "the layout is resolved before the first forward"
-        n, c = len(X), self.pmap.sizes[-1]
+        n, c = len(X), self.param_map.sizes[-1]
         if out.shape == (c, n) and c != n:
             out = out.T  # column-per-sample code (Nielsen's feedforward)
         if out.shape != (n, c) and not (c == 1 and out.shape == (n,)):
@@ -112,9 +120,8 @@ class UserNetwork:
         return float(np.asarray(value).reshape(()))
 
     def _grads_by_slot(self, got: Any) -> dict[str, np.ndarray]:
-        assert self.pmap is not None
         fname = self.names["fn"]
-        slots = self.pmap.slots
+        slots = self.param_map.slots
         if isinstance(got, Mapping):
             out = {}
             for s in slots:
@@ -130,7 +137,7 @@ class UserNetwork:
                     )
             return out
         flat = list(_flatten(got))
-        order = [self.pmap.by_user[n] for n in self.access.names]
+        order = [self.param_map.by_user[n] for n in self.access.names]
         if len(flat) != len(order):
             seq = isinstance(got, (list, tuple))
             kinds = ", ".join(type(e).__name__ for e in got) if seq else ""
