@@ -14,6 +14,7 @@ from matplotlib.lines import Line2D
 from nn_parity.reports.plotting import CLASS_STYLE, FD, SCRATCH, TORCH, _figure, _last_step, _text
 
 if TYPE_CHECKING:
+    from matplotlib.axes import Axes
     from nn_parity.reports import Record
 
 
@@ -88,6 +89,35 @@ def gradient_descent_figure(record: Record) -> Figure:
     ax.plot(w, loss, color="black", linewidth=1.8, label="loss, all other weights at step 0")
     width = float(np.nanmax(w) - np.nanmin(w)) if np.isfinite(w).any() else 0.0
     half = 0.2 * width if width > 0 else 0.1 * max(abs(w0), 1.0)
+    _tangents(ax, gs, w0, l0, half)
+    ax.plot(
+        [w0],
+        [l0],
+        "o",
+        color="black",
+        markersize=7,
+        zorder=5,
+        label=f"step 0: w = {w0:.6g}, loss = {l0:.6g}",
+    )
+
+    # Keep the view on the curve; steep tangents are clipped rather than squashing it flat.
+    ok = np.isfinite(loss)
+    if ok.any():
+        lo, hi = min(float(loss[ok].min()), l0), max(float(loss[ok].max()), l0)
+        pad = 0.08 * (hi - lo) if hi > lo else 0.1 * max(abs(hi), 1.0)
+        ax.set_ylim(lo - pad, hi + pad)
+    if width > 0:
+        ax.set_xlim(float(np.nanmin(w)), float(np.nanmax(w)))
+    ax.set_xlabel(f"{name} (other weights held at step 0)")
+    ax.set_ylabel("loss")
+    ax.set_title(f"Loss along {name}")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="upper center", fontsize="small")
+    return fig
+
+
+def _tangents(ax: Axes, gs: dict, w0: float, l0: float, half: float) -> None:
+    """Each side's slope drawn as a tangent at the weight, so a wrong gradient shows as an angle."""
     span = np.array([w0 - half, w0 + half])
     for key, style, who in (
         ("grad_scratch", SCRATCH, "scratch"),
@@ -117,30 +147,6 @@ def gradient_descent_figure(record: Record) -> Figure:
             linewidth=1.8,
             label="gradient-descent direction (-grad)",
         )
-    ax.plot(
-        [w0],
-        [l0],
-        "o",
-        color="black",
-        markersize=7,
-        zorder=5,
-        label=f"step 0: w = {w0:.6g}, loss = {l0:.6g}",
-    )
-
-    # Keep the view on the curve; steep tangents are clipped rather than squashing it flat.
-    ok = np.isfinite(loss)
-    if ok.any():
-        lo, hi = min(float(loss[ok].min()), l0), max(float(loss[ok].max()), l0)
-        pad = 0.08 * (hi - lo) if hi > lo else 0.1 * max(abs(hi), 1.0)
-        ax.set_ylim(lo - pad, hi + pad)
-    if width > 0:
-        ax.set_xlim(float(np.nanmin(w)), float(np.nanmax(w)))
-    ax.set_xlabel(f"{name} (other weights held at step 0)")
-    ax.set_ylabel("loss")
-    ax.set_title(f"Loss along {name}")
-    ax.grid(alpha=0.3)
-    ax.legend(loc="upper center", fontsize="small")
-    return fig
 
 
 # --------------------------------------------------------------------------------------------
@@ -155,13 +161,7 @@ def boundary_figure(record: Record) -> Figure:
     X = a.get("X")
     y = np.asarray(a["y"]).ravel() if "y" in a else None
     n_classes = int(a["boundary_classes"]) if "boundary_classes" in a else 0
-    cmap: Colormap
-    if n_classes:  # regions of the predicted class, one colour each
-        levels = np.arange(n_classes + 1) - 0.5
-        cmap = ListedColormap([colormaps["tab10"](k % 10) for k in range(n_classes)])
-    else:
-        levels = np.linspace(0, 1, 21)
-        cmap = colormaps["RdBu_r"]
+    levels, cmap = _boundary_scale(n_classes)
     norm = BoundaryNorm(levels, cmap.N)
 
     names = list((record.summary.get("data") or {}).get("feature_names") or [])[:2]
@@ -182,28 +182,52 @@ def boundary_figure(record: Record) -> Figure:
             if not n_classes and values.size and values.min() < 0.5 < values.max():
                 ax.contour(gx, gy, P, levels=[0.5], colors="black", linewidths=1.5)
             if X is not None and y is not None:
-                classes = np.unique(y)
-                for k, cls in enumerate(classes):
-                    sel = y == cls
-                    # Filled with the colour of the probability the class should get, so a
-                    # point on the wrong side stands out; the white rim keeps the rest visible.
-                    fill = (cmap(k) if n_classes
-                            else cmap(0.9 if k == len(classes) - 1 else 0.1 + 0.2 * k))  # fmt: skip
-                    ax.scatter(
-                        X[sel, 0],
-                        X[sel, 1],
-                        s=24,
-                        color=fill,
-                        marker=CLASS_STYLE[k % len(CLASS_STYLE)]["marker"],
-                        edgecolors="white",
-                        linewidths=0.8,
-                        label=f"y = {cls:g}",
-                    )
+                _data_points(ax, X, y, cmap, n_classes)
             ax.set_title(f"{side}, {title}", fontsize="medium")
             if r == 1:
                 ax.set_xlabel(names[0])
             if c == 0:
                 ax.set_ylabel(names[1])
+    _boundary_legend(fig, axes, filled, n_classes)
+    fig.suptitle("Decision boundary, before and after training")
+    return fig
+
+
+def _boundary_scale(n_classes: int) -> tuple[np.ndarray, Colormap]:
+    """Levels and colours: one region per predicted class, or P(class 1) diverging about 0.5."""
+    cmap: Colormap
+    if n_classes:  # regions of the predicted class, one colour each
+        levels = np.arange(n_classes + 1) - 0.5
+        cmap = ListedColormap([colormaps["tab10"](k % 10) for k in range(n_classes)])
+    else:
+        levels = np.linspace(0, 1, 21)
+        cmap = colormaps["RdBu_r"]
+    return levels, cmap
+
+
+def _data_points(ax: Axes, X, y, cmap: Colormap, n_classes: int) -> None:
+    """The data over a panel: a boundary is judged by the points it puts on the wrong side."""
+    classes = np.unique(y)
+    for k, cls in enumerate(classes):
+        sel = y == cls
+        # Filled with the colour of the probability the class should get, so a
+        # point on the wrong side stands out; the white rim keeps the rest visible.
+        fill = (cmap(k) if n_classes
+                else cmap(0.9 if k == len(classes) - 1 else 0.1 + 0.2 * k))  # fmt: skip
+        ax.scatter(
+            X[sel, 0],
+            X[sel, 1],
+            s=24,
+            color=fill,
+            marker=CLASS_STYLE[k % len(CLASS_STYLE)]["marker"],
+            edgecolors="white",
+            linewidths=0.8,
+            label=f"y = {cls:g}",
+        )
+
+
+def _boundary_legend(fig: Figure, axes, filled, n_classes: int) -> None:
+    """One legend and one colour bar for the four panels, outside them, where they hide nothing."""
     handles = [] if n_classes else [Line2D([], [], color="black", linewidth=1.5, label="P = 0.5")]
     handles += axes[0, 0].get_legend_handles_labels()[0]
     # Below the panels: inside one, the legend would hide data points.
@@ -212,5 +236,3 @@ def boundary_figure(record: Record) -> Figure:
         fig.colorbar(filled, ax=axes, label="predicted class", ticks=np.arange(n_classes))
     elif filled is not None:
         fig.colorbar(filled, ax=axes, label="P(class 1)", ticks=np.linspace(0, 1, 6))
-    fig.suptitle("Decision boundary, before and after training")
-    return fig

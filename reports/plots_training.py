@@ -126,15 +126,20 @@ def errors_figure(record: Record) -> Figure:
     heat_height = max(2.6, 0.24 * len(items)) + 0.8  # + the colorbar beneath
     fig = _figure(10, 4.2 + heat_height)
     top, bottom = fig.subplots(2, 1, sharex=True, height_ratios=[4.2, heat_height])
+    _gradient_lines(top, record, x, items, floor, div_step)
+    _error_heatmap(fig, bottom, record, x, items, all_errors, floor, div_step)
+    return fig
 
-    # (a) the gradients, and beside them (dashed) the optimizer's state buffers
+
+def _gradient_lines(ax: Axes, record: Record, x, items, floor: float, div_step) -> None:
+    """(a) the gradients, and beside them (dashed) the optimizer's state buffers, one line each."""
     kinds = {k: v.get("quantity") for k, v in (record.summary.get("quantities") or {}).items()}
     grads = [(label, e) for label, e in items if label.startswith("grad ")]
     # step counts are exact integers on both sides: the heatmap shows them, the lines do not
     states = [(label, e) for label, e in items
               if kinds.get(label) == "state" and not label.startswith("step ")]  # fmt: skip
     colors = colormaps["tab10"] if len(grads) <= 10 else colormaps["viridis"]
-    top.set_yscale("log")
+    ax.set_yscale("log")
     any_zero = any_bad = False
     lines = [(_text(label[len("grad ") :]), e, "-") for label, e in grads]
     lines += [(_text(label), e, "--") for label, e in states]
@@ -142,7 +147,7 @@ def errors_figure(record: Record) -> Figure:
         color = colors(k % 10 if len(grads) <= 10 else k / max(len(lines) - 1, 1))
         any_zero |= bool(np.any(e == 0))
         _line(
-            top,
+            ax,
             x,
             np.where(e == 0, floor, e),
             color=color,
@@ -150,62 +155,57 @@ def errors_figure(record: Record) -> Figure:
             linestyle=style,
             label=label,
         )
-        any_bad |= _mark_nonfinite(top, x, e, color)
+        any_bad |= _mark_nonfinite(ax, x, e, color)
     rtol = ((record.summary.get("tolerances") or {}).get("grad") or {}).get("rtol")
     if rtol is not None:
-        top.axhline(
+        ax.axhline(
             rtol,
             color="tab:gray",
             linestyle="-.",
             linewidth=1.2,
             label=f"grad rtol = {rtol:.2g} (elementwise bound)",
         )
-    _mark_divergence(top, div_step)
+    _mark_divergence(ax, div_step)
+    _label_gradient_lines(ax, floor, len(grads), bool(states), any_zero, any_bad)
+
+
+def _label_gradient_lines(
+    ax: Axes, floor: float, n_grads: int, states: bool, any_zero: bool, any_bad: bool
+) -> None:
+    """Title, axis label and legend, each saying what the lines' special marks mean."""
     if any_bad:
-        top.plot([], [], linestyle="none", marker="x", color="black", label="NaN or inf")
-    _safe_log_ylim(top, floor)
+        ax.plot([], [], linestyle="none", marker="x", color="black", label="NaN or inf")
+    _safe_log_ylim(ax, floor)
     ylabel = "normwise relative error"
     if any_zero:
         ylabel += f"\n(exact 0 drawn at {floor:.1e})"
-    top.set_ylabel(ylabel)
+    ax.set_ylabel(ylabel)
     title = "Gradient error per parameter, ||g_scratch - g_torch|| / ||g_torch||"
     if states:
         title += "\n(dashed: the optimizer's state buffers)"
-    top.set_title(title if grads else "No gradient items in this record")
-    top.grid(alpha=0.3)
-    if top.get_legend_handles_labels()[0]:
+    ax.set_title(title if n_grads else "No gradient items in this record")
+    ax.grid(alpha=0.3)
+    if ax.get_legend_handles_labels()[0]:
         # Outside the axes: a failing gradient climbs into any corner a legend could take.
-        top.legend(
+        ax.legend(
             loc="upper left",
             bbox_to_anchor=(1.01, 1),
             fontsize="small",
-            ncols=2 if len(grads) > 12 else 1,
+            ncols=2 if n_grads > 12 else 1,
         )
 
-    # (b) every item, binned over steps for long runs
+
+def _error_heatmap(fig: Figure, ax: Axes, record: Record, x, items, all_errors, floor, div_step):
+    """(b) every item, binned over steps for long runs, with the colour scale beneath."""
     xb, data = _heatmap_bins(x, all_errors)
     nan = np.isnan(data)
     inf = np.isinf(data)
-    logs = np.log10(np.where(nan | inf | (data <= 0), 1.0, data))
-    logs[data == 0] = np.log10(floor)
-    finite = logs[~(nan | inf)]
-    vmin = float(finite.min()) if finite.size else np.log10(floor)
-    vmax = float(finite.max()) if finite.size else vmin + 1
-    rtols = [t.get("rtol") for t in (record.summary.get("tolerances") or {}).values()]
-    rtols = [float(r) for r in rtols if isinstance(r, (int, float)) and r > 0]
-    # The scale reaches the tolerance, so a passing run reads as headroom, not as noise
-    # stretched over the whole colour range.
-    log_rtol = float(np.log10(max(rtols))) if rtols else None
-    if log_rtol is not None:
-        vmax = max(vmax, log_rtol)
-    if vmax <= vmin:  # one value everywhere: give the colour scale a decade of range
-        vmin, vmax = vmin - 0.5, vmax + 0.5
-    logs[inf] = vmax + 1  # drawn in the colormap's "over" colour
+    logs, vmin, vmax, log_rtol = _log_scale(record, data, nan, inf, floor)
     cmap = colormaps["viridis"].with_extremes(bad="black", over="tab:red")
     image = np.ma.masked_array(logs, mask=nan)
     step_width = float(xb[1] - xb[0]) if len(xb) > 1 else 1.0
     extent = (float(xb[0]) - step_width / 2, float(xb[-1]) + step_width / 2, len(items) - 0.5, -0.5)
-    im = bottom.imshow(
+    im = ax.imshow(
         image,
         aspect="auto",
         interpolation="nearest",
@@ -213,13 +213,13 @@ def errors_figure(record: Record) -> Figure:
         norm=Normalize(vmin, vmax),
         extent=extent,
     )
-    bottom.set_yticks(
+    ax.set_yticks(
         range(len(items)),
         [_text(label) for label, _ in items],
         fontsize=8 if len(items) > 16 else 9,
     )
-    _mark_divergence(bottom, div_step, label=False)
-    bottom.set_xlabel("step")
+    _mark_divergence(ax, div_step, label=False)
+    ax.set_xlabel("step")
     notes = []
     if len(xb) < len(x):
         notes.append(f"max over bins of {-(-len(x) // len(xb))} steps")
@@ -229,7 +229,7 @@ def errors_figure(record: Record) -> Figure:
         notes.append("black: NaN")
     if inf.any():
         notes.append("red: inf")
-    bottom.set_title(
+    ax.set_title(
         "Every compared item, step x item" + (f" ({'; '.join(notes)})" if notes else ""),
         fontsize="medium",
     )
@@ -237,7 +237,7 @@ def errors_figure(record: Record) -> Figure:
     # axes must stay aligned.
     bar = fig.colorbar(
         im,
-        ax=bottom,
+        ax=ax,
         location="bottom",
         label="log10 normwise relative error",
         extend="max" if inf.any() else "neither",
@@ -246,15 +246,38 @@ def errors_figure(record: Record) -> Figure:
         pad=0.02,
     )
     if log_rtol is not None and vmin <= log_rtol <= vmax:
-        bar.ax.axvline(log_rtol, color="white", linewidth=2)
-        bar.ax.axvline(log_rtol, color="black", linewidth=1, linestyle="--")
-        bar.ax.text(
-            log_rtol,
-            1.15,
-            "largest rtol",
-            ha="center",
-            va="bottom",
-            fontsize="small",
-            transform=bar.ax.get_xaxis_transform(),
-        )
-    return fig
+        _mark_rtol(bar.ax, log_rtol)
+
+
+def _log_scale(record: Record, data, nan, inf, floor: float):
+    """log10 of the errors and the colour range, reaching the largest rtol so a pass reads as
+    headroom rather than as noise stretched over the whole range."""
+    logs = np.log10(np.where(nan | inf | (data <= 0), 1.0, data))
+    logs[data == 0] = np.log10(floor)
+    finite = logs[~(nan | inf)]
+    vmin = float(finite.min()) if finite.size else np.log10(floor)
+    vmax = float(finite.max()) if finite.size else vmin + 1
+    rtols = [t.get("rtol") for t in (record.summary.get("tolerances") or {}).values()]
+    rtols = [float(r) for r in rtols if isinstance(r, (int, float)) and r > 0]
+    log_rtol = float(np.log10(max(rtols))) if rtols else None
+    if log_rtol is not None:
+        vmax = max(vmax, log_rtol)
+    if vmax <= vmin:  # one value everywhere: give the colour scale a decade of range
+        vmin, vmax = vmin - 0.5, vmax + 0.5
+    logs[inf] = vmax + 1  # drawn in the colormap's "over" colour
+    return logs, vmin, vmax, log_rtol
+
+
+def _mark_rtol(bar_ax: Axes, log_rtol: float) -> None:
+    """The largest rtol marked on the colour bar: where an error starts to fail."""
+    bar_ax.axvline(log_rtol, color="white", linewidth=2)
+    bar_ax.axvline(log_rtol, color="black", linewidth=1, linestyle="--")
+    bar_ax.text(
+        log_rtol,
+        1.15,
+        "largest rtol",
+        ha="center",
+        va="bottom",
+        fontsize="small",
+        transform=bar_ax.get_xaxis_transform(),
+    )
