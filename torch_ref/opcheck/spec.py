@@ -98,6 +98,34 @@ def _tensor(a: np.ndarray) -> torch.Tensor:
 def _validate(
     forward, backward, torch_ref, inputs, params, state, names, layouts, out_layout, no_grad
 ) -> _Spec:
+    """check_op's arguments, all checked before anything runs, so bad input costs no op call."""
+    _check_callables(forward, backward, torch_ref)
+    params, state = params or {}, state or {}
+    arrays = _arrays({"input": inputs, "param": params, "state": state})
+    no_grad = (no_grad,) if isinstance(no_grad, str) else tuple(no_grad)
+    for k in no_grad:
+        if k not in inputs:
+            raise ValueError(f"no_grad names {k!r}, which is not an input ({', '.join(inputs)})")
+    dtype = _common_float_dtype(arrays)
+    grad_names = [k for k in inputs if arrays[k].dtype in _FLOATS and k not in no_grad]
+    grad_names += list(params)
+    perms = _perms(arrays, layouts or {}, out_layout)
+    module_names: dict[str, str] = {}
+    if isinstance(torch_ref, torch.nn.Module):
+        module_names = _map_module(torch_ref, list(params), list(state), names or {})
+    elif names:
+        raise ValueError("names maps params to an nn.Module's; torch_ref is a function")
+    sig_error = _signature_error(forward, arrays)
+    if sig_error:
+        raise TypeError(sig_error)
+    return _Spec(
+        forward, backward, torch_ref, arrays, list(inputs), list(params), list(state),
+        grad_names, dtype, perms, module_names,
+    )  # fmt: skip
+
+
+def _check_callables(forward, backward, torch_ref) -> None:
+    """The three things check_op calls, checked first: a wrong argument order shows here."""
     if not callable(forward) or not callable(backward):
         bad = "forward" if not callable(forward) else "backward"
         raise TypeError(
@@ -107,41 +135,50 @@ def _validate(
         raise TypeError(
             f"torch_ref must be a function of tensors or an nn.Module, got {_what(torch_ref)}"
         )
-    groups = {"input": inputs, "param": params or {}, "state": state or {}}
+
+
+def _arrays(groups: dict[str, Mapping]) -> dict[str, np.ndarray]:
+    """Inputs, params and state in one dict by name, each array checked for what its role needs."""
     for what, group in groups.items():
         if not isinstance(group, Mapping):
             raise TypeError(f"{what}s must be a dict of name -> array, got {_what(group)}")
-    if not inputs:
+    if not groups["input"]:
         raise ValueError("inputs must name at least one array, got none")
     arrays: dict[str, np.ndarray] = {}
     for what, group in groups.items():
         for k, v in group.items():
             if k in arrays:
                 raise ValueError(f"{k!r} is named twice (in inputs, params or state)")
-            if k == "out":
-                raise ValueError("'out' names the output; call the array something else")
-            if isinstance(v, torch.Tensor):
-                raise TypeError(f"{what} {k!r} must be a NumPy array, got a torch tensor")
-            if not isinstance(v, np.ndarray):
-                raise TypeError(f"{what} {k!r} must be a NumPy array, got {_what(v)}")
-            if v.dtype.kind not in "fiub" or (v.dtype.kind == "f" and v.dtype not in _FLOATS):
-                raise TypeError(
-                    f"{what} {k!r} has dtype {v.dtype}; expected float32 or float64 "
-                    "(or integers/bool for an input that takes no gradient)"
-                )
-            if what != "input" and v.dtype not in _FLOATS:
-                raise TypeError(
-                    f"{what} {k!r} has dtype {v.dtype} but a {what} "
-                    f"{'takes a gradient' if what == 'param' else 'is compared as floats'}: "
-                    "expected float32 or float64"
-                )
-            # NaN against NaN would fail a correct op, and Inf misplace it
-            check_finite(v, k, f"{what} {k!r}")
+            _check_array(what, k, v)
             arrays[k] = v
-    no_grad = (no_grad,) if isinstance(no_grad, str) else tuple(no_grad)
-    for k in no_grad:
-        if k not in inputs:
-            raise ValueError(f"no_grad names {k!r}, which is not an input ({', '.join(inputs)})")
+    return arrays
+
+
+def _check_array(what: str, k: str, v) -> None:
+    """One array: a finite NumPy array of a dtype both sides compute in, under a free name."""
+    if k == "out":
+        raise ValueError("'out' names the output; call the array something else")
+    if isinstance(v, torch.Tensor):
+        raise TypeError(f"{what} {k!r} must be a NumPy array, got a torch tensor")
+    if not isinstance(v, np.ndarray):
+        raise TypeError(f"{what} {k!r} must be a NumPy array, got {_what(v)}")
+    if v.dtype.kind not in "fiub" or (v.dtype.kind == "f" and v.dtype not in _FLOATS):
+        raise TypeError(
+            f"{what} {k!r} has dtype {v.dtype}; expected float32 or float64 "
+            "(or integers/bool for an input that takes no gradient)"
+        )
+    if what != "input" and v.dtype not in _FLOATS:
+        raise TypeError(
+            f"{what} {k!r} has dtype {v.dtype} but a {what} "
+            f"{'takes a gradient' if what == 'param' else 'is compared as floats'}: "
+            "expected float32 or float64"
+        )
+    # NaN against NaN would fail a correct op, and Inf misplace it
+    check_finite(v, k, f"{what} {k!r}")
+
+
+def _common_float_dtype(arrays: dict[str, np.ndarray]) -> np.dtype:
+    """The one float dtype of the arrays: both sides then compute, and are judged, in it."""
     floats = {k: v.dtype for k, v in arrays.items() if v.dtype in _FLOATS}
     if not floats:
         raise TypeError("no float array among the inputs and params: nothing to differentiate")
@@ -150,27 +187,19 @@ def _validate(
             (a, b) for a, b in itertools.combinations(floats.items(), 2) if a[1] != b[1]
         )
         raise ValueError(f"inputs mix dtypes: {k1!r} is {d1} but {k2!r} is {d2}")
-    grad_names = [k for k in inputs if arrays[k].dtype in _FLOATS and k not in no_grad]
-    grad_names += list(params or {})
+    return next(iter(floats.values()))
+
+
+def _perms(arrays: dict[str, np.ndarray], layouts: Mapping, out_layout) -> dict:
+    """Each declared layout as an axis permutation, so the two sides are compared axis by axis."""
     perms: dict[str, tuple[int, ...] | str] = {}
-    for k, lay in (layouts or {}).items():
+    for k, lay in layouts.items():
         if k not in arrays:
             raise ValueError(f"layouts names {k!r}, which is not an input, param or state")
         perms[k] = parse_layout(lay, arrays[k].ndim, k)
     if out_layout is not None:  # the output's ndim is known only after a forward: "T" waits
         perms["out"] = "T" if out_layout == "T" else parse_layout(out_layout, None, "out")
-    module_names: dict[str, str] = {}
-    if isinstance(torch_ref, torch.nn.Module):
-        module_names = _map_module(torch_ref, list(params or {}), list(state or {}), names or {})
-    elif names:
-        raise ValueError("names maps params to an nn.Module's; torch_ref is a function")
-    sig_error = _signature_error(forward, arrays)
-    if sig_error:
-        raise TypeError(sig_error)
-    return _Spec(
-        forward, backward, torch_ref, arrays, list(inputs), list(params or {}),
-        list(state or {}), grad_names, next(iter(floats.values())), perms, module_names,
-    )  # fmt: skip
+    return perms
 
 
 def _signature_error(fn, arrays) -> str | None:
