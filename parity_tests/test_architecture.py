@@ -103,28 +103,36 @@ def test_no_import_runs_up_or_sideways_between_rooms():
     assert not wrong, "\n".join(wrong)
 
 
-def test_no_import_cycle_among_modules():
-    graph = {m: {t for t, _, _ in found if t in ALL} for m, found in EDGES.items()}
+def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    """A cycle of imports, as a list of modules ending where it began, or None."""
     state: dict[str, int] = {}
     stack: list[str] = []
 
-    def visit(m: str) -> None:
+    def visit(m: str) -> list[str] | None:
         state[m] = 1
         stack.append(m)
-        for t in sorted(graph[m]):
+        for t in sorted(graph.get(m, ())):
             if t.endswith("__init__") or m.endswith("__init__"):
                 continue  # a package's face hands names on; its own edges are checked above
             if state.get(t) == 1:
-                cycle = [*stack[stack.index(t) :], t]
-                pytest.fail("import cycle: " + " -> ".join(cycle))
-            if state.get(t) is None:
-                visit(t)
+                return [*stack[stack.index(t) :], t]
+            if state.get(t) is None and (found := visit(t)):
+                return found
         stack.pop()
         state[m] = 2
+        return None
 
     for m in sorted(graph):
-        if state.get(m) is None:
-            visit(m)
+        if state.get(m) is None and (found := visit(m)):
+            return found
+    return None
+
+
+def test_no_import_cycle_among_modules():
+    graph = {m: {t for t, _, _ in found if t in ALL} for m, found in EDGES.items()}
+    cycle = find_cycle(graph)
+    assert cycle is None, "import cycle: " + " -> ".join(cycle or [])
+    assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
 
 
 def test_the_catalogues_are_imported_only_by_the_mutants_command():
@@ -177,3 +185,7 @@ def test_the_checks_above_can_fail(tmp_path):
     typed = tmp_path / "typed.py"
     typed.write_text("if TYPE_CHECKING:\n    from nn_parity.torch_ref.results import Item\n")
     assert imports(typed) == []
+    long = ast.parse('def f():\n    """doc\n\n    more"""\n' + "    x = 1\n" * 61).body[0]
+    assert code_lines(long) == 61 > MAX_FUNCTION_LINES  # the docstring is not counted
+    with pytest.raises(AssertionError, match="belongs to no room"):
+        room("torch_ref.somewhere_new")
