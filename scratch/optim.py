@@ -44,6 +44,7 @@ import contextlib
 import inspect
 import math
 from collections.abc import Mapping
+from typing import ClassVar
 
 import numpy as np
 
@@ -52,13 +53,13 @@ from .validate import check_names
 
 __all__ = [
     "OPTIMIZERS",
+    "SCHEDULES",
     "SGD",
     "Adagrad",
     "Adam",
     "AdamW",
     "Optimizer",
     "RMSprop",
-    "SCHEDULES",
     "Schedule",
     "check_lr",
     "get_optimizer",
@@ -136,7 +137,8 @@ class Optimizer:
     torch_name = ""
     state_names: tuple[str, ...] = ()
     schedule: Schedule | None = None  # the learning rate per step, as torch's lr_scheduler
-    overrides: dict[str, dict] = {}  # per parameter, settings other than the shared ones
+    overrides: ClassVar[dict[str, dict]] = {}  # per parameter, settings of its own (set per
+    # optimizer by get_optimizer, never mutated here)
 
     def __init__(self, params, lr: float):
         self.net = params if isinstance(params, MLP) else None
@@ -707,7 +709,12 @@ class Schedule:
 
     def factor(self, t: int) -> float:
         """LambdaLR's factor at step t, checked: a finite number >= 0."""
-        f = self.fn(t) if self.name == "lambda" else 1 / (1 + self.decay * t)
+        if self.name != "lambda":
+            return 1 / (1 + self.decay * t)
+        try:
+            f = self.fn(t)
+        except Exception as err:
+            raise ValueError(f"schedule fn({t}) raised {type(err).__name__}: {err}") from err
         if isinstance(f, bool) or not isinstance(f, (int, float, np.floating, np.integer)):
             raise TypeError(f"schedule fn({t}) must return a number, got {type(f).__name__} {f!r}")
         if not math.isfinite(f) or f < 0:

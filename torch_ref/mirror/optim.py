@@ -40,8 +40,7 @@ def torch_optimizer(
         return cls([torch_params[name] for name in opt.params], **opt.hyper, foreach=foreach)
     # one group per parameter, in the parameters' order (which `torch_state` reads them in)
     groups = [
-        {"params": [torch_params[name]], **settings}
-        for name, settings in opt.settings().items()
+        {"params": [torch_params[name]], **settings} for name, settings in opt.settings().items()
     ]
     return cls(groups, **opt.hyper, foreach=foreach)
 

@@ -153,8 +153,7 @@ def _compare_trial(spec: _Spec, found: _Findings, trial: int, dout) -> None:
         if s.shape != t.shape:  # state the forward replaced with another shape
             if not keepdims_fit(s.shape, t.shape):
                 raise ValueError(
-                    f"{kind} {name!r} has shape {s.shape} after the forward; torch's has "
-                    f"{t.shape}"
+                    f"{kind} {name!r} has shape {s.shape} after the forward; torch's has {t.shape}"
                 )
             t = t.reshape(s.shape)  # size-1 axes keepdims left: the same values, compared
         s64, t64 = s.astype(np.float64), t.astype(np.float64)

@@ -149,8 +149,7 @@ def _grads(spec: _Spec, got) -> dict[str, np.ndarray]:
         shape = spec.arrays[name].shape
         if not keepdims_fit(g.shape, shape):
             raise ValueError(
-                f"backward's gradient for {name!r} has shape {g.shape} but {name} has shape "
-                f"{shape}"
+                f"backward's gradient for {name!r} has shape {g.shape} but {name} has shape {shape}"
             )
         out[name] = g.reshape(shape)  # size-1 axes keepdims left: compared in {name}'s shape
     return out

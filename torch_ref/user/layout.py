@@ -285,14 +285,14 @@ def _probe(net: UserNetwork, cands: list[list[Slot]], X: np.ndarray, Y: np.ndarr
 def _disagrees(net: UserNetwork, cands: list[list[Slot]], errors: list[float]) -> str:
     """What the probe saw when no layout reproduces the user's own numbers: a finding about
     their code (a wrong forward or gradient), not a layout to declare."""
-    what, fn = (
-        ("output", net.names["forward"]) if net.forward is not None else ("gradients", net.names["fn"])
-    )
+    if net.forward is not None:
+        what, fn = "output", net.names["forward"]
+    else:
+        what, fn = "gradients", net.names["fn"]
     differ = [k for k in range(len(cands[0])) if len({c[k].describe() for c in cands}) > 1]
     ranked = sorted(range(len(cands)), key=lambda i: errors[i])
     tried = "; ".join(
-        f"{', '.join(cands[i][k].describe() for k in differ)}: relative difference "
-        f"{errors[i]:.3g}"
+        f"{', '.join(cands[i][k].describe() for k in differ)}: relative difference {errors[i]:.3g}"
         for i in ranked
     )
     who = fn if fn.startswith("your ") else f"your {fn}"
