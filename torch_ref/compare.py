@@ -69,11 +69,12 @@ _ULPS: dict[str, tuple[float, float, str]] = {
     ),
     "lr": (
         4,
-        0,
+        2**-10,
         "a schedule's rate per step: both sides compute it from the same Python floats in "
         "torch's order (LambdaLR base * f(t); StepLR and ExponentialLR multiply the rate held "
-        "by gamma), so it is expected exact; 4 ulps leave room for the cast to the dtype only, "
-        "while a schedule off by one step moves the rate by a factor (gamma, 1 + decay)",
+        "by gamma), so it is expected exact; 4 ulps leave room for the cast to the dtype only "
+        "(atol, a thousandth of an ulp of 1, for a rate of 0), while a schedule off by one step "
+        "moves the rate by a factor (gamma, 1 + decay t)",
     ),
     "param": (
         2**12,
