@@ -70,6 +70,25 @@ OPTIMIZERS = [
 ]
 
 
+# --- learning-rate schedules and per-parameter settings (docs/optimizers.md) -----------------
+# Declared in the optimizer's description; the torch side is built from the same one.
+
+
+def _warm_up(t: int) -> float:
+    """A user's lambda: a linear warm-up over 3 steps, then 1/sqrt decay."""
+    return (t + 1) / 3 if t < 3 else 1.0 / (t - 1) ** 0.5
+
+
+OPTIMIZERS += [
+    ("sgd", (("momentum", 0.9), ("weight_decay", 0.01), ("decay", "weights"))),
+    ("adam", (("weight_decay", 0.01), ("decay", "weights"),
+              ("schedule", {"name": "step", "step_size": 4, "gamma": 0.5}))),
+    ("sgd", (("schedule", {"name": "inverse_time", "decay": 0.1}),)),
+    ("adamw", (("schedule", {"name": "exponential", "gamma": 0.9}),)),
+    ("rmsprop", (("schedule", {"name": "lambda", "fn": _warm_up}),)),
+]  # fmt: skip
+
+
 @st.composite
 def net_configs(draw, dtypes=("float64", "float32")) -> NetConfig:
     """A network, its loss (binary, C classes or regression), optimizer, batches and data."""

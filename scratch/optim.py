@@ -40,9 +40,11 @@ state dicts have the same keys at every point.
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import math
 from collections.abc import Mapping
+from typing import ClassVar
 
 import numpy as np
 
@@ -51,12 +53,14 @@ from .validate import check_names
 
 __all__ = [
     "OPTIMIZERS",
+    "SCHEDULES",
     "SGD",
     "Adagrad",
     "Adam",
     "AdamW",
     "Optimizer",
     "RMSprop",
+    "Schedule",
     "check_lr",
     "get_optimizer",
 ]
@@ -132,11 +136,15 @@ class Optimizer:
     name = ""
     torch_name = ""
     state_names: tuple[str, ...] = ()
+    schedule: Schedule | None = None  # the learning rate per step, as torch's lr_scheduler
+    overrides: ClassVar[dict[str, dict]] = {}  # per parameter, settings of its own (set per
+    # optimizer by get_optimizer, never mutated here)
 
     def __init__(self, params, lr: float):
         self.net = params if isinstance(params, MLP) else None
         self.params = _check_params(params)
-        self.lr = check_lr(lr)
+        self.lr = self.base_lr = check_lr(lr)
+        self.scheduled = 0  # schedule steps taken: torch's scheduler.last_epoch
         self.state: dict[str, dict[str, np.ndarray]] = {name: {} for name in self.params}
         self._flat: dict[str, np.ndarray] = {}  # a network's state buffers, flat
         self._flat_views: dict[str, dict[str, np.ndarray]] = {}
@@ -162,7 +170,41 @@ class Optimizer:
         else:
             self._check_grads(grads)
         for name, p in self.params.items():
-            self._update(p, grads[name], self.state[name])
+            if name in self.overrides:
+                with self._settings(self.overrides[name]):
+                    self._update(p, grads[name], self.state[name])
+            else:
+                self._update(p, grads[name], self.state[name])
+
+    # --- per-parameter settings and the learning-rate schedule ----------------------------
+
+    @contextlib.contextmanager
+    def _settings(self, over: Mapping):
+        """One parameter's own settings (torch's parameter group), for its update only."""
+        kept = {k: getattr(self, k) for k in over}
+        for k, v in over.items():
+            setattr(self, k, v)
+        try:
+            yield
+        finally:
+            for k, v in kept.items():
+                setattr(self, k, v)
+
+    def settings(self) -> dict[str, dict]:
+        """Each parameter's torch keyword arguments: the shared ones with its own on top."""
+        hyper = self.hyper
+        return {name: {**hyper, **self.overrides.get(name, {})} for name in self.params}
+
+    def schedule_step(self) -> float:
+        """torch's `scheduler.step()` after an optimizer step: the next step's learning rate."""
+        return self.schedule_to(self.scheduled + 1)
+
+    def schedule_to(self, t: int) -> float:
+        """The learning rate of step t (0 for the first step), set for the next `step()`."""
+        if self.schedule is not None:
+            self.scheduled = t
+            self.lr = self.schedule.lr(self.base_lr, t)
+        return self.lr
 
     # --- a network's parameters in one flat buffer: one update for all of them ---------------
     #
@@ -173,6 +215,8 @@ class Optimizer:
 
     def _flat_state(self) -> dict[str, np.ndarray] | None:
         """The state as flat buffers, or None when the parameters' states have come apart."""
+        if self.overrides:  # parameters with settings of their own: the loop, per parameter
+            return None
         states = list(self.state.values())
         keys = set(states[0])
         if any(set(st) != keys for st in states):
@@ -345,7 +389,7 @@ class SGD(Optimizer):
     @property
     def hyper(self) -> dict:
         return {
-            "lr": self.lr,
+            "lr": self.base_lr,
             "momentum": self.momentum,
             "dampening": self.dampening,
             "nesterov": self.nesterov,
@@ -355,7 +399,8 @@ class SGD(Optimizer):
     def step(self, grads: Mapping[str, np.ndarray] | None = None) -> None:
         """theta <- theta - lr d for every parameter (see the class docstring for d)."""
         net = self.net
-        if grads is None and net is not None and self.momentum == 0 and self.weight_decay == 0:
+        plain = self.momentum == 0 and self.weight_decay == 0 and not self.overrides
+        if grads is None and net is not None and plain:
             # plain SGD on a network: one vectorised operation over the flat buffer
             net.flat_params -= self.lr * net.flat_grads
             return
@@ -410,7 +455,7 @@ class Adam(Optimizer):
     @property
     def hyper(self) -> dict:
         return {
-            "lr": self.lr,
+            "lr": self.base_lr,
             "betas": self.betas,
             "eps": self.eps,
             "weight_decay": self.weight_decay,
@@ -490,7 +535,7 @@ class RMSprop(Optimizer):
     @property
     def hyper(self) -> dict:
         return {
-            "lr": self.lr,
+            "lr": self.base_lr,
             "alpha": self.alpha,
             "eps": self.eps,
             "weight_decay": self.weight_decay,
@@ -558,7 +603,7 @@ class Adagrad(Optimizer):
     @property
     def hyper(self) -> dict:
         return {
-            "lr": self.lr,
+            "lr": self.base_lr,
             "lr_decay": self.lr_decay,
             "weight_decay": self.weight_decay,
             "initial_accumulator_value": self.initial_accumulator_value,
@@ -604,10 +649,169 @@ OPTIMIZERS: dict[str, type[Optimizer]] = {
 }
 
 
-def get_optimizer(name: str, params, **hyper) -> Optimizer:
+SCHEDULES = {
+    "inverse_time": ("decay",),
+    "step": ("step_size", "gamma"),
+    "exponential": ("gamma",),
+    "lambda": ("fn",),
+}
+
+
+class Schedule:
+    """A learning rate per step, by torch.optim.lr_scheduler's rules (torch 2.13).
+
+    t counts the scheduler's steps (torch's `last_epoch`): 0 for the first optimizer step,
+    whose rate is set when the scheduler is made, then one more after each optimizer step.
+
+        inverse_time  lr_t = base * (1 / (1 + decay t))     LambdaLR(lambda t: 1 / (1 + decay t))
+        lambda        lr_t = base * fn(t)                   LambdaLR(fn): fn(0) applies at once
+        step          lr_t = lr_{t-1} * gamma when t % step_size == 0, t > 0       StepLR
+        exponential   lr_t = lr_{t-1} * gamma for t > 0                            ExponentialLR
+
+    StepLR and ExponentialLR are chainable: torch multiplies the rate it holds by gamma (not
+    base * gamma^k), and so does this, so the two sequences are the same floats.
+    """
+
+    def __init__(self, spec):
+        if not isinstance(spec, Mapping) or "name" not in spec:
+            raise TypeError(
+                f"schedule must be a dict {{'name': ..., ...}} with name one of "
+                f"{', '.join(SCHEDULES)}, got {spec!r}"
+            )
+        spec = dict(spec)
+        name = spec.pop("name")
+        if name not in SCHEDULES:
+            raise ValueError(f"unknown schedule {name!r}; expected one of {', '.join(SCHEDULES)}")
+        want = SCHEDULES[name]
+        if set(spec) != set(want):
+            raise ValueError(
+                f"schedule {name!r} takes {', '.join(want)}; got "
+                f"{', '.join(sorted(map(str, spec))) or 'nothing'}"
+            )
+        self.name = name
+        if name == "inverse_time":
+            self.decay = _number("schedule decay", spec["decay"], 0.0)
+        if name in ("step", "exponential"):
+            self.gamma = _number("schedule gamma", spec["gamma"], 0.0)
+            if self.gamma == 0:
+                raise ValueError("schedule gamma must be > 0, got 0: the rate would stop at 0")
+        if name == "step":
+            k = spec["step_size"]
+            if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+                raise ValueError(f"schedule step_size must be an integer >= 1, got {k!r}")
+            self.step_size = int(k)
+        if name == "lambda":
+            if not callable(spec["fn"]):
+                raise TypeError(f"schedule fn must be a function t -> factor, got {spec['fn']!r}")
+            self.fn = spec["fn"]
+            self.factor(0)  # a function that cannot give step 0's factor is refused now
+        self._chain: list[float] = []
+
+    def factor(self, t: int) -> float:
+        """LambdaLR's factor at step t, checked: a finite number >= 0."""
+        if self.name != "lambda":
+            return 1 / (1 + self.decay * t)
+        try:
+            f = self.fn(t)
+        except Exception as err:
+            raise ValueError(f"schedule fn({t}) raised {type(err).__name__}: {err}") from err
+        if isinstance(f, bool) or not isinstance(f, (int, float, np.floating, np.integer)):
+            raise TypeError(f"schedule fn({t}) must return a number, got {type(f).__name__} {f!r}")
+        if not math.isfinite(f) or f < 0:
+            raise ValueError(f"schedule fn({t}) must return a finite number >= 0, got {f!r}")
+        return float(f)
+
+    def lr(self, base: float, t: int) -> float:
+        """The learning rate at scheduler step t, as torch's scheduler sets it."""
+        if self.name in ("inverse_time", "lambda"):
+            return base * self.factor(t)
+        chain = self._chain if self._chain and self._chain[0] == base else [base]
+        while len(chain) <= t:
+            k = len(chain)
+            decays = self.name == "exponential" or k % self.step_size == 0
+            chain.append(chain[-1] * self.gamma if decays else chain[-1])
+        self._chain = chain
+        return chain[t]
+
+    def describe(self) -> dict:
+        """The schedule as a record keeps it (a function by its name)."""
+        if self.name == "lambda":
+            return {"name": "lambda", "fn": getattr(self.fn, "__qualname__", repr(self.fn))}
+        return {"name": self.name, **{k: getattr(self, k) for k in SCHEDULES[self.name]}}
+
+
+# per-parameter settings: everything but the rate (one schedule drives it) and Adagrad's
+# starting sum (made at construction)
+_SHARED_ONLY = ("lr", "initial_accumulator_value")
+
+
+def _overrides(cls, params: dict, hyper: dict, decay, groups) -> dict[str, dict]:
+    """Per parameter name, the settings that differ from the shared ones: from `decay` (which
+    parameters weight_decay applies to: "all", "weights" or a list of names) and `groups`
+    ({name: {option: value}}), each checked as torch would check a parameter group."""
+    over: dict[str, dict] = {}
+    if decay != "all":
+        if decay == "weights":
+            chosen = [n for n in params if n.rsplit(".", 1)[-1] == "weight"]
+            if not chosen:
+                raise ValueError(
+                    f"decay='weights' found no parameter named *.weight among {', '.join(params)}"
+                )
+        elif isinstance(decay, (list, tuple)) and all(isinstance(n, str) for n in decay):
+            _known(params, decay, "decay")
+            chosen = list(decay)
+        else:
+            raise ValueError(
+                f"decay must be 'all', 'weights' or a list of parameter names, got {decay!r}"
+            )
+        wd = hyper.get("weight_decay", cls._defaults().get("weight_decay", 0.0))
+        if not wd:
+            raise ValueError(
+                f"decay={decay!r} chooses parameters for weight_decay, but weight_decay is "
+                f"{wd!r}: nothing would decay; set weight_decay > 0"
+            )
+        over = {n: {"weight_decay": 0.0} for n in params if n not in chosen}
+    if groups is not None:
+        if not isinstance(groups, Mapping):
+            raise TypeError(f"groups must be a dict parameter name -> {{option: value}}, "
+                            f"got {type(groups).__name__}")  # fmt: skip
+        _known(params, list(groups), "groups")
+        valid = [k for k in cls._defaults() if k not in _SHARED_ONLY]
+        for n, opts in groups.items():
+            if not isinstance(opts, Mapping):
+                raise TypeError(f"groups[{n!r}] must be a dict option -> value, got {opts!r}")
+            bad = [k for k in opts if k not in valid]
+            if bad:
+                raise ValueError(
+                    f"groups[{n!r}]: option {bad[0]!r} cannot be set per parameter; "
+                    f"these can: {', '.join(valid)}"
+                )
+            over.setdefault(n, {}).update(opts)
+    for n, opts in over.items():  # each parameter's settings, checked by the class itself
+        probe = cls({"probe": np.zeros(1)}, **{**hyper, **opts})
+        over[n] = {k: getattr(probe, k) for k in opts}
+    return {n: o for n, o in over.items() if o}
+
+
+def _known(params: Mapping, names, what: str) -> None:
+    unknown = [n for n in names if n not in params]
+    if unknown:
+        raise ValueError(
+            f"{what} names no parameter {unknown[0]!r}; the parameters are {', '.join(params)}"
+        )
+
+
+def get_optimizer(name: str, params, *, schedule=None, decay="all", groups=None,
+                  **hyper) -> Optimizer:  # fmt: skip
     """An optimiser by name ("sgd", "adam", ...) over `params`, with torch's keyword arguments.
 
     An option the chosen optimiser does not take is refused by name, with the valid ones.
+
+    schedule  the learning rate per step, a dict as `Schedule` takes it ({"name": "step",
+              "step_size": 10, "gamma": 0.5}); torch's lr_scheduler mirrors it
+    decay     which parameters weight_decay applies to: "all" (torch's default), "weights"
+              (every *.weight, not the biases) or a list of names; torch: parameter groups
+    groups    {parameter name: {option: value}}: any other per-parameter setting
     """
     if name not in OPTIMIZERS:
         raise ValueError(f"unknown optimizer {name!r}; expected one of {', '.join(OPTIMIZERS)}")
@@ -616,8 +820,17 @@ def get_optimizer(name: str, params, **hyper) -> Optimizer:
     for key in hyper:
         if key not in valid:
             raise ValueError(
-                f"optimizer {name!r} takes no option {key!r}; its options are {', '.join(valid)}"
+                f"optimizer {name!r} takes no option {key!r}; its options are "
+                f"{', '.join(valid)}, schedule, decay, groups"
             )
     if "lr" not in hyper and "lr" not in cls._defaults():
         raise ValueError(f"optimizer {name!r} needs lr")
-    return cls(params, **hyper)
+    sched = None if schedule is None else Schedule(schedule)
+    opt = cls(params, **hyper)
+    over = _overrides(cls, opt.params, hyper, decay, groups)
+    if over:
+        opt.overrides = over
+    if sched is not None:
+        opt.schedule = sched
+        opt.lr = sched.lr(opt.base_lr, 0)  # torch's scheduler sets step 0's rate when made
+    return opt

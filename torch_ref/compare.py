@@ -32,7 +32,7 @@ __all__ = [
 ]
 
 # The quantities compared at every step, in the order the step computes them.
-QUANTITIES = ("z", "a", "prob", "loss", "grad", "param", "state")
+QUANTITIES = ("z", "a", "prob", "loss", "grad", "lr", "param", "state")
 
 
 @dataclass(frozen=True)
@@ -66,6 +66,15 @@ _ULPS: dict[str, tuple[float, float, str]] = {
         2**10,
         "dz^T x sums over the batch N; near-cancelling sums of large terms leave small "
         "gradients with an absolute, not relative, error",
+    ),
+    "lr": (
+        4,
+        2**-10,
+        "a schedule's rate per step: both sides compute it from the same Python floats in "
+        "torch's order (LambdaLR base * f(t); StepLR and ExponentialLR multiply the rate held "
+        "by gamma), so it is expected exact; 4 ulps leave room for the cast to the dtype only "
+        "(atol, a thousandth of an ulp of 1, for a rate of 0), while a schedule off by one step "
+        "moves the rate by a factor (gamma, 1 + decay t)",
     ),
     "param": (
         2**12,

@@ -46,7 +46,11 @@ def summary_dict(result: LockstepResult, config: dict, extras: dict) -> dict:
         "seed": config["seed"],
         "checked": config.get("checked") or result.checked,
         "not_compared": list(result.not_compared),
-        "tolerances": {q: by_dtype[dtype].as_dict() for q, by_dtype in TOLERANCES.items()},
+        "tolerances": {
+            q: by_dtype[dtype].as_dict()
+            for q, by_dtype in TOLERANCES.items()
+            if q != "lr" or any(it.quantity == "lr" for it in result.items)  # a schedule's
+        },
         "quantities": _quantities(result, float(np.finfo(dtype).eps)),
         "first_divergence": div.as_dict() if div is not None else None,
         "diagnosis": div.diagnosis if div is not None else None,

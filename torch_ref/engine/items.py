@@ -53,6 +53,8 @@ def _missing_reason(key, sside) -> str:
         return "no loss returned by your gradient function, and no loss_fn"
     if q == "state":
         return "the update is yours, its state unseen"
+    if q == "lr":
+        return "the update is yours: its rate is seen through the parameters it moves"
     if q == "grad":
         return "a fused step with this optimizer implies no gradient: parameters compared"
     return "not reported"

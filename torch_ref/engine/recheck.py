@@ -182,6 +182,8 @@ def _staged(sside, tside, items, within, svals, tvals, flips):
         net.backward(loss.backward(lcache), patched)
         if (bad := first_disagreeing([net.grads[n] for n in sside.order], loss_k + 1)) is not None:
             return None, bad  # 3.
+        if "lr" in failing:  # 3b. the rate the update takes: a schedule that parts
+            return None, kinds.index("lr")
         if failing & {"param", "state"}:
             bad = _update_repeats(sside, items, original, grads)
             if bad is not None:

@@ -30,6 +30,7 @@ class MLPSide:
         self.order = backward_order(net)
         self.state_names: tuple[str, ...] = ()
         self.stateful = False
+        self.scheduled = False  # the optimizer has a schedule: its rate is compared per step
         self.keys: list[Key] = []  # known after the first step, when the optimizer's state is
         self.flat_before = np.empty_like(net.flat_params)
         # views into the flat gradient and parameter buffers: stable across steps
@@ -56,10 +57,14 @@ class MLPSide:
         np.copyto(self.flat_before, net.flat_params)
         if self.stateful or not self.keys:  # for the explanation's update stage
             self.state_before = self.opt.state_dict()
+        if self.keys:  # torch's scheduler.step() after the last step, before this one: the
+            self.opt.schedule_step()  # rate stays the step's own for an explanation's rerun
         self.opt.step()
         if not self.keys:
             self._set_keys()
         vals = self.forward_values(self.cache, out, self.loss_value) + self.grad_views
+        if self.scheduled:
+            vals.append(np.asarray(self.opt.lr, self.dtype))
         if self.stateful:
             vals += _state_values(self.opt.state, self.order, self.state_names)
         return vals + self.param_views
@@ -68,10 +73,11 @@ class MLPSide:
         state = getattr(self.opt, "state", {})
         self.state_names = active_state(getattr(self.opt, "state_names", ()), state)
         self.stateful = bool(self.state_names)
+        self.scheduled = getattr(self.opt, "schedule", None) is not None
         L = len(self.net.layers)
         every = set(range(L))
         self.keys = forward_keys(L, z=every, a=every, prob=True, loss=True) + update_keys(
-            self.order, self.state_names
+            self.order, self.state_names, lr=self.scheduled
         )
 
     def forward_values(self, cache: list, out, loss_value: float) -> list:

@@ -131,7 +131,10 @@ def _optimizer_factory(spec, lr):
         )
     spec = dict(spec)
     name = spec.pop("name", "sgd")
-    scratch.get_optimizer(name, {"probe": np.zeros(1)}, lr=lr, **spec)  # refuse bad input now
+    # refuse bad input now; the names decay and groups choose are checked on the parameters
+    named = ("decay", "groups")
+    probe = {k: v for k, v in spec.items() if k not in named}
+    scratch.get_optimizer(name, {"probe": np.zeros(1)}, lr=lr, **probe)
     return lambda params: scratch.get_optimizer(name, params, lr=lr, **spec)
 
 
@@ -143,12 +146,14 @@ def _opt_of(sside):
 def _optimizer_record(spec, opt) -> dict:
     """The optimizer as a record keeps it (summary.json's "optimizer"), as `nn-parity run`
     writes it: the name and the options given; for an optimizer object, those off default."""
+    sched = {"schedule": opt.schedule.describe()} if opt.schedule is not None else {}
     if spec is None or isinstance(spec, (str, Mapping)):
         given = {"name": spec} if isinstance(spec, str) else dict(spec or {})
-        return {"name": given.pop("name", "sgd"), **given}
+        return {"name": given.pop("name", "sgd"), **given, **sched}  # a function by its name
     defaults = type(opt)._defaults()
     hyper = {k: v for k, v in opt.hyper.items() if k != "lr" and v != defaults.get(k)}
-    return {"name": opt.name, **hyper}
+    groups = {"groups": opt.overrides} if opt.overrides else {}
+    return {"name": opt.name, **hyper, **groups, **sched}
 
 
 def _check_mirrored(opt) -> None:

@@ -8,6 +8,7 @@ its `keys`, one key per compared quantity:
     ("prob", L-1, None, None)         the output probabilities
     ("loss", None, None, None)        the scalar loss                     loss
     ("grad", l, "weight", None)       a gradient, last layer first        backward
+    ("lr", None, None, None)          the step's learning rate (a schedule) update
     ("param", l, "weight", None)      a parameter after the update        update
     ("state", l, "weight", "exp_avg") an optimizer buffer after the update
 
@@ -34,6 +35,7 @@ import numpy as np
 from nn_parity import scratch
 
 Key = tuple[str, Any, Any, Any]
+LR_KEY: Key = ("lr", None, None, None)
 
 
 class Side(Protocol):
@@ -79,12 +81,14 @@ def forward_keys(n_layers: int, *, z: set[int], a: set[int], prob: bool, loss: b
     return keys
 
 
-def update_keys(order: list[str], state_names: tuple[str, ...]) -> list[Key]:
+def update_keys(order: list[str], state_names: tuple[str, ...], lr: bool = False) -> list[Key]:
     """Per parameter (in `order`: last layer first): the gradient, the optimizer's state, then
     the updated parameter, the order an update computes them in (Adam's moments before the
-    step they scale)."""
+    step they scale). With `lr` (a schedule), the step's learning rate comes after the
+    gradients: a schedule that parts is found there, before the parameters it moves."""
     split = [(int(n.split(".")[1]), n.split(".")[2]) for n in order]
     keys: list[Key] = [("grad", l, p, None) for l, p in split]
+    keys += [LR_KEY] * lr
     keys += [("state", l, p, b) for l, p in split for b in state_names]
     keys += [("param", l, p, None) for l, p in split]
     return keys

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import math
+import warnings
 
 import numpy as np
 import torch
 from nn_parity import scratch
 from nn_parity.torch_ref.engine.side import Key, active_state, forward_keys, update_keys
 from nn_parity.torch_ref.mirror.model import torch_loss, torch_probabilities
-from nn_parity.torch_ref.mirror.optim import torch_optimizer, torch_state
+from nn_parity.torch_ref.mirror.optim import torch_optimizer, torch_scheduler, torch_state
 
 
 def _dtype_of(by_name: dict):
@@ -28,6 +29,7 @@ class TorchSide:
         self.loss_fn = torch_loss(loss, dtype=_dtype_of(by_name))
         self.opt_names = list(opt_desc.params)  # the torch optimizer's parameter order
         self.opt = torch_optimizer(opt_desc, {k: by_name[k] for k in self.opt_names})
+        self.scheduler = torch_scheduler(opt_desc, self.opt)  # stepped after each opt.step()
         self.declared_state = tuple(getattr(opt_desc, "state_names", ()))
         self.state_views: list[np.ndarray] = []
         self.state_buffers: list[str] = []
@@ -66,6 +68,7 @@ class TorchSide:
         for p in self.params:
             p.grad = None
         self.stepped += 1
+        lr = self.opt.param_groups[0]["lr"]  # this step's rate, as the scheduler set it
         out, self.cache = self.forward_cache(Xt)
         try:
             loss = self.loss_fn(out, Yt)
@@ -84,12 +87,16 @@ class TorchSide:
             for keep, now in zip(self.state_keep, self.state_views):
                 np.copyto(keep, now)
             self.opt.step()
+        if self.scheduler is not None:
+            with warnings.catch_warnings():  # after a NaN loss torch's optimizer did not step
+                warnings.simplefilter("ignore", UserWarning)
+                self.scheduler.step()
         if not self.keys:
             self.state_names = active_state(self.declared_state, self.state())
             L = len(self.linears)
             every = set(range(L))
             self.keys = forward_keys(L, z=every, a=every, prob=True, loss=True) + update_keys(
-                self.order, self.state_names
+                self.order, self.state_names, lr=self.scheduler is not None
             )
             self._view_state()
         last = len(self.cache) - 1
@@ -103,6 +110,8 @@ class TorchSide:
         vals.append(loss.detach().numpy())
         self.loss_value = float(vals[-1])
         vals.extend(self.by_name[k].grad.numpy() for k in self.order)  # type: ignore[union-attr]
+        if self.scheduler is not None:
+            vals.append(np.asarray(lr, vals[-1].dtype))
         if self.state_names:
             vals = vals + [np.asarray(v, np.float64) if b == "step" else v
                            for b, v in zip(self.state_buffers, self.state_views)]  # fmt: skip

@@ -46,8 +46,9 @@ class UserSide:
         # (before - after) / lr is the gradient only for plain SGD; a fused Adam step's update
         # implies no gradient, and only the parameters are compared
         hyper = self.opt_desc.hyper
+        # with a schedule the rate changes per step: parameters compared, not (before - after) / lr
         plain = type(self.opt_desc) is scratch.SGD and not (
-            hyper.get("momentum") or hyper.get("weight_decay")
+            hyper.get("momentum") or hyper.get("weight_decay") or self.opt_desc.schedule
         )
         self.recovered = net.form == "step" and plain
         self.grads_seen = net.form == "grads" or self.recovered
@@ -58,6 +59,10 @@ class UserSide:
         self.rerunnable = not (users_update and not plain)
         self.state_names: tuple[str, ...] = ()
         self.stateful = False
+        # nn-parity's update with a schedule: its rate is compared per step (the user's own
+        # update keeps its rate to itself, and is seen through the parameters it moves)
+        self.scheduled = self.opt is not None and self.opt.schedule is not None
+        self.t = 0  # steps taken: the schedule's step
         self.keys: list[Key] = []
         self.before: dict[str, np.ndarray] = {}
         self.cache_names: dict[tuple[str, int], str] = {}
@@ -81,6 +86,7 @@ class UserSide:
         self.before = self.net.get_params()
         vals = self._step(X, Y, Xu, yu)
         _check_inputs(self.net, (Xu, yu), (self._X_given, self._y_given), rows)
+        self.t += 1
         return vals
 
     def _step(self, X, Y, Xu, yu) -> list:
@@ -110,6 +116,9 @@ class UserSide:
                 vals.append(prob if q == "prob" else np.asarray(loss_value, self.dtype))
         if self.grads_seen:
             vals += [np.asarray(grads[k], self.dtype) for k in self.order]
+        if self.scheduled:
+            assert self.opt is not None
+            vals.append(np.asarray(self.opt.lr, self.dtype))
         if self.stateful:
             assert self.opt is not None
             vals += _state_values(self.opt.state_dict(), self.order, self.state_names)
@@ -128,6 +137,7 @@ class UserSide:
                 return returned, grads, net.get_params()
             assert self.opt is not None
             _check_unchanged(net, self.canon)
+            self.opt.schedule_to(self.t)
             self.opt.step({k: np.ascontiguousarray(g, self.dtype) for k, g in grads.items()})
             net.set_params(self.canon)
             return returned, grads, self.canon
@@ -144,7 +154,7 @@ class UserSide:
         self.keys = forward_keys(
             len(self.desc.layers), z=set(z), a=set(a), prob=self.net.forward is not None,
             loss=loss,
-        ) + [k for k in update_keys(self.order, self.state_names)
+        ) + [k for k in update_keys(self.order, self.state_names, lr=self.scheduled)
              if k[0] != "grad" or self.grads_seen]  # fmt: skip
 
     def _n_forward(self) -> int:
@@ -172,6 +182,7 @@ class UserSide:
     def rerun(self, params: Mapping[str, np.ndarray], X, Y, rows, state=None) -> list:
         """The step again, from `params` (and optimizer `state`), without keeping its result."""
         self.set_params(params)
+        self.t -= 1  # the same step again: the same rate
         if self.opt is not None and state is not None:
             self.opt.load_state_dict(state)
         return [np.array(v) for v in self.step(X, Y, rows)]

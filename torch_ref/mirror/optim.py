@@ -1,7 +1,10 @@
 """The torch side of an optimiser: torch.optim built from the scratch optimiser's description,
 and torch's state read and written in scratch's layout.
 
-    torch_optimizer(opt, torch_params)       torch.optim.<opt.torch_name>(..., **opt.hyper)
+    torch_optimizer(opt, torch_params)       torch.optim.<opt.torch_name>(..., **opt.hyper), with
+                                             a parameter group per parameter when their
+                                             settings differ (`opt.settings()`)
+    torch_scheduler(opt, torch_opt)          torch.optim.lr_scheduler for `opt.schedule`, or None
     torch_state(torch_opt, names)            {name: {buffer: ndarray}}, step as a 0-d float64
     set_torch_state(torch_opt, names, st)    the reverse, for a resync from scratch's state
 
@@ -18,7 +21,7 @@ import torch
 from nn_parity.scratch.optim import Optimizer
 from nn_parity.torch_ref.mirror.weights import check_fit
 
-__all__ = ["set_torch_state", "torch_optimizer", "torch_state"]
+__all__ = ["set_torch_state", "torch_optimizer", "torch_scheduler", "torch_state"]
 
 
 def torch_optimizer(
@@ -33,7 +36,31 @@ def torch_optimizer(
         raise TypeError(f"opt must be a scratch optimiser, got {type(opt).__name__}")
     check_fit(opt.params, torch_params, dtypes=False)
     cls = getattr(torch.optim, opt.torch_name)
-    return cls([torch_params[name] for name in opt.params], **opt.hyper, foreach=foreach)
+    if not opt.overrides:
+        return cls([torch_params[name] for name in opt.params], **opt.hyper, foreach=foreach)
+    # one group per parameter, in the parameters' order (which `torch_state` reads them in)
+    groups = [
+        {"params": [torch_params[name]], **settings} for name, settings in opt.settings().items()
+    ]
+    return cls(groups, **opt.hyper, foreach=foreach)
+
+
+def torch_scheduler(opt: Optimizer, torch_opt: torch.optim.Optimizer):
+    """torch's lr_scheduler for the scratch optimizer's schedule, or None without one. Made
+    now, it sets the first step's rate (LambdaLR: base * fn(0)); step it after each
+    `torch_opt.step()`."""
+    sched = opt.schedule
+    if sched is None:
+        return None
+    L = torch.optim.lr_scheduler
+    if sched.name == "step":
+        return L.StepLR(torch_opt, step_size=sched.step_size, gamma=sched.gamma)
+    if sched.name == "exponential":
+        return L.ExponentialLR(torch_opt, gamma=sched.gamma)
+    if sched.name == "inverse_time":
+        decay = sched.decay
+        return L.LambdaLR(torch_opt, lambda t: 1 / (1 + decay * t))
+    return L.LambdaLR(torch_opt, sched.fn)
 
 
 def _params(torch_opt: torch.optim.Optimizer, names) -> dict[str, torch.Tensor]:

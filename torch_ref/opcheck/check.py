@@ -31,6 +31,7 @@ from nn_parity.torch_ref.opcheck.spec import (
     _Spec,
     _tol,
     _validate,
+    keepdims_fit,
 )
 
 
@@ -150,9 +151,11 @@ def _compare_trial(spec: _Spec, found: _Findings, trial: int, dout) -> None:
     for pos, (name, kind) in enumerate(found.order):
         s, t = values[name]
         if s.shape != t.shape:  # state the forward replaced with another shape
-            raise ValueError(
-                f"state {name!r} has shape {s.shape} after the forward; torch's has {t.shape}"
-            )
+            if not keepdims_fit(s.shape, t.shape):
+                raise ValueError(
+                    f"{kind} {name!r} has shape {s.shape} after the forward; torch's has {t.shape}"
+                )
+            t = t.reshape(s.shape)  # size-1 axes keepdims left: the same values, compared
         s64, t64 = s.astype(np.float64), t.astype(np.float64)
         found.widen(name, s64, t64)
         if pos in found.failed:  # an item's first failure is kept: bounded memory, no more probes

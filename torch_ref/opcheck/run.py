@@ -7,7 +7,15 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 import torch
-from nn_parity.torch_ref.opcheck.spec import _FLOATS, _Spec, _tensor, _to_torch, _to_user, _what
+from nn_parity.torch_ref.opcheck.spec import (
+    _FLOATS,
+    _Spec,
+    _tensor,
+    _to_torch,
+    _to_user,
+    _what,
+    keepdims_fit,
+)
 
 
 def _run_torch(spec: _Spec, arrays: Mapping[str, np.ndarray], dout, need_grads: bool):
@@ -23,12 +31,12 @@ def _run_torch(spec: _Spec, arrays: Mapping[str, np.ndarray], dout, need_grads: 
         with torch.no_grad():
             for k in spec.params + spec.state:
                 target = named[spec.module_names[k]]
-                if target.shape != tensors[k].shape:
+                if not keepdims_fit(target.shape, tensors[k].shape):  # (1, D) for (D,) fits
                     raise ValueError(
                         f"{k!r} has shape {tuple(tensors[k].shape)} in torch's layout but "
                         f"{type(ref).__name__}.{spec.module_names[k]} has {tuple(target.shape)}"
                     )
-                target.copy_(tensors[k])
+                target.copy_(tensors[k].reshape(target.shape))
         out = _call_ref(module, [tensors[k] for k in spec.inputs])
         grad_at = [tensors[k] for k in grad_in] + [named[spec.module_names[k]] for k in spec.params]
         state_t = {k: named[spec.module_names[k]] for k in spec.state}
@@ -138,12 +146,12 @@ def _grads(spec: _Spec, got) -> dict[str, np.ndarray]:
         if g is None:
             raise ValueError(f"backward returned None for {name!r}; expected {expected}")
         g = np.asarray(g)
-        if g.shape != spec.arrays[name].shape:
+        shape = spec.arrays[name].shape
+        if not keepdims_fit(g.shape, shape):
             raise ValueError(
-                f"backward's gradient for {name!r} has shape {g.shape} but {name} has shape "
-                f"{spec.arrays[name].shape}"
+                f"backward's gradient for {name!r} has shape {g.shape} but {name} has shape {shape}"
             )
-        out[name] = g
+        out[name] = g.reshape(shape)  # size-1 axes keepdims left: compared in {name}'s shape
     return out
 
 

@@ -242,6 +242,13 @@ def _map_module(module, params, state, names) -> dict[str, str]:
     return mapping
 
 
+def keepdims_fit(a: tuple, b: tuple) -> bool:
+    """Shapes that differ only by axes of size 1, as `keepdims=True` leaves them (dgamma
+    (1, D) for gamma (D,), a running mean (1, D)): the same values in the same order, so they
+    are compared as values. Any other difference is a different array."""
+    return tuple(d for d in a if d != 1) == tuple(d for d in b if d != 1)
+
+
 def _finite_number(v) -> bool:
     return isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v)
 

@@ -272,11 +272,38 @@ def _probe(net: UserNetwork, cands: list[list[Slot]], X: np.ndarray, Y: np.ndarr
     runner_up = errors[int(order[1])]
     if (errors[best] < 1e-6 and runner_up > 1e-6) or errors[best] * 100 < runner_up:
         return cands[best]
+    if errors[best] > max(1e-6, 1e4 * float(np.finfo(net.dtype).eps)):
+        raise ValueError(_disagrees(net, cands, errors))
     hint = _square_hint(cands)
     raise ValueError(
         f"cannot tell how parameter {hint!r} is stored: its shape fits both layouts and the "
         f"probe could not decide; pass layout={{{hint!r}: 'in,out'}} (x @ W) "
         f"or layout={{{hint!r}: 'out,in'}} (W @ x)"
+    )
+
+
+def _disagrees(net: UserNetwork, cands: list[list[Slot]], errors: list[float]) -> str:
+    """What the probe saw when no layout reproduces the user's own numbers: a finding about
+    their code (a wrong forward or gradient), not a layout to declare."""
+    if net.forward is not None:
+        what, fn = "output", net.names["forward"]
+    else:
+        what, fn = "gradients", net.names["fn"]
+    differ = [k for k in range(len(cands[0])) if len({c[k].describe() for c in cands}) > 1]
+    ranked = sorted(range(len(cands)), key=lambda i: errors[i])
+    tried = "; ".join(
+        f"{', '.join(cands[i][k].describe() for k in differ)}: relative difference {errors[i]:.3g}"
+        for i in ranked
+    )
+    who = fn if fn.startswith("your ") else f"your {fn}"
+    best = cands[ranked[0]]
+    hint = {best[k].user: "in,out" if best[k].transposed else "out,in" for k in differ}
+    return (
+        f"{who} disagrees with every layout its shapes allow: under no way of storing the "
+        f"parameters does the network they describe give {who}'s {what} (closest first: "
+        f"{tried}). That is a finding about your code, not a layout to declare; to locate it, "
+        f"give the layout you meant (layout={hint!r} is the closest) and nn-parity compares "
+        "it quantity by quantity"
     )
 
 
