@@ -44,7 +44,6 @@ import contextlib
 import inspect
 import math
 from collections.abc import Mapping
-from typing import ClassVar
 
 import numpy as np
 
@@ -137,14 +136,14 @@ class Optimizer:
     torch_name = ""
     state_names: tuple[str, ...] = ()
     schedule: Schedule | None = None  # the learning rate per step, as torch's lr_scheduler
-    overrides: ClassVar[dict[str, dict]] = {}  # per parameter, settings of its own (set per
-    # optimizer by get_optimizer, never mutated here)
 
     def __init__(self, params, lr: float):
         self.net = params if isinstance(params, MLP) else None
         self.params = _check_params(params)
         self.lr = self.base_lr = check_lr(lr)
         self.scheduled = 0  # schedule steps taken: torch's scheduler.last_epoch
+        # per parameter, settings of its own (set by get_optimizer, never mutated here)
+        self.overrides: dict[str, dict] = {}
         self.state: dict[str, dict[str, np.ndarray]] = {name: {} for name in self.params}
         self._flat: dict[str, np.ndarray] = {}  # a network's state buffers, flat
         self._flat_views: dict[str, dict[str, np.ndarray]] = {}
