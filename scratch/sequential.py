@@ -212,7 +212,8 @@ class Dropout:
     def __init__(self, p: float = 0.5):
         if not 0 <= p < 1:
             raise ValueError(f"dropout probability must be in [0, 1), got {p!r}")
-        self.p, self.rng, self.mask = p, np.random.default_rng(0), None
+        self.p, self.rng = p, np.random.default_rng(0)
+        self.mask: np.ndarray | None = None
 
     def out_shape(self, shape):
         return tuple(shape)
@@ -221,8 +222,12 @@ class Dropout:
         if not train:
             self.mask = None
             return x, None
-        self.mask = self.rng.random(x.shape) >= self.p  # x's shape: keep with probability 1 - p
+        self.mask = self.next_mask(x.shape)
         return ops.dropout_forward(x, self.mask, self.p)
+
+    def next_mask(self, shape) -> np.ndarray:
+        """The next mask from this layer's generator: keep with probability 1 - p."""
+        return self.rng.random(shape) >= self.p  # (N, ...) bool
 
     def backward(self, dout, cache):
         return (dout if cache is None else ops.dropout_backward(dout, cache)), {}
