@@ -10,6 +10,9 @@ its `keys`, one key per compared quantity:
     ("grad", l, "weight", None)       a gradient, last layer first        backward
     ("param", l, "weight", None)      a parameter after the update        update
     ("state", l, "weight", "exp_avg") an optimizer buffer after the update
+    ("out", l, None, None)            layer l's output (a network of layers,  forward
+                                      engine/layered_side.py)
+    ("stat", l, "running_mean", None) batchnorm's running statistics      forward
 
 in canonical names and layout (`layers.{l}.weight` stored (out, in), like nn.Linear). The engine
 compares the keys both sides report and records the ones only one side could. `Side` below is
