@@ -48,8 +48,11 @@ __all__ = [
 ]
 
 
-def _fail(layer, shape, expected: str):
-    raise ValueError(f"{layer!r} expects {expected}, got per-sample input shape {tuple(shape)}")
+def _fail(shape, expected: str):
+    raise ValueError(f"expects {expected}, got per-sample input shape {tuple(shape)}")
+
+
+_FLAT = "a flat (D,) input (flatten first for images)"
 
 
 class Affine:
@@ -59,7 +62,7 @@ class Affine:
 
     def out_shape(self, shape):
         if tuple(shape) != (self.d,):
-            _fail(self, shape, f"({self.d},) (flatten first for images)")
+            _fail(shape, _FLAT if self.d < 0 else f"({self.d},) (flatten first for images)")
         return (self.h,)
 
     def forward(self, x, p, train):
@@ -99,10 +102,10 @@ class Conv2d:
 
     def out_shape(self, shape):
         if len(shape) != 3 or shape[0] != self.c:
-            _fail(self, shape, f"({self.c}, H, W)")
+            _fail(shape, "(C, H, W) images" if self.c < 0 else f"({self.c}, H, W)")
         h, w = (n + 2 * self.padding for n in shape[1:])
         if self.k > min(h, w):
-            _fail(self, shape, f"an image at least {self.k}x{self.k} (after padding)")
+            _fail(shape, f"an image at least {self.k}x{self.k} (after padding)")
         return (self.f, (h - self.k) // self.stride + 1, (w - self.k) // self.stride + 1)
 
     def forward(self, x, p, train):
@@ -125,9 +128,9 @@ class MaxPool2d:
 
     def out_shape(self, shape):
         if len(shape) != 3:
-            _fail(self, shape, "(C, H, W)")
+            _fail(shape, "(C, H, W)")
         if self.k > min(shape[1:]):
-            _fail(self, shape, f"an image at least {self.k}x{self.k}")
+            _fail(shape, f"an image at least {self.k}x{self.k}")
         return (shape[0], *((n - self.k) // self.stride + 1 for n in shape[1:]))
 
     def forward(self, x, p, train):
@@ -153,7 +156,7 @@ class BatchNorm:
 
     def out_shape(self, shape):
         if len(shape) not in (1, 3) or shape[0] != self.c:
-            _fail(self, shape, f"({self.c},) or ({self.c}, H, W)")
+            _fail(shape, f"({self.c},) or ({self.c}, H, W)")
         return tuple(shape)
 
     def forward(self, x, p, train):
@@ -189,7 +192,7 @@ class LayerNorm:
 
     def out_shape(self, shape):
         if tuple(shape) != (self.d,):
-            _fail(self, shape, f"({self.d},) (flatten first for images)")
+            _fail(shape, _FLAT if self.d < 0 else f"({self.d},) (flatten first for images)")
         return tuple(shape)
 
     def forward(self, x, p, train):
@@ -265,8 +268,11 @@ class Sequential:
         self.dtype = resolve_dtype(dtype)
         self.training = True
         self.shapes = [self.input_shape]
-        for layer in self.layers:
-            self.shapes.append(layer.out_shape(self.shapes[-1]))  # refuses a layer that misfits
+        for i, layer in enumerate(self.layers):
+            try:
+                self.shapes.append(layer.out_shape(self.shapes[-1]))
+            except ValueError as err:
+                raise ValueError(f"layer {i} {layer!r} does not fit its input: {err}") from None
         seed = rng if isinstance(rng, (int, np.integer)) else None
         gen = np.random.default_rng(rng) if seed is not None else rng
         self.params: dict[str, np.ndarray] = {}
