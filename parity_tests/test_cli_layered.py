@@ -36,3 +36,16 @@ def test_a_bad_layer_exits_2_naming_it(capsys):
     code = main(["run", "--data", "digits", "--layers", "conv4x3,relu,affine10", "--quiet"])
     err = capsys.readouterr().err
     assert code == 2 and "layer 2 ('affine10') does not fit its input" in err, err
+
+
+def test_the_readme_conv_snippet_runs_and_passes():
+    import re
+    from pathlib import Path
+
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    section = readme.split("## A conv net, checked in lockstep", 1)[1]
+    code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    namespace: dict = {}
+    exec(compile(code, "README.md", "exec"), namespace)
+    assert namespace["result"].passed, namespace["result"].first_divergence
+    assert namespace["result"].steps == 20
