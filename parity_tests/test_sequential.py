@@ -134,6 +134,10 @@ def test_eval_mode_leaves_running_statistics_alone():
         ("conv4x3,softplus", (1, 8, 8), "unknown layer 'softplus'"),
         ("conv4x3,,relu", (1, 8, 8), "empty layer"),
         ("convAx3", (1, 8, 8), "not understood"),
+        ("conv0x3", (1, 8, 8), "not understood"),
+        ("conv4x3,pool0", (1, 8, 8), "not understood"),
+        ("conv4x3s0", (1, 8, 8), "not understood"),
+        ("ln", (1, 8, 8), "flatten first"),
     ],
 )
 def test_bad_specs_are_refused_with_the_layer_named(spec, shape, match):

@@ -358,17 +358,20 @@ def _layer_of(token: str, shape) -> Any:
     first = shape[0] if shape else -1
     if head == "conv" and (c := _CONV.fullmatch(num)):  # conv8x3s2p1: 8 3x3 filters, s 2, pad 1
         f, k, s, pad = (int(v) if v else d for v, d in zip(c.groups(), (0, 0, 1, 0), strict=True))
-        return Conv2d(first if len(shape) == 3 else -1, f, k, s, pad)
-    if head == "pool" and num.isdigit():
+        if min(f, k, s) >= 1:
+            return Conv2d(first if len(shape) == 3 else -1, f, k, s, pad)
+    if head == "pool" and num.isdigit() and int(num) >= 1:
         return MaxPool2d(int(num))
-    if head == "affine" and num.isdigit():
+    if head == "affine" and num.isdigit() and int(num) >= 1:
         return Affine(first if len(shape) == 1 else -1, int(num))
     if head == "dropout" and re.fullmatch(r"(0?\.\d+|0)?", num):
         return Dropout(float(num) if num else 0.5)
-    if num == "" and head in ("bn", "ln", "flatten"):
-        return {"bn": lambda: BatchNorm(first), "ln": lambda: LayerNorm(first), "flatten": Flatten}[
-            head
-        ]()
+    if (head, num) == ("bn", ""):
+        return BatchNorm(first)
+    if (head, num) == ("ln", ""):
+        return LayerNorm(first if len(shape) == 1 else -1)
+    if (head, num) == ("flatten", ""):
+        return Flatten()
     raise ValueError(f"layer {token.strip()!r} is not understood; expected one of {SPEC_HELP}")
 
 
