@@ -15,8 +15,12 @@ lockstep / (bare NumPy + bare torch) from blocks measured side by side; the tabl
 median over repeats and their spread (min-max). Ratios, not seconds, are the result: on a
 shared machine absolute times drift, ratios measured side by side much less.
 `--each` also times the lockstep held in each arrangement, `threads.POOLED` included.
-Last, Adam on mini-batches (digits, cross-entropy): the scratch step against torch's foreach
+Then Adam on mini-batches (digits, cross-entropy): the scratch step against torch's foreach
 Adam step, and the lockstep against the two, one thread each.
+Last, a small conv net on digits as 1x8x8 images (conv 8x3x3 -> relu -> max pool 2 -> affine
+10, batches of 64, SGD): the scratch `Sequential` step against torch's eager step, and the
+lockstep (every layer's output compared) against the two, one thread each. `--conv` runs only
+this last table.
 """
 
 from __future__ import annotations
@@ -257,6 +261,85 @@ def adam_minibatch(dtype: str, epochs: int = 3) -> dict:
     }
 
 
+CONV_SPEC = "conv8x3,relu,pool2,flatten,affine10"
+
+
+def conv_digits(dtype: str, epochs: int = 2) -> dict:
+    """The conv net of CONV_SPEC on digits (1x8x8), batches of 64, SGD: the scratch step, torch's
+    eager step and the lockstep, each over the same `epochs` passes."""
+    from nn_parity.scratch.sequential import from_spec
+    from nn_parity.torch_ref.mirror.sequential import TorchSequential
+    from sklearn.datasets import load_digits
+
+    X, y = load_digits(return_X_y=True)
+    X = (X / 16.0).reshape(-1, 1, 8, 8).astype(dtype)  # (N, 1, 8, 8)
+    loss = scratch.get_loss("ce")
+    Y = loss.targets(y, 10, dtype)
+    order = np.random.default_rng(0).permutation(len(X))
+    batches = [order[k : k + 64] for k in range(0, len(X), 64)] * epochs
+
+    s_net = from_spec(CONV_SPEC, (1, 8, 8), dtype=dtype, rng=1)
+    params = {f"layers.{k}": v for k, v in s_net.params.items()}
+    grads = {f"layers.{k}": v for k, v in s_net.grads.items()}
+    opt = scratch.SGD(params, lr=LR)
+    t0 = time.perf_counter()
+    for rows in batches:
+        out, cache = s_net.forward(X[rows])
+        _, lc = loss.forward(out, Y[rows])
+        s_net.backward(loss.backward(lc), cache)
+        opt.step(grads)
+    t_scratch = (time.perf_counter() - t0) / len(batches)
+
+    model = TorchSequential(from_spec(CONV_SPEC, (1, 8, 8), dtype=dtype, rng=1))
+    topt = torch.optim.SGD(model.parameters(), lr=LR)
+    ce = torch.nn.CrossEntropyLoss()
+    Xt, yt = torch.from_numpy(X), torch.from_numpy(y)
+    t0 = time.perf_counter()
+    for rows in batches:
+        idx = torch.from_numpy(rows)
+        topt.zero_grad()
+        ce(model(Xt[idx]), yt[idx]).backward()
+        topt.step()
+    t_torch = (time.perf_counter() - t0) / len(batches)
+
+    net = from_spec(CONV_SPEC, (1, 8, 8), dtype=dtype, rng=1)
+    t0 = time.perf_counter()
+    result = lockstep(net, None, X, y, lr=LR, loss="ce", batch_size=64, epochs=epochs)
+    t_lock = (time.perf_counter() - t0) / len(batches)
+    assert result.passed, result.first_divergence
+    return {
+        "dtype": dtype,
+        "scratch_ms": 1e3 * t_scratch,
+        "torch_ms": 1e3 * t_torch,
+        "lockstep_ms": 1e3 * t_lock,
+        "scratch/torch": t_scratch / t_torch,
+        "lockstep/scratch": t_lock / t_scratch,
+        "lockstep/torch": t_lock / t_torch,
+        "ratio": t_lock / (t_scratch + t_torch),
+    }
+
+
+def print_conv(rows: list, repeats: int = 3) -> None:
+    """The conv table: per dtype the median over `repeats` runs of each time and ratio (the
+    machine may be shared: one run can be several times slower than the next)."""
+    print("\nConv net on digits: 1x8x8 -> conv 8x3x3 -> relu -> pool 2 -> affine 10, batch 64, "
+          f"SGD, 4 epochs (116 steps), one thread each, median of {repeats}")  # fmt: skip
+    head = f"{'dtype':>7} {'scratch ms':>10} {'torch ms':>9} {'scratch/torch':>13} "
+    print(head + f"{'lockstep ms':>11} {'/scratch':>8} {'/torch':>7} {'/(scratch+torch)':>16}")
+    for dtype in ("float64", "float32"):
+        with one_thread():
+            conv_digits(dtype, epochs=1)  # warm-up
+            runs = [conv_digits(dtype, epochs=4) for _ in range(repeats)]
+        c = {k: statistics.median(r[k] for r in runs) for k in runs[0] if k != "dtype"}
+        rows.append({"conv_digits": {"dtype": dtype, **c}})
+        print(
+            f"{dtype:>7} {c['scratch_ms']:>10.3f} {c['torch_ms']:>9.3f} "
+            f"{c['scratch/torch']:>13.2f} {c['lockstep_ms']:>11.3f} "
+            f"{c['lockstep/scratch']:>8.2f} {c['lockstep/torch']:>7.2f} {c['ratio']:>16.2f}",
+            flush=True,
+        )
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="skip the 1024-2048-2048-1 network")
@@ -266,7 +349,14 @@ def main(argv=None):
         "--each", action="store_true", help="also time the lockstep held in each arrangement"
     )
     parser.add_argument("--json", type=Path, help="also write the rows here")
+    parser.add_argument("--conv", action="store_true", help="only the conv net on digits")
     args = parser.parse_args(argv)
+    if args.conv:
+        rows: list = []
+        print_conv(rows)
+        if args.json:
+            args.json.write_text(json.dumps(rows, indent=2) + "\n")
+        return
 
     print(
         f"numpy {np.__version__}, torch {torch.__version__}, "
@@ -302,6 +392,7 @@ def main(argv=None):
             f"{a['scratch/torch']:>13.2f} {a['lockstep_ms']:>11.3f} {a['ratio']:>24.2f}",
             flush=True,
         )
+    print_conv(rows)
     if args.json:
         args.json.write_text(json.dumps(rows, indent=2) + "\n")
 

@@ -59,7 +59,17 @@ def test_default_run_writes_the_whole_report(tmp_path):
     assert summary["architecture"]["init"] == "article"
     assert summary["data"]["name"] == "exam" and summary["data"]["samples"] == 4
     assert summary["data"]["feature_names"] == ["hours of study", "GPA"]
-    assert set(summary["tolerances"]) == {"z", "a", "prob", "loss", "grad", "param", "state"}
+    assert set(summary["tolerances"]) == {
+        "z",
+        "a",
+        "out",
+        "stat",
+        "prob",
+        "loss",
+        "grad",
+        "param",
+        "state",
+    }
     assert summary["checked"]["side"] == "nn-parity's built-in network"
     assert summary["not_compared"] == []
     assert summary["loss_last"]["scratch"] < summary["loss_first"]["scratch"]

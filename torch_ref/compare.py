@@ -32,7 +32,7 @@ __all__ = [
 ]
 
 # The quantities compared at every step, in the order the step computes them.
-QUANTITIES = ("z", "a", "prob", "loss", "grad", "lr", "param", "state")
+QUANTITIES = ("z", "a", "out", "stat", "prob", "loss", "grad", "lr", "param", "state")
 
 
 @dataclass(frozen=True)
@@ -59,6 +59,19 @@ _ULPS: dict[str, tuple[float, float, str]] = {
         "weights' drift",
     ),
     "a": (2**12, 2**10, "f(z) on z that already differs, plus a few ulps from exp and tanh"),
+    "out": (
+        2**12,
+        2**10,
+        "a layer's output in a network of layers: conv2d and affine sum C KH KW (or D) products "
+        "in different orders, as z; max pooling and flatten move values exactly; batchnorm and "
+        "layernorm divide by a standard deviation, scaling what already differs by gamma / std",
+    ),
+    "stat": (
+        2**12,
+        2**10,
+        "batchnorm's running mean and variance: per-channel means over N H W values, summed in "
+        "different orders, averaged with momentum, so they carry earlier steps' differences",
+    ),
     "prob": (2**12, 2**8, "the output activation, as for a"),
     "loss": (2**12, 2**8, "a mean of N logs: summation order differs (pairwise vs. blocked)"),
     "grad": (

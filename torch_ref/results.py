@@ -34,7 +34,7 @@ class Item:
         if self.param is not None:
             what = self.buffer if self.quantity == "state" else self.quantity
             return f"{what} {self.user or self.name}"
-        if self.quantity in ("z", "a"):
+        if self.quantity in ("z", "a", "out"):
             return self.user or f"{self.quantity}[{self.layer}]"
         return self.quantity
 

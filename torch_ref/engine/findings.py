@@ -95,6 +95,9 @@ def _divergence(step, items, k, svals, tvals, sside, tside, slack) -> Divergence
         mismatches=m.count,
         total=m.total,
     )
+    if getattr(sside, "layered", False):  # located by layer; the diagnoses read MLPs only
+        div.diagnosis = {"cause": f"layer {it.layer}", "explanation": f"first part at {it.label}"}
+        return div
     desc, params_before, cache = sside.oracle()
     if it.quantity == "grad":
         div.fd, div.fd_agrees_with = _fd_verdict(desc, sside, params_before, it, m)

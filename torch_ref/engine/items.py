@@ -64,7 +64,7 @@ def _resize(items: list[Item], n: int) -> list[Item]:
     """The same items for a batch of n rows (the last, partial batch)."""
     out = []
     for it in items:
-        if it.quantity in ("z", "a", "prob"):
+        if it.quantity in ("z", "a", "out", "prob"):
             it = replace(it, shape=(n, *it.shape[1:]))
         out.append(it)
     return out

@@ -11,8 +11,14 @@ import torch
 from nn_parity import scratch
 from nn_parity.scratch.losses import check_output
 from nn_parity.scratch.optim import check_lr
+from nn_parity.scratch.sequential import Sequential
 from nn_parity.scratch.validate import check_finite, check_xy
 from nn_parity.torch_ref.engine.budget import check_steps
+from nn_parity.torch_ref.engine.layered_side import (
+    LayeredSide,
+    layered_scratch_side,
+    layered_torch_side,
+)
 from nn_parity.torch_ref.engine.scratch_side import MLPSide
 from nn_parity.torch_ref.engine.side import Side
 from nn_parity.torch_ref.engine.torch_side import TorchSide
@@ -72,6 +78,8 @@ def _scratch_side(net, loss, optimizer, lr, X, y):
             Xc,
             Yc,
         )
+    if isinstance(net, Sequential):  # a network of gallery layers: engine/layered_side.py
+        return layered_scratch_side(net, loss, _optimizer_factory(optimizer, lr), lr, X, y)
     if not isinstance(net, scratch.MLP):
         raise TypeError(
             f"lockstep takes a scratch.MLP or a network adapted with adapt(...), "
@@ -172,6 +180,8 @@ def _torch_side(ref, sside, loss_s, opt_desc):
     TorchMLP built from the scratch side's description."""
     from nn_parity.torch_ref.mirror.weights import module_parameters
 
+    if isinstance(sside, LayeredSide):
+        return layered_torch_side(ref, sside)
     desc = sside.desc
     if ref is None:
         ref = TorchMLP.from_scratch(desc)

@@ -11,6 +11,9 @@ its `keys`, one key per compared quantity:
     ("lr", None, None, None)          the step's learning rate (a schedule) update
     ("param", l, "weight", None)      a parameter after the update        update
     ("state", l, "weight", "exp_avg") an optimizer buffer after the update
+    ("out", l, None, None)            layer l's output (a network of layers,  forward
+                                      engine/layered_side.py)
+    ("stat", l, "running_mean", None) batchnorm's running statistics      forward
 
 in canonical names and layout (`layers.{l}.weight` stored (out, in), like nn.Linear). The engine
 compares the keys both sides report and records the ones only one side could. `Side` below is

@@ -9,6 +9,7 @@ from pathlib import Path
 from nn_parity import scratch
 from nn_parity.scratch.activations import ACTIVATIONS
 from nn_parity.scratch.init import INITS
+from nn_parity.torch_ref.frontends.cli_layered import is_layer_spec, run_layered
 from nn_parity.torch_ref.frontends.cli_run import run
 from nn_parity.torch_ref.frontends.datasets import DATASETS
 from nn_parity.torch_ref.frontends.usage import (
@@ -77,7 +78,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument(
         "--layers",
-        help="layer sizes, input to output, e.g. 2,8,8,1 (default: 2,3,1 on exam, D,8,1 otherwise)",
+        help="layer sizes, input to output, e.g. 2,8,8,1 (default: 2,3,1 on exam, D,8,1 "
+        "otherwise); or layers, e.g. conv8x3,relu,pool2,flatten,affine10 (digits as 1x8x8 images): "
+        "conv<F>x<K>[s<S>][p<P>], pool<K>, affine<H>, bn, ln, dropout[<p>], flatten, activations",
     )
     run.add_argument(
         "--activation",
@@ -363,6 +366,8 @@ def main(argv: list[str] | None = None) -> int:
         args = parser.parse_args(argv)
         if args.command == "report":
             return report(args)
+        if args.command == "run" and is_layer_spec(args.layers):
+            return run_layered(args)  # a network of gallery layers: cli_layered.py
         return run(args) if args.command == "run" else mutants()
     except UsageError as err:
         print(f"nn-parity: error: {err}", file=sys.stderr)

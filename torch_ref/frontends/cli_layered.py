@@ -1,0 +1,100 @@
+"""`nn-parity run --layers conv8x3,relu,pool2,flatten,affine10`: a network of gallery layers
+(scratch/sequential.py) against its torch nn.Sequential, in lockstep.
+
+A --layers value with any token that is not a whole number is a layer spec; digits are read as
+1x8x8 images, every other data set as flat (D,) feature vectors.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from nn_parity import scratch
+from nn_parity.torch_ref.frontends.usage import UsageError
+
+_IMAGES = {"digits": (1, 8, 8)}  # per-sample shape of the data sets that are images
+
+# options of the built-in MLP that a layer spec sets for itself, or that do not apply
+_NOT_WITH_SPEC = {
+    "model": "--model", "weights": "--weights", "init": "--init", "activation": "--activation",
+    "export": "--export",
+}  # fmt: skip
+_DEFAULT_LOSS = {"binary": "bce-logits", "multiclass": "ce", "regression": "mse"}
+
+
+def is_layer_spec(text: str | None) -> bool:
+    """Whether --layers names layers (conv8x3,...) rather than sizes (2,8,1): no token a number."""
+    return bool(text) and not any(t.strip().isdigit() for t in str(text).split(","))
+
+
+def plan_layered(args: argparse.Namespace):
+    """(plan, network): the data shaped for the network, the loss, the network; bad input
+    refused with the flag it came from."""
+    from nn_parity.scratch.sequential import from_spec
+    from nn_parity.torch_ref.engine.budget import check_steps
+    from nn_parity.torch_ref.engine.setup import run_length
+    from nn_parity.torch_ref.frontends.datasets import AdvisedError, load_dataset
+
+    given = [f for key, f in _NOT_WITH_SPEC.items() if getattr(args, key, None) is not None]
+    given += ["--no-bias"] * (not args.bias)
+    if given:
+        raise UsageError(f"{given[0]} does not apply with a layer spec in --layers")
+    asked = scratch.get_loss(args.loss, args.reduction) if args.loss else None
+    try:
+        task = asked.task if asked else None
+        ds = load_dataset(args.data, seed=args.seed, label_column=args.label_column,
+                          standardized=args.standardize, task=task)  # fmt: skip
+    except AdvisedError as err:
+        raise UsageError(err.cli) from None
+    shape = _IMAGES.get(ds.name, (ds.X.shape[1],))
+    try:
+        net = from_spec(args.layers, shape, dtype=args.dtype, rng=args.seed)
+    except ValueError as err:
+        raise UsageError(f"--layers {args.layers}: {err}") from None
+    out = net.shapes[-1]
+    if len(out) != 1 or out[0] != ds.n_outputs:
+        raise UsageError(
+            f"--layers {args.layers} ends with output shape {out}, but the data "
+            f"{args.data!r} needs ({ds.n_outputs},): end with flatten,affine{ds.n_outputs}"
+        )
+    loss = asked or scratch.get_loss(_DEFAULT_LOSS[ds.task], args.reduction)
+    steps = run_length(args.steps, args.batch_size, args.epochs, args.drop_last, len(ds.X))
+    check_steps(steps, len(net.layers))
+    X = ds.X.reshape(len(ds.X), *shape).astype(net.dtype)
+    return {"data": ds, "X": X, "loss": loss, "init": "torch_default", "steps": steps}, net
+
+
+def run_layered(args: argparse.Namespace) -> int:
+    """The run for a layer spec: plan, lockstep, record, verdict (no figure extras: the
+    decision boundary and the loss slice are drawn for the built-in MLP only)."""
+    from nn_parity.torch_ref.engine.loop import lockstep
+    from nn_parity.torch_ref.frontends.cli_run import (
+        _verdict,
+        _write,
+        optimizer_spec,
+        out_dir,
+        progress_bar,
+    )
+
+    try:
+        p, net = plan_layered(args)
+        out, note = out_dir(args)
+    except (ValueError, TypeError) as err:
+        raise UsageError(str(err)) from None
+    bar = progress_bar(p["steps"], quiet=args.quiet)
+    try:
+        result = lockstep(
+            net, None, p["X"], p["data"].y, steps=p["steps"], lr=args.lr, loss=p["loss"],
+            optimizer=optimizer_spec(args), batch_size=args.batch_size, epochs=args.epochs,
+            drop_last=args.drop_last, seed=args.seed, stop_at_divergence=args.stop_at_divergence,
+            progress=lambda _: bar.update(),
+        )  # fmt: skip
+    except (ValueError, TypeError) as err:
+        raise UsageError(str(err)) from None
+    finally:
+        bar.close()
+    summary = _write(args, p, result, out, {"summary": {}, "arrays": {}})
+    return _verdict(args, result, summary, out, note)
+
+
+__all__ = ["is_layer_spec", "plan_layered", "run_layered"]
