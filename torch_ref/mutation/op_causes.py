@@ -29,6 +29,8 @@ OP_CAUSES: dict[str, str | None] = {
     "bn-normalise-unbiased": "variance",
     "bn-dgamma-no-xhat": None,
     "bn-dx-no-mean-term": "dropped-term",
+    "bn-dx-no-var-term": "dropped-term",
+    "ln-dx-no-mean-term": "dropped-term",
     "bn2d-dbeta-mean-over-HW": "reduction",
     "ln-dgamma-wrong-axis": "wrong-axis",
     "ln-dx-batchnorm-formula": "wrong-axis",

@@ -10,6 +10,7 @@ import torch
 from nn_parity.torch_ref.compare import Mismatch
 from nn_parity.torch_ref.evidence import agreement
 from nn_parity.torch_ref.evidence import constant_ratio as _constant_ratio
+from nn_parity.torch_ref.opcheck.causes import recomputed_cause
 from nn_parity.torch_ref.opcheck.results import OpMismatch
 from nn_parity.torch_ref.opcheck.run import _copies, _run_torch
 from nn_parity.torch_ref.opcheck.spec import _Spec
@@ -125,6 +126,10 @@ def _fingerprint(spec: _Spec, m: OpMismatch, s, t, ctx: dict) -> tuple[str, str]
                 "layout",
                 f"{what} is torch's with the kernel flipped (convolution vs correlation)",
             )
+    if "dout" in ctx:
+        recomputed = recomputed_cause(spec, m, s, ctx["dout"], ctx["t_out"])
+        if recomputed is not None:
+            return recomputed
     if m.kind == "grad" and ctx.get("wrong_point") is not None:
         for candidate, words in ctx["wrong_point"]:
             if close(s, candidate):
