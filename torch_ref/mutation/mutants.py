@@ -384,7 +384,7 @@ CAUSES: dict[str, str | None] = {
     "adam-eps-inside-sqrt": "update-rule",
     "adamw-decay-as-l2": "optimizer-state",
     "adam-l2-as-decoupled": "optimizer-state",
-    "momentum-from-zero": "optimizer-state",
+    "momentum-from-zero": "wrong-start",
     "nesterov-twice": "scale",
     "rmsprop-no-sqrt": "update-rule",
     "torch-reinitialised": "different-start",
