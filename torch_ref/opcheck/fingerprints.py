@@ -28,9 +28,9 @@ def _fd_probe(spec: _Spec, name: str, index, dout, s: float, t: float):
     # carries its own rounding, about 1e-6 relative, and more where sums cancel
     res = (1e-6 if spec.dtype == np.float64 else 1e-3) * max(abs(central), abs(t), 1e-3)
     kink = abs(right - left) > 1e-3 * max(abs(right), abs(left), 1e-3)
-    if kink:
-        s_ok = min(abs(s - left), abs(s - right)) <= res
-        t_ok = min(abs(t - left), abs(t - right)) <= res
+    if kink:  # a subgradient: between the one-sided slopes (the tied set is checked jointly)
+        lo, hi = min(left, right) - res, max(left, right) + res
+        s_ok, t_ok = lo <= s <= hi, lo <= t <= hi
     else:
         s_ok, t_ok = abs(s - central) <= res, abs(t - central) <= res
     return central, ((left, right) if kink else None), agreement(s_ok, t_ok), kink
