@@ -59,8 +59,19 @@ def optimizer_rows() -> list[dict]:
     return rows
 
 
+def derivative_rows() -> list[dict]:
+    from .test_user_styles import run
+    from .user_code.derivative_bugs import BUGS
+
+    rows = []
+    for name, (factory, _, _, cause, _) in BUGS.items():
+        div = run("dict", factory, 5).first_divergence
+        rows.append(cause_row("user", f"dict-{name}", cause, div and div.diagnosis))
+    return rows
+
+
 def user_rows() -> list[dict]:
-    return style_rows() + optimizer_rows()
+    return style_rows() + derivative_rows() + optimizer_rows()
 
 
 if __name__ == "__main__":

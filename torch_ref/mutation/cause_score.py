@@ -24,11 +24,12 @@ class CauseTable:
         return sum(r["verdict"] == verdict for r in self.rows)
 
     def table(self) -> str:
-        lines = [f"{'catalogue':<9} {'bug':<36} {'verdict':<7} {'cause (wanted)'}"]
+        lines = [f"{'catalogue':<9} {'bug':<44} {'verdict':<7} {'cause (wanted)'}"]
         for r in self.rows:
             lines.append(
-                f"{r['catalogue']:<9} {r['name']:<36} {r['verdict']:<7} "
-                f"{r['got'] or '-'} ({r['want'] or '-'})"
+                f"{r['catalogue']:<9} {r['name']:<44} {r['verdict']:<7} "
+                f"{' or '.join((r['got'], *r.get('also', ()))) if r['got'] else '-'} "
+                f"({r['want'] or '-'})"
             )
         n = len(self.rows)
         lines.append(
@@ -48,7 +49,7 @@ def verdict(want: str | None, got: str | None, also: tuple = ()) -> str:
 def cause_row(catalogue: str, name: str, want: str | None, diagnosis: dict | None) -> dict:
     got = (diagnosis or {}).get("cause")
     also = tuple((diagnosis or {}).get("also", ()))
-    return {"catalogue": catalogue, "name": name, "want": want, "got": got,
+    return {"catalogue": catalogue, "name": name, "want": want, "got": got, "also": also,
             "verdict": verdict(want, got, also)}  # fmt: skip
 
 
