@@ -445,10 +445,14 @@ def test_a_gradient_routed_to_one_tied_maximum_passes(pick):
     assert result.passed, str(result)
 
 
+def _uneven(k: int) -> np.ndarray:
+    w = np.linspace(1, 3, k)
+    return w / w.sum()
+
+
 @pytest.mark.parametrize(
-    "weights", [lambda k: np.full(k, 1 / k), lambda k: np.linspace(1, 3, k) / np.linspace(1, 3, k).sum()],
-    ids=["even split", "uneven split"],
-)  # fmt: skip
+    "weights", [lambda k: np.full(k, 1 / k), _uneven], ids=["even split", "uneven split"]
+)
 def test_a_gradient_split_among_tied_maxima_passes(weights):
     # a convex combination of the tied maxima is a subgradient (torch's autograd notes take
     # the minimum-norm one, the even split, where a function is locally convex): the window's
