@@ -105,6 +105,9 @@ def test_op_score_is_full():
         ("bn-dx-no-var-term", "dropped-term", "leaves out the variance path"),
         ("ln-dx-no-mean-term", "dropped-term", "leaves out the mean path"),
         ("ln-dx-batchnorm-formula", "wrong-axis", "sums (of dxhat and dxhat xhat) run over"),
+        ("leaky-relu-slope-dropped", "derivative-form", "negative slope 0.1 is dropped"),
+        ("log-softmax-no-softmax-term", "dropped-term", "softmax term"),
+        ("log-softmax-y-for-softmax", "derivative-form", "where p = exp(y) is meant"),
     ],
 )
 def test_each_fingerprint_names_its_mutant(name, cause, words):
@@ -116,7 +119,7 @@ def test_each_fingerprint_names_its_mutant(name, cause, words):
 @pytest.mark.parametrize(
     "name",
     ["maxpool-overwrite", "bn-dgamma-no-xhat", "conv-dx-crop-offset", "embedding-overwrite",
-     "leaky-relu-slope-dropped", "log-softmax-no-softmax-term", "dropout-mask-ignored"],
+     "dropout-mask-ignored", "ce-no-onehot", "maxpool-whole-window"],
 )  # fmt: skip
 def test_no_fingerprint_is_claimed_where_none_fits(name):
     m = run_op_mutant(BY_NAME[name]).first_mismatch

@@ -127,9 +127,31 @@ def _candidates(spec: _Spec, name: str, dout, t_out):
         words = "relu's mask is taken where dout > 0, not where the input x > 0"
         return d * (x > 0), [(d * (d > 0), "kink-mask", words)]
     soft = np.exp(x - x.max(axis=-1, keepdims=True))
-    if np.allclose(y, soft / soft.sum(axis=-1, keepdims=True), rtol=1e-9, atol=1e-12):
+    p = soft / soft.sum(axis=-1, keepdims=True)
+    if np.allclose(y, p, rtol=1e-9, atol=1e-12):
         return _softmax_candidates(x, d, y)
-    return None
+    if np.allclose(y, np.log(p), rtol=1e-9, atol=1e-12):  # log-softmax
+        right = d - p * d.sum(axis=-1, keepdims=True)
+        return right, [
+            (d, "dropped-term", "log-softmax's backward is taken as the identity: its softmax "
+             "term - p sum(dout) is missing"),
+            (d - y * d.sum(axis=-1, keepdims=True), "derivative-form", "log-softmax's backward "
+             "uses the output y = log p where p = exp(y) is meant: dout - y sum(dout)"),
+        ]  # fmt: skip
+    return _leaky_candidates(x, d, y)
+
+
+def _leaky_candidates(x, d, y):
+    """A leaky relu (y = x for x > 0, slope x below): its negative slope dropped."""
+    neg = x < 0
+    if not neg.any() or not np.array_equal(y[~neg], x[~neg]):
+        return None
+    slope = y[neg] / x[neg]
+    a = float(np.median(slope))
+    if not 0 < a < 1 or not np.allclose(slope, a, rtol=1e-9, atol=0):
+        return None
+    words = f"leaky relu's negative slope {a:g} is dropped: 0 for x < 0, as plain relu's"
+    return d * np.where(neg, a, 1.0), [(d * (x > 0), "derivative-form", words)]
 
 
 def recomputed_cause(spec: _Spec, m, s, dout, t_out) -> tuple[str, str] | None:
