@@ -79,6 +79,9 @@ def test_no_fingerprint_is_claimed_where_none_fits(name):
         ("wrong-cache", "wrong-cache", "layer 0's forward cache"),
         ("last-sample-dropped", "sample-dropped", "leaves out the last sample"),
         ("db-missing", "gradient-missing", "zero everywhere"),
+        ("db-not-summed", "not-summed", "sample 0's dz alone"),
+        ("sigmoid-twice", "double-activation", "sigmoid(sigmoid(z)) - y"),
+        ("ce-grad-missing-1", "derivative-form", "the -1 at the target class is missing"),
     ],
 )
 def test_each_recomputed_cause_names_its_mutant(name, cause, words):

@@ -113,6 +113,7 @@ def _backprop(ctx, bug: _Bug | None, dtype=np.float64) -> dict | None:
             dz = bug.delta(a, Y)
         keep = _samples(len(x), bug.samples if bug.layer == l else None)
         grads[f"layers.{l}.weight"] = dz[keep].T @ x[keep]
+        grads[f"dz.{l}"] = dz  # per sample, for the bias's fingerprints
         if net.bias:
             grads[f"layers.{l}.bias"] = dz.sum(axis=0)
         W = params[f"layers.{l}.weight"].astype(dtype)
@@ -238,6 +239,22 @@ def _delta_bugs(ctx):
             "cross-entropy cost whose delta is (p - y): look at the output layer's delta",
             delta=lambda a, y: (a - y) * a * (1 - a),
         )  # fmt: skip
+    if ctx.loss.name == "bce-logits":
+        sig = _FORWARD["sigmoid"]
+        yield _Bug(
+            "double-activation",
+            "the output delta is sigmoid(sigmoid(z)) - y: the sigmoid applied to an output "
+            "that already is a probability (bce-logits takes the logits z)",
+            delta=lambda a, y: sig(sig(a)) - y,
+        )  # fmt: skip
+    plain = all(v is None or (np.isscalar(v) and v == 0) for v in ctx.loss.options.values())
+    if ctx.loss.name == "ce" and plain:
+        yield _Bug(
+            "derivative-form",
+            "the output delta is p, the softmax alone: the one-hot target is not subtracted "
+            "(dz = p - y with y one-hot; the -1 at the target class is missing)",
+            delta=lambda a, y: np.exp(_FORWARD["log_softmax"](a)),
+        )  # fmt: skip
 
 
 def _relu_masks(l: int):
@@ -325,7 +342,11 @@ def confirmed_causes(div, s: np.ndarray, t: np.ndarray, ctx) -> dict | None:
         if g is not None and fits(s, g[key], right[key], rel):
             found.append(bug)
     if not found:
-        return _bias_total(div, s, right[key]) or _precision(div, s, t, ctx, right[key])
+        return (
+            _bias_total(div, s, right[key])
+            or _bias_one_sample(div, s, right[f"dz.{div.layer}"], right[key])
+            or _precision(div, s, t, ctx, right[key])
+        )
     return _named(found, div.label)
 
 
@@ -355,6 +376,24 @@ def _bias_total(div, s, right) -> dict | None:
         "units: the bias gradient summed over every axis where the batch axis (axis=0) is "
         "meant",
     }
+
+
+def _bias_one_sample(div, s, dz, right) -> dict | None:
+    """A bias gradient that is one sample's dz: not summed over the batch."""
+    if div.param != "bias" or len(dz) < 2 or dz.shape[1:] != s.shape:
+        return None
+    scale = max(float(np.linalg.norm(right)), 1e-300)
+    for i, row in enumerate(dz):
+        if (
+            float(np.linalg.norm(row - right)) > 1e-6 * scale
+            and float(np.linalg.norm(s - row)) <= 1e-9 * scale
+        ):
+            return {
+                "cause": "not-summed",
+                "explanation": f"scratch's {div.label} is sample {i}'s dz alone: the bias "
+                "gradient is not summed over the batch (dz.sum(axis=0))",
+            }
+    return None
 
 
 def _named(fits: list[_Bug], what: str) -> dict:
