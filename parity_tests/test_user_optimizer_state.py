@@ -9,7 +9,7 @@ from nn_parity.torch_ref import adapt, check
 
 from .helpers import make_data
 from .user_code import dict_style
-from .user_code.own_optimizers import BUGS, EQUIVALENTS, OPTIMIZERS
+from .user_code.own_optimizers import BUGS, EQUIVALENTS, OPTIMIZERS, Adam
 
 LR = 0.05
 
@@ -58,3 +58,18 @@ def test_each_optimizer_bug_is_located_at_its_buffer_with_its_cause(name):
     # the cause, or both causes that fit the same numbers; "optimizer-state" (the buffer
     # differs, no recomputation fits) where no fingerprint is known
     assert cause in named, div.diagnosis
+
+
+@pytest.mark.parametrize(
+    "state,words",
+    [({"momentum": "v"}, "not torch buffers"), ({"exp_avg": "nowhere"}, "nowhere")],
+    ids=["not a buffer", "no such path"],
+)
+def test_a_state_that_names_nothing_is_refused_at_adapt(state, words):
+    params = dict_style.init_params((3, 5, 1), 0)
+    opt = Adam(LR)
+    with pytest.raises(ValueError, match=words):
+        adapt(params, activations=["tanh", "sigmoid"], loss="bce",
+              grads=lambda X, y: dict_style.loss_and_grads(params, X, y),
+              update=lambda grads, lr: opt.step(params, grads),
+              state=state, state_of=opt)  # fmt: skip

@@ -26,6 +26,7 @@ from nn_parity import scratch
 
 __all__ = ["confirmed_causes", "fits", "loss_ratio_cause", "order_cause"]
 
+_BUDGET = 20_000_000  # inputs x layers up to which the hypotheses are recomputed
 _FORWARD: dict[str, Callable] = {
     "sigmoid": lambda z: 1 / (1 + np.exp(-z)),
     "tanh": np.tanh,
@@ -327,6 +328,8 @@ def confirmed_causes(div, s: np.ndarray, t: np.ndarray, ctx) -> dict | None:
             "explanation": f"scratch's {div.label} is zero everywhere while torch's is not: "
             "the gradient is never written (or written to a copy)",
         }
+    if ctx.X.size * len(ctx.net.layers) > _BUDGET:
+        return None  # some forty backward passes: too long for a batch this size
     key = f"layers.{div.layer}.{div.param}"
     right = _backprop(ctx, None)
     if right is None or key not in right:

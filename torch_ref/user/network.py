@@ -65,7 +65,14 @@ class UserNetwork:
                 if np.ndim(held) == 0 and not isinstance(held, (Mapping, list, tuple)):
                     out[s.canonical][b] = np.array(float(held), np.float64)
                     continue
-                v = held[s.user] if isinstance(held, Mapping) else held[i]
+                try:
+                    v = held[s.user] if isinstance(held, Mapping) else held[i]
+                except (KeyError, IndexError, TypeError):
+                    raise ValueError(
+                        f"state {b!r} at {self.state_paths[b]!r} holds no entry for parameter "
+                        f"{s.user!r} after the step (a dict keyed by parameter name, or a list "
+                        "in the parameters' order, is expected)"
+                    ) from None
                 v = np.array(float(v), np.float64) if b == "step" else s.to_canonical(v)
                 out[s.canonical][b] = np.array(v, dtype=np.float64 if b == "step" else self.dtype)
         return out
