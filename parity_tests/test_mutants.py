@@ -62,7 +62,11 @@ def test_no_fingerprint_is_claimed_where_none_fits(name):
     "name,cause,words",
     [
         ("f'-dropped", "derivative-form", "layer 1's tanh derivative is left out"),
-        ("sigmoid'-for-tanh", "derivative-form", "layer 0 (tanh) is differentiated with sigmoid's"),
+        (
+            "sigmoid'-for-tanh",
+            "derivative-form",
+            "layer 0, a tanh layer, is differentiated with sigmoid's",
+        ),
         ("ce-delta-under-mse", "derivative-form", "the cross-entropy delta"),
         ("mse-missing-2", "derivative-form", "factor 2"),
         ("log-softmax'-dropped", "derivative-form", "softmax term"),

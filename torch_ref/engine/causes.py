@@ -59,6 +59,12 @@ class _Bug:
     delta: Callable | None = None  # delta(out, y) -> the output layer's dz, up to a constant
 
 
+def _layer(ctx, l: int) -> str:
+    """Layer l, with the user's name for its weight where the user's code is checked."""
+    user = (getattr(ctx, "names", None) or {}).get(f"layers.{l}.weight")
+    return f"layer {l} ({user})" if user else f"layer {l}"
+
+
 def _right_dz(name: str, da, z, a, x):
     if name in _FORMS:
         return da * _FORMS[name][0](z, a)
@@ -137,20 +143,20 @@ def _hypotheses(ctx):
             if other != name and name in (*_FORMS, "relu"):
                 yield _Bug(
                     "derivative-form",
-                    f"layer {l} ({name}) is differentiated with {other}'s derivative {text}: "
-                    f"look at the {name}' of layer {l}'s backward",
+                    f"{_layer(ctx, l)}, a {name} layer, is differentiated with {other}'s "
+                    f"derivative {text}: look at the {name}' in its backward",
                     l, lambda da, z, a, x, f=form: da * f(z, a),
                 )  # fmt: skip
         if name != "identity":
             yield _Bug(
                 "derivative-form",
-                f"layer {l}'s {name} derivative is left out of its backward (dz = da)",
+                f"{_layer(ctx, l)}'s {name} derivative is left out of its backward (dz = da)",
                 l, lambda da, z, a, x: da,
             )  # fmt: skip
         if name == "relu":
-            yield from _relu_masks(l)
+            yield from _relu_masks(ctx, l)
         if name in _FORMS:
-            yield from _derivative_bugs(l, name)
+            yield from _derivative_bugs(ctx, l, name)
     if names[-1] == "log_softmax":
         yield _Bug(
             "derivative-form",
@@ -169,7 +175,7 @@ def _hypotheses(ctx):
     }
     for l in range(len(names)):
         for which, text in samples.items():
-            yield _Bug("sample-dropped", f"layer {l}'s dW {text}", l, samples=which)
+            yield _Bug("sample-dropped", f"{_layer(ctx, l)}'s dW {text}", l, samples=which)
     yield from _downward_bugs(ctx, names)
     yield from _target_bugs(ctx)
 
@@ -183,21 +189,21 @@ def _downward_bugs(ctx, names):
         if W.shape[0] == W.shape[1]:
             yield _Bug(
                 "layout",
-                f"layer {l}'s backward passes the gradient down as dz W^T where dz W is meant "
-                "(the layer is square, so the shapes fit)",
+                f"{_layer(ctx, l)}'s backward passes the gradient down as dz W^T where dz W "
+                "is meant (the layer is square, so the shapes fit)",
                 l, down="transposed",
             )  # fmt: skip
         if ctx.optimizer is None or _plain_sgd(ctx.optimizer):
             yield _Bug(
                 "stale-weights",
-                f"layer {l}'s backward passes the gradient down through its weight already "
-                "updated by this step (W - lr dW): update after the whole backward pass",
+                f"{_layer(ctx, l)}'s backward passes the gradient down through its weight "
+                "already updated by this step (W - lr dW): update after the whole backward pass",
                 l, down="updated",
             )  # fmt: skip
         if net.sizes[l] == net.sizes[l - 1] and net.sizes[l + 1] == net.sizes[l]:
             yield _Bug(
                 "wrong-cache",
-                f"layer {l}'s backward is handed layer {l - 1}'s forward cache (x, z, a)",
+                f"{_layer(ctx, l)}'s backward is handed layer {l - 1}'s forward cache (x, z, a)",
                 l, cache_of=l - 1,
             )  # fmt: skip
 
@@ -213,18 +219,18 @@ def _samples(n: int, which: str | None) -> np.ndarray:
     return keep
 
 
-def _derivative_bugs(l: int, name: str):
+def _derivative_bugs(ctx, l: int, name: str):
     """Layer l's derivative taken twice, or at its output a = f(z) instead of at z."""
     form, text = _FORMS[name]
     yield _Bug(
         "derivative-form",
-        f"layer {l}'s {name} derivative {text} is applied twice (dz = da f'(z) f'(z))",
+        f"{_layer(ctx, l)}'s {name} derivative {text} is applied twice (dz = da f'(z) f'(z))",
         l, lambda da, z, a, x: da * form(z, a) ** 2,
     )  # fmt: skip
     f = _FORWARD[name]
     yield _Bug(
         "derivative-form",
-        f"layer {l}'s {name} derivative is evaluated at the activation a = {name}(z): "
+        f"{_layer(ctx, l)}'s {name} derivative is evaluated at the activation a = {name}(z): "
         f"{name}'(a) where {name}'(z) = {text} is meant",
         l, lambda da, z, a, x: da * form(a, f(a)),
     )  # fmt: skip
@@ -258,7 +264,7 @@ def _delta_bugs(ctx):
         )  # fmt: skip
 
 
-def _relu_masks(l: int):
+def _relu_masks(ctx, l: int):
     where = {
         "z >= 0 (1 at the kink z = 0, where torch takes 0)": lambda da, z, a, x: da * (z >= 0),
         "the layer's input x > 0, not z > 0": lambda da, z, a, x: (
@@ -267,7 +273,7 @@ def _relu_masks(l: int):
         "the upstream gradient da > 0, not z > 0": lambda da, z, a, x: da * (da > 0),
     }
     for text, fn in where.items():
-        yield _Bug("kink-mask", f"layer {l}'s relu mask is taken at {text}", l, fn)
+        yield _Bug("kink-mask", f"{_layer(ctx, l)}'s relu mask is taken at {text}", l, fn)
 
 
 def _target_bugs(ctx):

@@ -52,6 +52,7 @@ class Context:
     params_before: dict[str, np.ndarray]  # the parameters at the start of the step
     lr: float
     optimizer: object = None  # the scratch optimizer; None: plain SGD
+    names: dict | None = None  # canonical parameter name -> the user's, for user code
 
 
 _DERIVATIVES = {  # f'(z) from (z, a), as a hand derivation should take it, and at z by mistake

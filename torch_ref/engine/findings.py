@@ -103,6 +103,7 @@ def _divergence(step, items, k, svals, tvals, sside, tside, slack) -> Divergence
     ctx = Context(
         desc, sside.loss, sside.X, sside.Y, cache, tside.cache, before64, sside.lr, _opt_of(sside)
     )
+    ctx.names = {o.name: o.user for o in items if o.quantity == "grad" and o.user}
     if it.quantity != "state":
         div.diagnosis = diagnose(div, svals[k], tvals[k], ctx)
     else:
