@@ -108,6 +108,9 @@ def test_op_score_is_full():
         ("leaky-relu-slope-dropped", "derivative-form", "negative slope 0.1 is dropped"),
         ("log-softmax-no-softmax-term", "dropped-term", "softmax term"),
         ("log-softmax-y-for-softmax", "derivative-form", "where p = exp(y) is meant"),
+        ("ce-no-onehot", "derivative-form", "one-hot targets are not subtracted"),
+        ("bn-momentum-flipped", "constant-swapped", "momentum and 1 - momentum exchanged"),
+        ("ln-eps-outside-sqrt", "eps-placement", "eps outside the square root"),
     ],
 )
 def test_each_fingerprint_names_its_mutant(name, cause, words):
@@ -119,7 +122,7 @@ def test_each_fingerprint_names_its_mutant(name, cause, words):
 @pytest.mark.parametrize(
     "name",
     ["maxpool-overwrite", "bn-dgamma-no-xhat", "conv-dx-crop-offset", "embedding-overwrite",
-     "dropout-mask-ignored", "ce-no-onehot", "maxpool-whole-window"],
+     "dropout-mask-ignored", "maxpool-whole-window"],
 )  # fmt: skip
 def test_no_fingerprint_is_claimed_where_none_fits(name):
     m = run_op_mutant(BY_NAME[name]).first_mismatch

@@ -111,6 +111,15 @@ def _candidates(spec: _Spec, name: str, dout, t_out):
     d = np.asarray(dout, dtype=np.float64)
     y = np.asarray(t_out, dtype=np.float64)
     ref = spec.torch_ref
+    if isinstance(ref, torch.nn.CrossEntropyLoss) and x.ndim == 2 and ref.reduction == "mean":
+        labels = next((spec.arrays[k] for k in spec.inputs if k != name), None)
+        if labels is None or ref.weight is not None or ref.label_smoothing:
+            return None
+        p = np.exp(x - x.max(axis=1, keepdims=True))
+        p /= p.sum(axis=1, keepdims=True)
+        onehot = np.eye(x.shape[1])[np.asarray(labels).astype(int)]
+        words = "dlogits = dout p / N: the one-hot targets are not subtracted (p - Y is meant)"
+        return d * (p - onehot) / len(x), [(d * p / len(x), "derivative-form", words)]
     if isinstance(ref, torch.nn.Linear) and len(spec.params) >= 1:
         W = spec.arrays[next(k for k, v in spec.module_names.items() if v == "weight")]
         W = W.astype(np.float64)
@@ -154,12 +163,51 @@ def _leaky_candidates(x, d, y):
     return d * np.where(neg, a, 1.0), [(d * (x > 0), "derivative-form", words)]
 
 
+def _forward_candidates(spec: _Spec, m):
+    """A normalisation's output with eps outside the square root, its running statistics with
+    momentum and 1 - momentum exchanged."""
+    ref = spec.torch_ref
+    names = {v: k for k, v in spec.module_names.items()}
+    if spec.perms or not isinstance(
+        ref, torch.nn.modules.batchnorm._BatchNorm | torch.nn.LayerNorm
+    ):
+        return None
+    x = spec.arrays[spec.inputs[0]].astype(np.float64)
+    if isinstance(ref, torch.nn.LayerNorm):
+        axes, shape = (-1,), (1, -1)
+    else:
+        axes, shape = (0, *range(2, x.ndim)), (1, -1) + (1,) * (x.ndim - 2)
+    mu, var = x.mean(axis=axes, keepdims=True), x.var(axis=axes, keepdims=True)
+    if m.kind == "output" and "weight" in names and "bias" in names:
+        gamma = spec.arrays[names["weight"]].astype(np.float64).reshape(shape)
+        beta = spec.arrays[names["bias"]].astype(np.float64).reshape(shape)
+        right = gamma * (x - mu) / np.sqrt(var + ref.eps) + beta
+        outside = gamma * (x - mu) / (np.sqrt(var) + ref.eps) + beta
+        return right, [(outside, "eps-placement", "1 / (sqrt(var) + eps): eps outside the "
+                        "square root, where torch takes 1 / sqrt(var + eps)")]  # fmt: skip
+    if m.kind == "state" and isinstance(ref, torch.nn.modules.batchnorm._BatchNorm):
+        n = x.size // x.shape[1]
+        new = {"running_mean": mu.reshape(-1), "running_var": var.reshape(-1) * n / (n - 1)}
+        buffer = spec.module_names.get(m.name)
+        if buffer not in new or ref.momentum is None:
+            return None
+        old, k = spec.arrays[m.name].astype(np.float64), float(ref.momentum)
+        right = (1 - k) * old + k * new[buffer]
+        words = (f"the running statistic is updated as {k:g} old + {1 - k:g} new: momentum and "
+                 f"1 - momentum exchanged (torch: (1 - momentum) old + momentum new)")  # fmt: skip
+        return right, [(k * old + (1 - k) * new[buffer], "constant-swapped", words)]
+    return None
+
+
 def recomputed_cause(spec: _Spec, m, s, dout, t_out) -> tuple[str, str] | None:
     """The first hypothesis whose recomputation of the failing gradient equals scratch's
     (every one that fits is named, most likely first)."""
-    if m.kind != "grad" or dout is None:
+    if m.kind in ("output", "state"):
+        found = _forward_candidates(spec, m)
+    elif m.kind == "grad" and dout is not None:
+        found = _candidates(spec, m.name, dout, t_out)
+    else:
         return None
-    found = _candidates(spec, m.name, dout, t_out)
     if found is None:
         return None
     right, hypotheses = found
