@@ -443,3 +443,36 @@ def test_a_gradient_routed_to_one_tied_maximum_passes(pick):
     one = _pool_backward(lambda w: np.eye(4)[pick(w)])
     result = _tied_pool(one)
     assert result.passed, str(result)
+
+
+def _uneven(k: int) -> np.ndarray:
+    w = np.linspace(1, 3, k)
+    return w / w.sum()
+
+
+@pytest.mark.parametrize(
+    "weights", [lambda k: np.full(k, 1 / k), _uneven], ids=["even split", "uneven split"]
+)
+def test_a_gradient_split_among_tied_maxima_passes(weights):
+    # a convex combination of the tied maxima is a subgradient (torch's autograd notes take
+    # the minimum-norm one, the even split, where a function is locally convex): the window's
+    # sum is torch's, so it passes jointly though no element alone is a one-sided slope
+    def route(w):
+        tied = w == w.max()
+        out = np.zeros(4)
+        out[tied] = weights(int(tied.sum()))
+        return out
+
+    result = _tied_pool(_pool_backward(route))
+    assert result.passed, str(result)
+
+
+def test_relu_zeros_given_half_a_slope_each_are_reported():
+    # relu's zeros are independent kinks: 0.5 at each is between the one-sided slopes element
+    # by element, but moving the zeros together gives 0 or the whole upstream sum, never half
+    def backward(dout, cache):
+        _, z, _ = cache
+        return np.where(z > 0, dout, np.where(z == 0, 0.5 * dout, 0))
+
+    m = check_op(**_relu_case(backward)).first_mismatch
+    assert m is not None and m.cause == "tie", str(m)

@@ -97,6 +97,20 @@ def test_op_score_is_full():
         ("bn-normalise-unbiased", "variance", "unbiased variance"),
         ("ln-dgamma-wrong-axis", "wrong-axis", "sum over the wrong axis"),
         ("ce-dout-ignored", "scale", "times torch's everywhere"),
+        ("affine-dx-W^T", "layout", "dx = dout W^T"),
+        ("relu-mask-on-dout", "kink-mask", "where dout > 0"),
+        ("softmax-diagonal-only", "jacobian-diagonal", "taken as its diagonal"),
+        ("softmax-sum-over-batch", "wrong-axis", "over the batch (axis 0)"),
+        ("bn-dx-no-mean-term", "dropped-term", "leaves out the mean path"),
+        ("bn-dx-no-var-term", "dropped-term", "leaves out the variance path"),
+        ("ln-dx-no-mean-term", "dropped-term", "leaves out the mean path"),
+        ("ln-dx-batchnorm-formula", "wrong-axis", "sums (of dxhat and dxhat xhat) run over"),
+        ("leaky-relu-slope-dropped", "derivative-form", "negative slope 0.1 is dropped"),
+        ("log-softmax-no-softmax-term", "dropped-term", "softmax term"),
+        ("log-softmax-y-for-softmax", "derivative-form", "where p = exp(y) is meant"),
+        ("ce-no-onehot", "derivative-form", "one-hot targets are not subtracted"),
+        ("bn-momentum-flipped", "constant-swapped", "momentum and 1 - momentum exchanged"),
+        ("ln-eps-outside-sqrt", "eps-placement", "eps outside the square root"),
     ],
 )
 def test_each_fingerprint_names_its_mutant(name, cause, words):
@@ -107,8 +121,8 @@ def test_each_fingerprint_names_its_mutant(name, cause, words):
 
 @pytest.mark.parametrize(
     "name",
-    ["affine-dx-W^T", "relu-mask-on-dout", "softmax-diagonal-only", "maxpool-overwrite",
-     "bn-dgamma-no-xhat", "conv-dx-crop-offset", "embedding-overwrite"],
+    ["maxpool-overwrite", "bn-dgamma-no-xhat", "conv-dx-crop-offset", "embedding-overwrite",
+     "dropout-mask-ignored", "maxpool-whole-window"],
 )  # fmt: skip
 def test_no_fingerprint_is_claimed_where_none_fits(name):
     m = run_op_mutant(BY_NAME[name]).first_mismatch

@@ -96,3 +96,14 @@ def test_each_equivalent_rewriting_passes(style, name):
     factory, _ = STYLES[style][0].EQUIVALENTS[name]
     result = run(style, factory, 100)
     assert result.passed, str(result.first_divergence)
+
+
+def test_no_user_code_bug_gets_a_wrong_cause():
+    from nn_parity.torch_ref.mutation.cause_score import CauseTable
+
+    from .user_causes import STYLE_CAUSES, style_rows
+
+    assert {r for r in STYLE_CAUSES} == {f"{s}-{n}" for s, n in (c.values for c in BUG_CASES)}
+    table = CauseTable(style_rows())
+    assert table.count("wrong") == 0, table.table()
+    assert table.count("right") >= 0.7 * len(table.rows), table.table()

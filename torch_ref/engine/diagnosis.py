@@ -26,6 +26,12 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from nn_parity import scratch
+from nn_parity.torch_ref.engine.causes import (
+    confirmed_causes,
+    fits,
+    loss_ratio_cause,
+    order_cause,
+)
 from nn_parity.torch_ref.evidence import constant_ratio as _constant_ratio
 from nn_parity.torch_ref.evidence import near as _near
 from nn_parity.torch_ref.mirror.model import torch_loss
@@ -46,6 +52,7 @@ class Context:
     params_before: dict[str, np.ndarray]  # the parameters at the start of the step
     lr: float
     optimizer: object = None  # the scratch optimizer; None: plain SGD
+    names: dict | None = None  # canonical parameter name -> the user's, for user code
 
 
 _DERIVATIVES = {  # f'(z) from (z, a), as a hand derivation should take it, and at z by mistake
@@ -93,7 +100,7 @@ def diagnose(div, s: np.ndarray, t: np.ndarray, ctx) -> dict | None:
     if div.quantity == "grad":
         c = _constant_ratio(s, t)
         if c is not None:
-            return _ratio_cause(c, n, ctx.lr, "gradient")
+            return loss_ratio_cause(c, ctx) or _ratio_cause(c, n, ctx.lr, "gradient")
         if s.ndim == 2 and s.shape[0] == s.shape[1] and np.allclose(s, t.T, rtol=1e-9, atol=0):
             return _d(
                 "layout",
@@ -108,12 +115,22 @@ def diagnose(div, s: np.ndarray, t: np.ndarray, ctx) -> dict | None:
                 f"scratch matches a backward pass in which layer {layer}'s "
                 f"{act} derivative is evaluated at z instead of at {act}(z)",
             )
+        confirmed = confirmed_causes(div, s, t, ctx)
+        if confirmed is not None:
+            return confirmed
     saturated = _saturation(div, ctx)
     if saturated is not None:
         return saturated
     if div.quantity == "param":
         before = ctx.params_before[f"layers.{div.layer}.{div.param}"]
         ds, dt = s - before, t - before
+        if not ds.any() and dt.any():
+            return _d(
+                "no-update",
+                f"scratch's {div.label} did not move at step {div.step} while torch's did: "
+                "its update is never applied (a copy updated instead of the array, a "
+                "parameter missing from the optimizer's list, a skipped step)",
+            )
         c = _constant_ratio(ds, dt)
         if c is not None:
             return _ratio_cause(c, n, ctx.lr, "update")
@@ -124,6 +141,10 @@ def diagnose(div, s: np.ndarray, t: np.ndarray, ctx) -> dict | None:
                 f"{div.step}: the update carries state between steps (momentum?)",
             )
         return _d("update-rule", "gradients agree but the update does not: " + _rule(ctx))
+    if div.quantity in ("z", "a"):
+        return order_cause(div, s, t)
+    if div.quantity == "loss":
+        return confirmed_causes(div, s, t, ctx)
     if div.step > 0 and div.quantity == "grad":
         return _d(
             "carried-state",
@@ -186,11 +207,11 @@ def _derivative_at_z(div, s: np.ndarray, ctx) -> int | None:
     if not all(n in ("sigmoid", "tanh", "identity") for n in names):
         return None  # the independent reference covers these activations only
     key = f"layers.{div.layer}.{div.param}"
+    right = _reference_grads(ctx, None)[key]
+    rel = 1e-9 if ctx.X.dtype == np.float64 else 1e-4
     for l, name in enumerate(names):
-        if name in _DERIVATIVES:
-            g = _reference_grads(ctx, l)[key]
-            if np.linalg.norm(s - g) <= 1e-6 * np.linalg.norm(g):
-                return l
+        if name in _DERIVATIVES and fits(s, _reference_grads(ctx, l)[key], right, rel):
+            return l  # fits scratch's to rounding, and tells itself apart from the right one
     return None
 
 

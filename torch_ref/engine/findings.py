@@ -15,6 +15,7 @@ from nn_parity.torch_ref.compare import (
 )
 from nn_parity.torch_ref.engine.comparer import _np
 from nn_parity.torch_ref.engine.diagnosis import Context, diagnose
+from nn_parity.torch_ref.engine.opt_causes import state_cause
 from nn_parity.torch_ref.engine.setup import _opt_of
 from nn_parity.torch_ref.evidence import agreement
 from nn_parity.torch_ref.results import Divergence, Item
@@ -105,16 +106,30 @@ def _divergence(step, items, k, svals, tvals, sside, tside, slack) -> Divergence
     ctx = Context(
         desc, sside.loss, sside.X, sside.Y, cache, tside.cache, before64, sside.lr, _opt_of(sside)
     )
+    ctx.names = {o.name: o.user for o in items if o.quantity == "grad" and o.user}
     if it.quantity != "state":
         div.diagnosis = diagnose(div, svals[k], tvals[k], ctx)
     else:
-        div.diagnosis = {
+        div.diagnosis = _state_cause(it, k, items, svals, tvals, sside, tside, step) or {
             "cause": "optimizer-state",
             "explanation": f"parameters and gradients agree but the optimizer's {it.buffer} "
             f"buffer of {it.user or it.name} does not: the state update differs from "
             "torch.optim's definition",
         }
     return div
+
+
+def _state_cause(it, k, items, svals, tvals, sside, tside, step) -> dict | None:
+    """The optimizer bug whose recomputation of the buffer fits (`opt_causes`)."""
+    opt = getattr(sside, "opt_desc", None) or _opt_of(sside)
+    g = next((tvals[j] for j, o in enumerate(items) if o.quantity == "grad"
+              and (o.layer, o.param) == (it.layer, it.param)), None)  # fmt: skip
+    if opt is None or g is None or not hasattr(tside, "state_before"):
+        return None
+    prev = tside.state_before().get(it.name, {}).get(it.buffer)
+    hyper = {**opt.hyper, "_step": step + 1}
+    label = f"{it.buffer} of {it.user or it.name} at step {step}"
+    return state_cause(it.buffer, svals[k], _np(tvals[k]), prev, _np(g), hyper, label)
 
 
 def _fd_verdict(desc, sside, params_before, it: Item, m: Mismatch) -> tuple[float, str]:

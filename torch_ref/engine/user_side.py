@@ -119,9 +119,10 @@ class UserSide:
         if self.scheduled:
             assert self.opt is not None
             vals.append(np.asarray(self.opt.lr, self.dtype))
-        if self.stateful:
-            assert self.opt is not None
-            vals += _state_values(self.opt.state_dict(), self.order, self.state_names)
+        if self.stateful:  # nn-parity's optimizer's state, or the user's own, by path
+            state = self.opt.state_dict() if self.opt is not None else None
+            state = state or net.get_state(self.state_names)
+            vals += _state_values(state, self.order, self.state_names)
         vals += [np.asarray(after[k]) for k in self.order]
         self.after = {k: np.array(after[k]) for k in self.order}
         return vals
@@ -150,6 +151,10 @@ class UserSide:
         """What this style reports, known from the first step."""
         if self.opt is not None:
             self.state_names = active_state(self.opt.state_names, self.opt.state)
+            self.stateful = bool(self.state_names)
+        elif self.net.state_paths:  # the user's own optimizer, its state named in `adapt`
+            declared = self.opt_desc.state_names
+            self.state_names = tuple(b for b in declared if b in self.net.state_paths)
             self.stateful = bool(self.state_names)
         self.keys = forward_keys(
             len(self.desc.layers), z=set(z), a=set(a), prob=self.net.forward is not None,

@@ -322,6 +322,12 @@ OP_MUTANTS: list[OpMutant] = [
     OpMutant("bn-dx-no-mean-term", "batchnorm", "dx without the - sum(dxhat) term", "x",
              _replace(0, lambda g, d, c: g[0] + (c[3] / c[6]) * (d * c[4]).sum(axis=c[5],
                                                                               keepdims=True))),
+    OpMutant("bn-dx-no-var-term", "batchnorm", "dx without the - xhat sum(dxhat xhat) term", "x",
+             _replace(0, lambda g, d, c: g[0] + (c[3] / c[6]) * c[1]
+                      * (d * c[4] * c[1]).sum(axis=c[5], keepdims=True))),
+    OpMutant("ln-dx-no-mean-term", "layernorm", "dx without the - sum_d(dxhat) term", "x",
+             _replace(0, lambda g, d, c: g[0] + (c[1] / d.shape[-1])
+                      * (d * c[2]).sum(axis=-1, keepdims=True))),
     OpMutant("bn2d-dbeta-mean-over-HW", "batchnorm2d", "dbeta summed over N, averaged over H, W",
              "beta", _replace(2, lambda g, d, c: d.sum(axis=0).mean(axis=(1, 2)))),
     OpMutant("ln-dgamma-wrong-axis", "layernorm", "dgamma summed over the features, not rows",

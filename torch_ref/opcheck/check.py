@@ -198,6 +198,8 @@ def _first_failure(spec: _Spec, failures: list[tuple]) -> OpMismatch | None:
             "sizes": _sizes(spec, t_out.shape),
             "x64": _main_input(spec),
             "wrong_point": _wrong_point_candidates(spec, first, t_out, dout),
+            "dout": dout,
+            "t_out": t_out,
         }
         cause = None if first.cause else _fingerprint(spec, first, s64, t64, ctx)
         if cause is not None:

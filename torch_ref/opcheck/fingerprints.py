@@ -10,6 +10,7 @@ import torch
 from nn_parity.torch_ref.compare import Mismatch
 from nn_parity.torch_ref.evidence import agreement
 from nn_parity.torch_ref.evidence import constant_ratio as _constant_ratio
+from nn_parity.torch_ref.opcheck.causes import recomputed_cause
 from nn_parity.torch_ref.opcheck.results import OpMismatch
 from nn_parity.torch_ref.opcheck.run import _copies, _run_torch
 from nn_parity.torch_ref.opcheck.spec import _Spec
@@ -27,9 +28,9 @@ def _fd_probe(spec: _Spec, name: str, index, dout, s: float, t: float):
     # carries its own rounding, about 1e-6 relative, and more where sums cancel
     res = (1e-6 if spec.dtype == np.float64 else 1e-3) * max(abs(central), abs(t), 1e-3)
     kink = abs(right - left) > 1e-3 * max(abs(right), abs(left), 1e-3)
-    if kink:
-        s_ok = min(abs(s - left), abs(s - right)) <= res
-        t_ok = min(abs(t - left), abs(t - right)) <= res
+    if kink:  # a subgradient: between the one-sided slopes (the tied set is checked jointly)
+        lo, hi = min(left, right) - res, max(left, right) + res
+        s_ok, t_ok = lo <= s <= hi, lo <= t <= hi
     else:
         s_ok, t_ok = abs(s - central) <= res, abs(t - central) <= res
     return central, ((left, right) if kink else None), agreement(s_ok, t_ok), kink
@@ -125,6 +126,10 @@ def _fingerprint(spec: _Spec, m: OpMismatch, s, t, ctx: dict) -> tuple[str, str]
                 "layout",
                 f"{what} is torch's with the kernel flipped (convolution vs correlation)",
             )
+    if "dout" in ctx:
+        recomputed = recomputed_cause(spec, m, s, ctx["dout"], ctx["t_out"])
+        if recomputed is not None:
+            return recomputed
     if m.kind == "grad" and ctx.get("wrong_point") is not None:
         for candidate, words in ctx["wrong_point"]:
             if close(s, candidate):

@@ -24,6 +24,8 @@ def adapt(
     loss_fn: Callable | None = None,
     names: Sequence[str] | None = None,
     layout: Mapping[str, str] | None = None,
+    state: Mapping[str, str] | None = None,
+    state_of: Any = None,
 ) -> UserNetwork:
     """Adapt a hand-written NumPy network for the lockstep, without subclassing anything.
 
@@ -45,6 +47,11 @@ def adapt(
     loss_fn      optional `loss_fn(X, y) -> float`: your own loss at the parameters the step
                  starts from, compared with torch's (a fused step shows no loss otherwise)
     layout       settles what neither shapes nor a probe can: {"W1": "in,out" or "out,in"}
+    state        your own optimizer's state, by torch's buffer name and the path to yours:
+                 `state={"exp_avg": "m", "exp_avg_sq": "v", "step": "t"}`, each path holding
+                 a dict keyed by your parameter names (or a list in their order) or, for
+                 `step`, one number; read from `state_of` (your optimizer object; default
+                 `params`) after every step and compared buffer by buffer with torch's
 
     X and y reach your functions as you pass them to `lockstep` (rows of them, with mini-batches):
     y keeps its shape, (N,) or (N, 1), and dtype. A fused step may return the loss it computed;
@@ -87,6 +94,7 @@ def adapt(
             "loss_fn": _fn_name(loss_fn) if loss_fn else "",
         },
     )
+    net.state_paths, net.state_access = _state(state, params if state_of is None else state_of)
     for key, value in net.layout.items():
         if key not in arrays:
             raise ValueError(
@@ -95,3 +103,18 @@ def adapt(
         if value not in ("in,out", "out,in"):
             raise ValueError(f"layout[{key!r}] = {value!r}; expected 'in,out' or 'out,in'")
     return net
+
+
+_BUFFERS = ("step", "exp_avg", "exp_avg_sq", "momentum_buffer", "square_avg", "sum")
+
+
+def _state(state: Mapping[str, str] | None, where: Any) -> tuple[dict[str, str], Any]:
+    if not state:
+        return {}, None
+    unknown = [b for b in state if b not in _BUFFERS]
+    if unknown:
+        raise ValueError(f"state names {unknown}, not torch buffers; expected some of {_BUFFERS}")
+    access = _Access(where, [])
+    for path in state.values():
+        access.get(path)  # refuses a path that leads nowhere, now
+    return dict(state), access

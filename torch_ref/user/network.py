@@ -29,6 +29,8 @@ class UserNetwork:
     layout: dict[str, str] = field(default_factory=dict)
     names: dict[str, str] = field(default_factory=dict)  # fn name per role, for messages
     last_raw_grads: Any = None  # the gradients as the user's function returned them
+    state_paths: dict[str, str] = field(default_factory=dict)  # torch buffer -> the user's path
+    state_access: Any = None  # reads those paths
 
     # --- the parameters in canonical layout ---
     @property
@@ -52,6 +54,28 @@ class UserNetwork:
     def set_params(self, params: Mapping[str, np.ndarray]) -> None:
         for s in self.param_map.slots:
             self.access.write(s.user, s.to_user(np.asarray(params[s.canonical], self.dtype)))
+
+    def get_state(self, buffers) -> dict[str, dict[str, np.ndarray]]:
+        """Copies of the user's optimizer state by canonical parameter name and torch buffer
+        name, in canonical layout; a `step` given as one number serves every parameter."""
+        out: dict[str, dict[str, np.ndarray]] = {s.canonical: {} for s in self.param_map.slots}
+        for b in buffers:
+            held = self.state_access.get(self.state_paths[b])
+            for i, s in enumerate(self.param_map.slots):
+                if np.ndim(held) == 0 and not isinstance(held, (Mapping, list, tuple)):
+                    out[s.canonical][b] = np.array(float(held), np.float64)
+                    continue
+                try:
+                    v = held[s.user] if isinstance(held, Mapping) else held[i]
+                except (KeyError, IndexError, TypeError):
+                    raise ValueError(
+                        f"state {b!r} at {self.state_paths[b]!r} holds no entry for parameter "
+                        f"{s.user!r} after the step (a dict keyed by parameter name, or a list "
+                        "in the parameters' order, is expected)"
+                    ) from None
+                v = np.array(float(v), np.float64) if b == "step" else s.to_canonical(v)
+                out[s.canonical][b] = np.array(v, dtype=np.float64 if b == "step" else self.dtype)
+        return out
 
     def description(self) -> scratch.MLP:
         """The built-in network the user's claims to compute, holding the user's values."""
