@@ -40,6 +40,29 @@ def explain(div, s, t, ctx) -> dict | None:
             return found
     if div.quantity == "grad" and div.param == "weight":
         return _l2_in_gradient(div, s, t, ctx)
+    if div.quantity == "loss" and ctx.loss.name == "bce" and ctx.loss.clip is None:
+        return _clipped(float(s), ctx)
+    return None
+
+
+_CLIPS = (1e-7, 1e-8, 1e-12, 1e-15)  # the eps of np.clip(p, eps, 1 - eps) in common code
+
+
+def _clipped(s: float, ctx) -> dict | None:
+    """scratch's loss is, to 1e-9, the BCE of torch's output clipped at a common eps."""
+    loss = ctx.loss
+    out = ctx.torch_cache[-1][1].detach().numpy().astype(np.float64)
+    Y = ctx.Y.astype(np.float64)
+    for eps in _CLIPS:
+        clipped = type(loss)(loss.reduction, **{**loss.options, "clip": eps})
+        if near(s, clipped.forward(out, Y)[0], 1e-9):
+            return {  # the saturation class, with the declaration that settles it
+                "cause": "saturation",
+                "explanation": f"the two part where p is saturated: scratch's loss is torch's "
+                f"BCE with p clipped to [{eps:g}, 1 - {eps:g}] (np.clip), where torch clamps "
+                f"each log at -100: declare it if that is your cost "
+                f"(loss=get_loss('bce', clip={eps:g}))",
+            }
     return None
 
 
@@ -77,7 +100,7 @@ def _scale_or_reduction(c: float, ctx, what: str) -> dict | None:
 
 
 def _declare(c: float, loss, r: str, k: float, n: int, what: str) -> dict:
-    opts = {**loss.options, "scale": k}
+    opts = {**{key: v for key, v in loss.options.items() if v is not None}, "scale": k}
     if k == 1.0:
         opts.pop("scale")
     args = "".join(f", {key}={v!r}" for key, v in opts.items())
