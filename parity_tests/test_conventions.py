@@ -43,22 +43,35 @@ def _problem(name, seed=0):
         out[0, 0] = 1e-9  # saturated: the clip matters here
     if name == "nll":
         out = scratch.activations.log_softmax(out)
-    y = {"ce": rng.integers(0, 3, 6), "nll": rng.integers(0, 3, 6), "mse": rng.standard_normal((6, 3))}
+    y = {
+        "ce": rng.integers(0, 3, 6),
+        "nll": rng.integers(0, 3, 6),
+        "mse": rng.standard_normal((6, 3)),
+    }
     y = y.get(name, (rng.random(6) > 0.5).astype(float))
-    params = {"layers.0.weight": rng.standard_normal((4, 2)), "layers.0.bias": rng.standard_normal(4),
-              "layers.1.weight": rng.standard_normal((C, 4)), "layers.1.bias": rng.standard_normal(C)}  # fmt: skip
+    params = {
+        "layers.0.weight": rng.standard_normal((4, 2)),
+        "layers.0.bias": rng.standard_normal(4),
+        "layers.1.weight": rng.standard_normal((C, 4)),
+        "layers.1.bias": rng.standard_normal(C),
+    }
     return out, y, params
 
 
 def _formula(loss, out, Y, params):
     """The objective as docs/conventions.md writes it, from the plain torch loss in float64."""
-    plain = scratch.LOSSES[loss.name]("sum", **{k: v for k, v in loss.options.items()
-                                                if k in ("weight", "label_smoothing", "clip")})  # fmt: skip
+    plain = scratch.LOSSES[loss.name](
+        "sum",
+        **{k: v for k, v in loss.options.items() if k in ("weight", "label_smoothing", "clip")},
+    )
     total = plain.forward(out, Y)[0]
     R = {"sum": 1, "samples": len(out)}.get(loss.reduction)
     if R is None:
-        R = out.size if loss.task != "multiclass" else (
-            len(out) if loss.options.get("weight") is None else loss.weight[Y].sum())
+        R = (
+            out.size
+            if loss.task != "multiclass"
+            else (len(out) if loss.options.get("weight") is None else loss.weight[Y].sum())
+        )
     c = loss.l2 / loss.l2_n / (2 if loss.l2_form == "half" else 1)
     names = scratch.conventions.l2_names(loss.l2_on, list(params)) if loss.l2 else []
     return loss.scale * total / R + c * sum(float((params[n] ** 2).sum()) for n in names)
@@ -89,7 +102,7 @@ def test_the_declared_objective_and_its_gradients_match_torch_autograd(name, opt
 @pytest.mark.parametrize("name,opts", CASES[:-3], ids=[f"{n}-{o}" for n, o in CASES[:-3]])
 def test_a_convention_torch_does_not_share_is_seen(name, opts):
     """The check above can fail: torch's plain loss against the declared one differs."""
-    out, y, params = _problem(name)
+    out, y, _ = _problem(name)
     opts = dict(opts)
     loss = get_loss(name, opts.pop("reduction", "mean"), **opts)
     Y = loss.targets(y, out.shape[1])
@@ -102,9 +115,16 @@ def test_a_convention_torch_does_not_share_is_seen(name, opts):
 # --- the built-in network: any output torch accepts ------------------------------------------
 
 
-@pytest.mark.parametrize("last,loss", [("sigmoid", get_loss("mse", scale=0.5)),
-                                        ("softmax", get_loss("mse", reduction="samples")),
-                                        ("tanh", "mse"), ("softmax", "ce"), ("sigmoid", "bce-logits")])  # fmt: skip
+@pytest.mark.parametrize(
+    "last,loss",
+    [
+        ("sigmoid", get_loss("mse", scale=0.5)),
+        ("softmax", get_loss("mse", reduction="samples")),
+        ("tanh", "mse"),
+        ("softmax", "ce"),
+        ("sigmoid", "bce-logits"),
+    ],
+)
 def test_the_built_in_network_takes_any_output_torch_accepts(last, loss):
     C = 1 if last == "sigmoid" or loss == "bce-logits" else 3
     net = scratch.MLP([2, 5, C], ["tanh", last], rng=0)
@@ -126,10 +146,15 @@ def pairs(X, y):
 
 def wire_quadratic(factory, loss, loss_fn=True):
     net = factory([4, 4, 4, 1], seed=0)
-    return adapt(net, names=["weights", "biases"], activations=["sigmoid"] * 3, loss=loss,
-                 forward=lambda X: np.hstack([net.feedforward(x[:, None]) for x in X]).T,
-                 loss_fn=(lambda X, y: net.cost(pairs(X, y))) if loss_fn else None,
-                 step=lambda X, y, lr: net.update_mini_batch(pairs(X, y), lr))  # fmt: skip
+    return adapt(
+        net,
+        names=["weights", "biases"],
+        activations=["sigmoid"] * 3,
+        loss=loss,
+        forward=lambda X: np.hstack([net.feedforward(x[:, None]) for x in X]).T,
+        loss_fn=(lambda X, y: net.cost(pairs(X, y))) if loss_fn else None,
+        step=lambda X, y, lr: net.update_mini_batch(pairs(X, y), lr),
+    )
 
 
 LMBDA, N = 0.5, 16
@@ -137,18 +162,28 @@ LMBDA, N = 0.5, 16
 
 def wire_l2(factory, loss, loss_fn=True):
     net = factory([4, 4, 4, 1], seed=0)
-    return adapt(net, names=["weights", "biases"], activations=["sigmoid"] * 3, loss=loss,
-                 forward=lambda X: np.hstack([net.feedforward(x[:, None]) for x in X]).T,
-                 loss_fn=(lambda X, y: net.total_cost(pairs(X, y), LMBDA)) if loss_fn else None,
-                 step=lambda X, y, lr: net.update_mini_batch(pairs(X, y), lr, LMBDA, N))  # fmt: skip
+    return adapt(
+        net,
+        names=["weights", "biases"],
+        activations=["sigmoid"] * 3,
+        loss=loss,
+        forward=lambda X: np.hstack([net.feedforward(x[:, None]) for x in X]).T,
+        loss_fn=(lambda X, y: net.total_cost(pairs(X, y), LMBDA)) if loss_fn else None,
+        step=lambda X, y, lr: net.update_mini_batch(pairs(X, y), lr, LMBDA, N),
+    )
 
 
 def wire_clipped(factory, loss, loss_fn=True):
     model = factory(2, 6, seed=0)
     model.dense2.weights *= 40  # large logits: one sample saturates, where the clip matters
-    return adapt(model, names=["dense1.weights", "dense1.biases", "dense2.weights", "dense2.biases"],
-                 activations=["tanh", "sigmoid"], loss=loss, forward=model.forward,
-                 step=lambda X, y, lr: model.train_step(X, y, lr))  # fmt: skip
+    return adapt(
+        model,
+        names=["dense1.weights", "dense1.biases", "dense2.weights", "dense2.biases"],
+        activations=["tanh", "sigmoid"],
+        loss=loss,
+        forward=model.forward,
+        step=lambda X, y, lr: model.train_step(X, y, lr),
+    )
 
 
 def clipped_data():
@@ -158,18 +193,31 @@ def clipped_data():
 
 
 FIXTURES = {  # module, wiring, the one-line declaration, data, lr
-    "nielsen-quadratic": (nielsen_quadratic, wire_quadratic, get_loss("mse", scale=0.5),
-                          lambda: make_data(N, 4, seed=1), 0.5),
-    "network2-l2": (network2_l2, wire_l2, get_loss("bce", l2=LMBDA, l2_n=N),
-                    lambda: make_data(N, 4, seed=1), 0.5),
+    "nielsen-quadratic": (
+        nielsen_quadratic,
+        wire_quadratic,
+        get_loss("mse", scale=0.5),
+        lambda: make_data(N, 4, seed=1),
+        0.5,
+    ),
+    "network2-l2": (
+        network2_l2,
+        wire_l2,
+        get_loss("bce", l2=LMBDA, l2_n=N),
+        lambda: make_data(N, 4, seed=1),
+        0.5,
+    ),
     "clipped-bce": (clipped_bce, wire_clipped, get_loss("bce", clip=1e-7), clipped_data, 0.1),
-}  # fmt: skip
-CORRECT = {"nielsen-quadratic": nielsen_quadratic.Network, "network2-l2": network2_l2.Network,
-           "clipped-bce": clipped_bce.Model}  # fmt: skip
+}
+CORRECT = {
+    "nielsen-quadratic": nielsen_quadratic.Network,
+    "network2-l2": network2_l2.Network,
+    "clipped-bce": clipped_bce.Model,
+}
 
 
 def run(style, factory, declared: bool, steps: int, **wiring):
-    module, wire, loss, data, lr = FIXTURES[style]
+    _, wire, loss, data, lr = FIXTURES[style]
     X, y = data()
     return check(wire(factory, loss if declared else loss.name, **wiring), X, y, steps=steps, lr=lr)
 
@@ -184,23 +232,31 @@ def test_each_fixture_passes_as_written_once_its_convention_is_declared(style):
 UNDECLARED = {  # what the report says before the convention is declared
     "nielsen-quadratic": ("loss", "convention", "it is torch's mse with scale 0.5: declare it"),
     "network2-l2": ("grad weights[2]", "convention", "l2=0.03125: declare it"),
-    "clipped-bce": ("loss", "saturation", "declare it if that is your cost (loss=get_loss('bce', "
-                    "clip=1e-07))"),
-}  # fmt: skip
+    "clipped-bce": (
+        "loss",
+        "saturation",
+        "declare it if that is your cost (loss=get_loss('bce', clip=1e-07))",
+    ),
+}
 
 
 @pytest.mark.parametrize("style", list(FIXTURES))
 def test_an_undeclared_convention_is_named_with_its_declaration(style):
     label, cause, words = UNDECLARED[style]
-    div = run(style, CORRECT[style], False, 5, loss_fn=style == "nielsen-quadratic").first_divergence
+    div = run(
+        style, CORRECT[style], False, 5, loss_fn=style == "nielsen-quadratic"
+    ).first_divergence
     assert div is not None and div.step == 0 and div.label == label, str(div)
     assert div.diagnosis and div.diagnosis["cause"] == cause, div.diagnosis
     assert words in div.diagnosis["explanation"], div.diagnosis
     assert "learning rate" not in div.diagnosis["explanation"]  # lr is 0.5 too in the first
 
 
-BUG_CASES = [pytest.param(style, name, id=f"{style}-{name}")
-             for style, (module, *_) in FIXTURES.items() for name in module.BUGS]  # fmt: skip
+BUG_CASES = [
+    pytest.param(style, name, id=f"{style}-{name}")
+    for style, (module, *_) in FIXTURES.items()
+    for name in module.BUGS
+]
 
 
 @pytest.mark.parametrize("style,name", BUG_CASES)
@@ -223,16 +279,19 @@ def test_a_hidden_layer_bug_is_masked_by_an_undeclared_scale_and_surfaces_once_d
     assert hidden_l2.label == "grad weights[1]" and hidden_l2.fd_agrees_with == "torch"
 
 
-@pytest.mark.parametrize("style,loss", [
-    ("nielsen-quadratic", get_loss("mse", scale=0.25)),
-    ("nielsen-quadratic", get_loss("mse", reduction="sum", scale=0.5)),
-    ("network2-l2", get_loss("bce", l2=LMBDA)),  # lmbda without its 1/n
-    ("network2-l2", get_loss("bce", l2=LMBDA, l2_n=N, l2_on="all")),  # the biases too
-    ("network2-l2", get_loss("bce", l2=LMBDA, l2_n=N, l2_form="full")),
-    ("clipped-bce", get_loss("bce", clip=1e-8)),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "style,loss",
+    [
+        ("nielsen-quadratic", get_loss("mse", scale=0.25)),
+        ("nielsen-quadratic", get_loss("mse", reduction="sum", scale=0.5)),
+        ("network2-l2", get_loss("bce", l2=LMBDA)),  # lmbda without its 1/n
+        ("network2-l2", get_loss("bce", l2=LMBDA, l2_n=N, l2_on="all")),  # the biases too
+        ("network2-l2", get_loss("bce", l2=LMBDA, l2_n=N, l2_form="full")),
+        ("clipped-bce", get_loss("bce", clip=1e-8)),
+    ],
+)
 def test_a_declaration_excuses_only_its_exact_factor_or_term(style, loss):
-    module, wire, _, data, lr = FIXTURES[style]
+    _, wire, _, data, lr = FIXTURES[style]
     X, y = data()
     result = check(wire(CORRECT[style], loss), X, y, steps=5, lr=lr)
     assert not result.passed

@@ -56,7 +56,9 @@ class Loss_BinaryCrossentropy:
 
     def forward(self, y_pred, y_true):
         y_pred_clipped = np.clip(y_pred, 1e-7, 1 - 1e-7)
-        sample_losses = -(y_true * np.log(y_pred_clipped) + (1 - y_true) * np.log(1 - y_pred_clipped))
+        sample_losses = -(
+            y_true * np.log(y_pred_clipped) + (1 - y_true) * np.log(1 - y_pred_clipped)
+        )
         return np.mean(sample_losses, axis=-1)
 
     def backward(self, dvalues, y_true):

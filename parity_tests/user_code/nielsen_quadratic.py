@@ -32,7 +32,7 @@ class Network:
         self.num_layers = len(sizes)
         self.sizes = sizes
         self.biases = [rng.standard_normal((y, 1)) for y in sizes[1:]]
-        self.weights = [rng.standard_normal((y, x)) for x, y in zip(sizes[:-1], sizes[1:])]
+        self.weights = [rng.standard_normal((y, x)) for x, y in zip(sizes[:-1], sizes[1:])]  # noqa: RUF007
 
     def feedforward(self, a):
         for b, w in zip(self.biases, self.weights):

@@ -108,8 +108,7 @@ def _declare(c: float, loss, r: str, k: float, n: int, what: str) -> dict:
     call = f"get_loss({loss.name!r}{red}{args})"
     words = ", ".join(w for w in (red.lstrip(", "), f"scale {k:g}" * (k != loss.scale)) if w)
     verdict = (
-        f"it is torch's {loss.name} with {words}: declare it if that is your cost "
-        f"(loss={call})"
+        f"it is torch's {loss.name} with {words}: declare it if that is your cost (loss={call})"
     )
     if k == loss.scale and near(c, n) and n > 1:  # the classic missing 1/N, in its old words
         return {

@@ -28,7 +28,14 @@ from nn_parity.scratch.activations import (
 from nn_parity.scratch.conventions import l2_coefficient, l2_names
 from torch import nn
 
-__all__ = ["DeclaredLoss", "TorchMLP", "torch_activation", "torch_dtype", "torch_loss", "torch_probabilities"]
+__all__ = [
+    "DeclaredLoss",
+    "TorchMLP",
+    "torch_activation",
+    "torch_dtype",
+    "torch_loss",
+    "torch_probabilities",
+]
 
 TORCH_DTYPES = {"float64": torch.float64, "float32": torch.float32}
 
@@ -59,7 +66,7 @@ def torch_loss(
 class DeclaredLoss(nn.Module):
     """torch's loss as the user declared it:
 
-        scale * base(clip(out), y) [/ N for "samples"]  +  c * sum_{p in l2_on} (p * p).sum()
+    scale * base(clip(out), y) [/ N for "samples"]  +  c * sum_{p in l2_on} (p * p).sum()
     """
 
     def __init__(self, loss: scratch.Loss, base: nn.Module, params: dict):
