@@ -44,7 +44,8 @@ class Network:
         self.cost = cost
         self.biases = [self.rng.standard_normal((y, 1)) for y in sizes[1:]]
         self.weights = [
-            self.rng.standard_normal((y, x)) / np.sqrt(x) for x, y in zip(sizes[:-1], sizes[1:])  # noqa: RUF007
+            self.rng.standard_normal((y, x)) / np.sqrt(x)
+            for x, y in zip(sizes[:-1], sizes[1:])  # noqa: RUF007
         ]
 
     def feedforward(self, a):
