@@ -5,9 +5,13 @@ any other cause, without masking a hidden layer's bug once declared."""
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from nn_parity import scratch
 from nn_parity.scratch import get_loss
 from nn_parity.torch_ref import adapt, check, lockstep
@@ -323,3 +327,86 @@ def test_the_fixtures_learn_as_their_authors_ran_them():
     X2, y2 = make_data(N, 2, seed=1)
     losses = [model.train_step(X2, y2, 0.5) for _ in range(100)]
     assert losses[-1] < 0.9 * losses[0]
+
+
+# --- no false alarm: declared conventions, L2 included, on hand-written code ------------------
+
+
+@st.composite
+def l2_configs(draw):
+    """A tanh network ending in a sigmoid, its loss with drawn conventions, L2 always on."""
+    loss = draw(st.sampled_from(["mse", "bce"]))
+    options = {
+        "reduction": draw(st.sampled_from(["mean", "samples", "sum"])),
+        "scale": draw(st.sampled_from([1.0, 0.5, 2.0])),
+        "l2": draw(st.sampled_from([0.01, 0.1, 1.0])),
+        "l2_form": draw(st.sampled_from(["half", "full"])),
+        "l2_n": draw(st.sampled_from([1, 50])),
+        "l2_on": draw(st.sampled_from(["weights", "all"])),
+    }
+    widths = draw(st.lists(st.integers(1, 8), min_size=1, max_size=2))
+    sizes = (draw(st.integers(1, 5)), *widths, 1)
+    n = draw(st.integers(1, 32))
+    return loss, options, sizes, n, draw(st.sampled_from([0.01, 0.1])), draw(st.integers(0, 999))
+
+
+def hand_written(sizes, loss, options, seed):
+    """Written from the declaration's formula alone: W (in, out), the L2 term's 2 c W added to
+    the gradient, the loss with its term."""
+    rng = np.random.default_rng(seed)
+    P = {}
+    for l, (d, h) in enumerate(itertools.pairwise(sizes), start=1):
+        P[f"W{l}"], P[f"b{l}"] = rng.standard_normal((d, h)) / np.sqrt(d), np.zeros(h)
+    L = len(sizes) - 1
+    on = [k for k in P if options["l2_on"] == "all" or k.startswith("W")]
+    c = options["l2"] / options["l2_n"] / (2 if options["l2_form"] == "half" else 1)
+
+    def grads(X, y):
+        y = y.reshape(-1, 1)
+        acts = [X]
+        for l in range(1, L + 1):
+            z = acts[-1] @ P[f"W{l}"] + P[f"b{l}"]
+            acts.append(1 / (1 + np.exp(-z)) if l == L else np.tanh(z))
+        p = acts[-1]
+        R = {"mean": p.size, "samples": len(p), "sum": 1}[options["reduction"]]
+        k = options["scale"] / R
+        if loss == "mse":
+            value = k * np.sum((p - y) ** 2)
+            dz = k * 2 * (p - y) * p * (1 - p)
+        else:
+            value = -k * np.sum(y * np.log(p) + (1 - y) * np.log(1 - p))
+            dz = k * (p - y)
+        value += c * sum(np.sum(P[n] ** 2) for n in on)
+        G = {}
+        for l in range(L, 0, -1):
+            G[f"W{l}"], G[f"b{l}"] = acts[l - 1].T @ dz, dz.sum(axis=0)
+            dz = (dz @ P[f"W{l}"].T) * (1 - acts[l - 1] ** 2)
+        return value, {n: G[n] + (2 * c * P[n] if n in on else 0) for n in P}
+
+    layout = {k: "in,out" for k in P if k.startswith("W")}
+    return P, grads, layout
+
+
+@given(cfg=l2_configs())
+@settings(deadline=None)
+def test_declared_conventions_with_l2_never_raise_a_false_alarm(cfg):
+    loss, options, sizes, n, lr, seed = cfg
+    P, grads, layout = hand_written(sizes, loss, options, seed)
+    rng = np.random.default_rng(seed + 1)
+    X, y = rng.standard_normal((n, sizes[0])), (rng.random(n) > 0.5).astype(float)
+    opts = dict(options)
+    declared = get_loss(loss, opts.pop("reduction"), **opts)
+    net = adapt(P, activations=["tanh"] * (len(sizes) - 2) + ["sigmoid"], loss=declared,
+                grads=grads, layout=layout)  # fmt: skip
+    result = check(net, X, y, steps=10, lr=lr)
+    assert result.passed, f"{cfg}\n{result.first_divergence}"
+
+
+def test_the_l2_sweep_can_fail():
+    """The sweep's check sees an L2 term the declaration leaves out."""
+    options = {"reduction": "mean", "scale": 1.0, "l2": 0.1, "l2_form": "half", "l2_n": 1,
+               "l2_on": "weights"}  # fmt: skip
+    P, grads, layout = hand_written((3, 4, 1), "bce", options, 0)
+    X, y = make_data(8, 3, seed=0)
+    net = adapt(P, activations=["tanh", "sigmoid"], loss="bce", grads=grads, layout=layout)
+    assert not check(net, X, y, steps=3, lr=0.1).passed
