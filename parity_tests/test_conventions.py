@@ -410,3 +410,11 @@ def test_the_l2_sweep_can_fail():
     X, y = make_data(8, 3, seed=0)
     net = adapt(P, activations=["tanh", "sigmoid"], loss="bce", grads=grads, layout=layout)
     assert not check(net, X, y, steps=3, lr=0.1).passed
+
+
+def test_the_record_names_the_declared_cost():
+    result = run("network2-l2", network2_l2.Network, True, 2)
+    assert result.config["reduction"] == "mean, l2=0.5, l2_n=16"
+    assert (
+        run("nielsen-quadratic", nielsen_quadratic.Network, False, 2).config["reduction"] == "mean"
+    )

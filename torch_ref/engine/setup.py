@@ -256,7 +256,7 @@ def prepare(net, ref, X, y, *, steps, lr, loss, optimizer, batch_size, epochs, s
             "source": None,
         },
         "loss": sside.loss.name,
-        "reduction": sside.loss.reduction,
+        "reduction": _declared(sside.loss),
         "lr": lr,
         "optimizer": _optimizer_record(optimizer, opt_desc),
         "batches": {"batch_size": batch_size, "epochs": epochs, "drop_last": drop_last},
@@ -265,6 +265,13 @@ def prepare(net, ref, X, y, *, steps, lr, loss, optimizer, batch_size, epochs, s
     plan = _batches(n, batch_size, epochs or 1, seed, shuffle, drop_last)
     kinks = [l for l, a in enumerate(desc.activations) if a.name.partition(":")[0] in _KINKED]
     return Run(sside, tside, X, Y, steps, plan, config, batch_size is not None, kinks)
+
+
+def _declared(loss: scratch.Loss) -> str:
+    """The reduction as the record keeps it, followed by the loss's declared conventions
+    ("mean, scale=0.5, l2=0.1, l2_n=16"): a run is described by the cost it compared."""
+    conv = {k: v for k, v in loss.options.items() if k not in ("weight", "label_smoothing")}
+    return ", ".join([loss.reduction, *(f"{k}={v!r}" for k, v in conv.items() if v is not None)])
 
 
 _KINKED = ("relu", "leaky_relu")  # activations with a kink at 0
