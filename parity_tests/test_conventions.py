@@ -270,6 +270,9 @@ def test_each_planted_bug_is_caught_and_located_once_the_convention_is_declared(
     assert div is not None, f"{name} was not caught"
     expected = {"grad": f"grad {where}", "loss": "loss"}[kind]
     assert div.label == expected and div.step == 0, str(div)
+    if kind == "grad" and style != "clipped-bce":
+        # the finite differences are of the declared objective, its L2 term included
+        assert div.fd_agrees_with == "torch", str(div)
 
 
 def test_a_hidden_layer_bug_is_masked_by_an_undeclared_scale_and_surfaces_once_declared():

@@ -110,6 +110,8 @@ def _declare(c: float, loss, r: str, k: float, n: int, what: str) -> dict:
     verdict = (
         f"it is torch's {loss.name} with {words}: declare it if that is your cost (loss={call})"
     )
+    if what == "loss":  # one number: the gradients must be of the same cost
+        verdict += ", and your gradient is of the same cost"
     if k == loss.scale and near(c, n) and n > 1:  # the classic missing 1/N, in its old words
         return {
             "cause": "reduction",
