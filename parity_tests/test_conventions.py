@@ -235,7 +235,7 @@ def test_each_fixture_passes_as_written_once_its_convention_is_declared(style):
 
 UNDECLARED = {  # what the report says before the convention is declared
     "nielsen-quadratic": ("loss", "convention", "it is torch's mse with scale 0.5: declare it"),
-    "network2-l2": ("grad weights[2]", "convention", "l2=0.03125: declare it"),
+    "network2-l2": ("grad weights[2]", "convention", "with l2=0.03125, l2_n=1: declare it"),
     "clipped-bce": (
         "loss",
         "saturation",

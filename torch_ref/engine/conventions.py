@@ -138,17 +138,20 @@ def _l2_in_gradient(div, s: np.ndarray, t: np.ndarray, ctx) -> dict | None:
     if k <= 0 or np.linalg.norm(d - k * W) > 1e-6 * np.linalg.norm(d):
         return None
     loss = ctx.loss
-    # the term c ||W||^2 adds 2 c W; with the half form c = l2 / (2 l2_n): l2 / l2_n = k + ...
-    have = 2 * _c(loss)
-    lam = (have + k) * (loss.l2_n if loss.l2 else 1)
-    n_part = f", l2_n={loss.l2_n}" if loss.l2 and loss.l2_n != 1 else ""
+    # the term c ||W||^2 adds 2 c W; in the half form c = l2 / (2 l2_n), so l2 = 2 c l2_n
+    n = loss.l2_n if loss.l2 else 1
+    lam = (2 * _c(loss) + k) * n
+    opts = {key: v for key, v in loss.options.items() if v is not None and key != "l2_form"}
+    opts["l2"] = float(f"{lam:.6g}")
+    red = "" if loss.reduction == "mean" else f", reduction={loss.reduction!r}"
+    call = f"get_loss({loss.name!r}{red}{''.join(f', {key}={v!r}' for key, v in opts.items())})"
     return {
         "cause": "convention",
         "explanation": f"scratch's gradient of {div.label.split()[-1]} is torch's plus "
         f"{k:.6g} times the weight itself: an L2 term. It is torch's {loss.name} plus "
-        f"0.5 * l2 * ||W||^2 with l2={lam:.6g}{n_part}: declare it if that is your cost "
-        f"(get_loss({loss.name!r}, l2={lam:.6g}{n_part}); network2.py's (lmbda / n) is "
-        "l2=lmbda, l2_n=n; l2_on='all' if the biases decay too)",
+        f"0.5 * l2 / l2_n * ||W||^2 with l2={lam:.6g}, l2_n={n}: declare it if that is your "
+        f"cost (loss={call}; network2.py's (lmbda / n) is l2=lmbda, l2_n=n; l2_on='all' if "
+        "the biases decay too)",
     }
 
 
