@@ -6,6 +6,7 @@ any other cause, without masking a hidden layer's bug once declared."""
 from __future__ import annotations
 
 import itertools
+import json
 
 import numpy as np
 import pytest
@@ -15,6 +16,7 @@ from hypothesis import strategies as st
 from nn_parity import scratch
 from nn_parity.scratch import get_loss
 from nn_parity.torch_ref import adapt, check, lockstep
+from nn_parity.torch_ref.frontends.cli import main
 from nn_parity.torch_ref.mirror.model import TorchMLP, torch_loss
 
 from .helpers import make_data
@@ -421,3 +423,10 @@ def test_the_record_names_the_declared_cost():
     assert (
         run("nielsen-quadratic", nielsen_quadratic.Network, False, 2).config["reduction"] == "mean"
     )
+
+
+def test_the_command_line_takes_the_samples_reduction(tmp_path):
+    code = main(["run", "--data", "moons", "--reduction", "samples", "--steps", "5", "--quiet",
+                 "--out", str(tmp_path)])  # fmt: skip
+    assert code == 0
+    assert json.loads((tmp_path / "summary.json").read_text())["reduction"] == "samples"
