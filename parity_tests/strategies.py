@@ -28,6 +28,12 @@ class NetConfig:
     seed: int
     optimizer: tuple = ("sgd", ())  # (name, ((option, value), ...))
     batch_size: int | None = None  # None: full batch
+    conventions: tuple = ()  # the loss's declared conventions, ((option, value), ...)
+    output: str | None = None  # the last activation, when not the loss's usual one
+
+    @property
+    def loss_options(self) -> dict:
+        return dict(self.conventions)
 
     def data(self) -> tuple[np.ndarray, np.ndarray]:
         rng = np.random.default_rng(self.seed)
@@ -100,6 +106,7 @@ def net_configs(draw, dtypes=("float64", "float32")) -> NetConfig:
         sizes = (*sizes[:-1], draw(st.integers(1, 3)))
     hidden = tuple(draw(st.sampled_from(HIDDEN)) for _ in sizes[1:-1])
     n = draw(st.integers(1, 64))
+    output = draw(st.sampled_from(OUTPUTS[loss]))
     return NetConfig(
         sizes=sizes,
         hidden=hidden,
@@ -113,4 +120,30 @@ def net_configs(draw, dtypes=("float64", "float32")) -> NetConfig:
         seed=draw(st.integers(0, 2**32 - 1)),
         optimizer=draw(st.sampled_from(OPTIMIZERS)),
         batch_size=draw(st.one_of(st.none(), st.integers(1, n))),
+        conventions=draw(loss_conventions(loss)),
+        output=output,
     )
+
+
+# The last activations torch accepts before each loss, besides the usual one (None).
+OUTPUTS = {
+    "bce": [None],
+    "bce-logits": [None, "tanh"],
+    "ce": [None, "softmax", "tanh"],
+    "nll": [None, "identity"],
+    "mse": [None, "sigmoid", "tanh", "softmax"],
+}
+
+
+@st.composite
+def loss_conventions(draw, loss: str) -> tuple:
+    """A declared convention: reduction, scale, and for bce a clip (docs/conventions.md). The
+    L2 term is the user's code's (the built-in network refuses it); test_conventions.py sweeps
+    it on adapted code."""
+    conv = {
+        "reduction": draw(st.sampled_from(["mean", "samples", "sum"])),
+        "scale": draw(st.sampled_from([1.0, 0.5, 2.0])),
+    }
+    if loss == "bce":
+        conv["clip"] = draw(st.sampled_from([None, 1e-7]))
+    return tuple((k, v) for k, v in conv.items() if v not in (None, 1.0, "mean"))

@@ -289,9 +289,14 @@ def test_an_error_inside_user_code_names_the_function_and_the_line():
         lockstep(net, None, X, y, steps=2, lr=0.5)
 
 
-def test_a_last_activation_that_does_not_fit_the_loss_is_refused():
-    with pytest.raises(ValueError, match="ce applies log-softmax itself"):
-        adapt(init_params([3, 4, 2]), activations=["relu", "softmax"], loss="ce",
+def test_any_output_torch_accepts_is_accepted_and_bce_on_an_unbounded_one_refused():
+    # torch takes a softmax before CrossEntropyLoss and a sigmoid before MSELoss
+    adapt(init_params([3, 4, 2]), activations=["relu", "softmax"], loss="ce",
+          grads=lambda X, y: None)  # fmt: skip
+    adapt(init_params([3, 4, 1]), activations=["relu", "sigmoid"], loss="mse",
+          grads=lambda X, y: None)  # fmt: skip
+    with pytest.raises(ValueError, match="'tanh' can leave \\[0, 1\\]"):
+        adapt(init_params([3, 4, 1]), activations=["relu", "tanh"], loss="bce",
               grads=lambda X, y: None)  # fmt: skip
 
 

@@ -395,7 +395,7 @@ def test_a_wrong_relu_derivative_is_not_excused_as_a_kink():
         ({"steps": 0}, "steps must be a positive integer"),
         ({"lr": -0.1}, "learning rate"),
         ({"lr": float("nan")}, "learning rate"),
-        ({"loss": "bce-logits"}, "last layer's activation"),
+        ({"loss": "ce"}, "ce needs one output per class"),
         ({"loss": "hinge"}, "unknown loss"),
     ],
 )

@@ -28,8 +28,8 @@ def blew_up_on_both_sides(result) -> bool:
 
 
 def run(cfg: NetConfig):
-    loss = scratch.get_loss(cfg.loss)
-    acts = [*cfg.hidden, loss.output_activation]
+    loss = scratch.get_loss(cfg.loss, **cfg.loss_options)
+    acts = [*cfg.hidden, cfg.output or loss.output_activation]
     net = scratch.MLP(cfg.sizes, acts, bias=cfg.bias, dtype=cfg.dtype, init=cfg.init, rng=cfg.seed)
     X, y = cfg.data()
     return lockstep(

@@ -20,11 +20,12 @@ __all__ = ["loss_fn", "network_gradient", "numerical_gradient"]
 
 
 def loss_fn(net: MLP, loss: Loss, X: np.ndarray, y: np.ndarray) -> Callable[[], float]:
-    """The loss at the network's current parameters, as a function of nothing."""
+    """The loss (with its declared L2 term) at the network's current parameters, as a function
+    of nothing."""
 
     def f() -> float:
         out, _ = net.forward(X)
-        return loss.forward(out, y)[0]
+        return loss.forward(out, y)[0] + loss.penalty(net.params)[0]  # a declared L2 term
 
     return f
 

@@ -31,9 +31,19 @@ with the textbook forms.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import numpy as np
 
 from .activations import log_softmax, sigmoid, softmax
+from .conventions import (  # noqa: F401  check_output: imported from here by callers
+    DEFAULTS,
+    check_conventions,
+    check_output,
+    l2_coefficient,
+    l2_names,
+    penalty,
+)
 from .validate import check_labels
 
 __all__ = [
@@ -47,7 +57,7 @@ __all__ = [
     "get_loss",
 ]
 
-REDUCTIONS = ("mean", "sum")
+REDUCTIONS = ("mean", "sum", "samples")
 _LOG_CLAMP = -100.0  # torch.nn.BCELoss clamps each log here
 # torch's floor on p (1 - p) in the BCELoss gradient: the float32 constant 1e-12, which is
 # 9.9999999600e-13 once widened to float64.
@@ -59,7 +69,10 @@ class Loss:
 
     `targets(y, n_outputs, dtype)` checks labels and converts them to the form `forward` takes;
     `options` are the constructor's keyword arguments besides the reduction, so that
-    `type(loss)(loss.reduction, **loss.options)` builds an equal, fresh loss.
+    `type(loss)(loss.reduction, **loss.options)` builds an equal, fresh loss. The conventions
+    (`scale`, `l2`, `l2_form`, `l2_n`, `l2_on`, reduction "samples"; scratch/conventions.py) are
+    options of every loss; `forward` and `backward` apply the scale and the reduction's 1/N to
+    what each loss's `_forward` and `_backward` compute, and `penalty(params)` is the L2 term.
     """
 
     name = "loss"
@@ -67,14 +80,31 @@ class Loss:
     output_activation = "identity"  # what the network's last layer applies before the loss
     OPTIONS: tuple[str, ...] = ()  # the keyword options the constructor takes
 
-    def __init__(self, reduction: str = "mean"):
+    def __init__(self, reduction: str = "mean", *, scale=1.0, l2=0.0, l2_form="half", l2_n=1,
+                 l2_on="weights"):  # fmt: skip
         if reduction not in REDUCTIONS:
             raise ValueError(f"unknown reduction {reduction!r}; expected one of {REDUCTIONS}")
         self.reduction = reduction
+        self._r = "sum" if reduction == "samples" else reduction  # what each loss reduces with
+        conv = check_conventions(scale, l2, l2_form, l2_n, l2_on)
+        self.scale, self.l2, self.l2_form = conv["scale"], conv["l2"], conv["l2_form"]
+        self.l2_n, self.l2_on = conv["l2_n"], conv["l2_on"]
 
     @property
     def options(self) -> dict:
-        return {k: getattr(self, k) for k in self.OPTIONS}
+        conv = {k: getattr(self, k) for k, v in DEFAULTS.items() if getattr(self, k) != v}
+        return {**{k: getattr(self, k) for k in self.OPTIONS}, **conv}
+
+    @property
+    def declared(self) -> bool:
+        """Whether any convention departs from torch's plain loss."""
+        return self.reduction == "samples" or any(
+            getattr(self, k) != v for k, v in DEFAULTS.items()
+        ) or getattr(self, "clip", None) is not None  # fmt: skip
+
+    def factor(self, n: int) -> float:
+        """What multiplies the loss as `_forward` reduces it: the scale, over N for "samples"."""
+        return self.scale / n if self.reduction == "samples" else self.scale
 
     def probabilities(self, out: np.ndarray) -> np.ndarray:
         """What the output stands for, compared per element: class-1 probabilities (N, 1) for
@@ -87,16 +117,34 @@ class Loss:
         raise NotImplementedError
 
     def forward(self, out: np.ndarray, y: np.ndarray) -> tuple[float, tuple]:
-        raise NotImplementedError
+        value, cache = self._forward(out, y)
+        f = self.factor(len(out))
+        return (value if f == 1 else float(value * f)), cache
 
     def backward(self, cache: tuple) -> np.ndarray:
+        dout = self._backward(cache)
+        f = self.factor(len(cache[0]))  # every loss's cache starts with the (N, ...) output
+        return dout if f == 1 else dout * dout.dtype.type(f)
+
+    def _forward(self, out: np.ndarray, y: np.ndarray) -> tuple[float, tuple]:
         raise NotImplementedError
 
+    def _backward(self, cache: tuple) -> np.ndarray:
+        raise NotImplementedError
+
+    def penalty(self, params: Mapping[str, np.ndarray]) -> tuple[float, dict[str, np.ndarray]]:
+        """The L2 term c sum ||theta||^2 at `params` (canonical names) and its gradients;
+        (0.0, {}) when none is declared."""
+        if not self.l2:
+            return 0.0, {}
+        c = l2_coefficient(self.l2, self.l2_form, self.l2_n)
+        return penalty(c, params, l2_names(self.l2_on, list(params)))
+
     def _reduce(self, per_sample: np.ndarray) -> float:
-        return float(per_sample.mean() if self.reduction == "mean" else per_sample.sum())
+        return float(per_sample.mean() if self._r == "mean" else per_sample.sum())
 
     def _scale(self, dout: np.ndarray) -> np.ndarray:
-        if self.reduction == "mean":
+        if self._r == "mean":
             dout /= dout.size  # torch divides the elementwise gradient by numel last
         return dout
 
@@ -123,13 +171,30 @@ class _BinaryLoss(Loss):
 
 
 class BCELoss(_BinaryLoss):
+    """`clip=eps` declares the clipped BCE of hand-written code: p is clipped to [eps, 1 - eps]
+    (`np.clip(p, eps, 1 - eps)`) in the loss and in its gradient's formula, and the gradient
+    passes through the clip to the output as the code's own backward does (torch: BCELoss on
+    `p + (p.clamp(eps, 1 - eps) - p).detach()`)."""
+
     name = "bce"
     output_activation = "sigmoid"
+    OPTIONS = ("clip",)
+
+    def __init__(self, reduction: str = "mean", clip=None, **conventions):
+        super().__init__(reduction, **conventions)
+        if clip is not None:
+            if isinstance(clip, bool) or not isinstance(clip, (int, float, np.floating)):
+                raise TypeError(f"clip must be a number (the eps of np.clip), got {clip!r}")
+            if not 0 < clip < 0.5:
+                raise ValueError(f"clip must lie in (0, 0.5): p is clipped to [clip, 1 - clip], "
+                                 f"got {clip!r}")  # fmt: skip
+            clip = float(clip)
+        self.clip = clip
 
     def probabilities(self, out):
         return out
 
-    def forward(self, out, y):
+    def _forward(self, out, y):
         outside = (out < 0) | (out > 1)  # NaN passes: a blow-up is the lockstep's to report
         if outside.any():
             at = tuple(int(i) for i in np.argwhere(outside)[0])
@@ -137,13 +202,15 @@ class BCELoss(_BinaryLoss):
                 f"BCELoss takes probabilities in [0, 1]; got {float(out[at])} at index {at} "
                 "(use bce-logits for unbounded outputs)"
             )
+        if self.clip is not None:
+            out = np.clip(out, self.clip, 1 - self.clip)  # (N, 1)
         with np.errstate(divide="ignore"):  # ln 0 = -inf, then clamped to -100
             log_p = np.maximum(np.log(out), _LOG_CLAMP)  # (N, 1)
             log_1mp = np.maximum(np.log1p(-out), _LOG_CLAMP)  # (N, 1)
         per_sample = (y - 1) * log_1mp - y * log_p  # (N, 1), torch's order of terms
         return self._reduce(per_sample), (out, y)
 
-    def backward(self, cache):
+    def _backward(self, cache):
         p, y = cache
         dp = (p - y) / np.maximum((1 - p) * p, _BCE_EPS)  # (N, 1)
         return self._scale(dp)
@@ -156,12 +223,12 @@ class BCEWithLogitsLoss(_BinaryLoss):
     def probabilities(self, out):
         return sigmoid(out)
 
-    def forward(self, out, y):
+    def _forward(self, out, y):
         log_sigmoid = np.minimum(out, 0) - np.log1p(np.exp(-np.abs(out)))  # (N, 1)
         per_sample = (1 - y) * out - log_sigmoid  # (N, 1)
         return self._reduce(per_sample), (out, y)
 
-    def backward(self, cache):
+    def _backward(self, cache):
         z, y = cache
         dz = sigmoid(z) - y  # (N, 1)
         return self._scale(dz)
@@ -173,8 +240,8 @@ class _ClassLoss(Loss):
     task = "multiclass"
     OPTIONS: tuple[str, ...] = ("weight",)
 
-    def __init__(self, reduction: str = "mean", weight=None):
-        super().__init__(reduction)
+    def __init__(self, reduction: str = "mean", weight=None, **conventions):
+        super().__init__(reduction, **conventions)
         self.weight = None if weight is None else _check_weight(weight)
 
     def targets(self, y, n_outputs, dtype="float64"):
@@ -229,7 +296,7 @@ class _ClassLoss(Loss):
             wy = self.weight.astype(logp.dtype)[y]  # (N,)
             total = wy.sum()
             value = -(picked * wy).sum()
-        if self.reduction == "mean":
+        if self._r == "mean":
             value = value / total
         return value, wy, total
 
@@ -237,7 +304,7 @@ class _ClassLoss(Loss):
         """torch's nll_loss backward for an upstream gradient g: -w_{y_n} g / W at the target."""
         dlogp = np.zeros_like(logp)  # (N, C)
         g = logp.dtype.type(g)
-        step = -(g / logp.dtype.type(total)) if self.reduction == "mean" else -g
+        step = -(g / logp.dtype.type(total)) if self._r == "mean" else -g
         dlogp[np.arange(len(y)), y] = step if wy is None else wy * step
         return dlogp
 
@@ -284,8 +351,9 @@ class CrossEntropyLoss(_ClassLoss):
     output_activation = "identity"
     OPTIONS = ("weight", "label_smoothing")
 
-    def __init__(self, reduction: str = "mean", weight=None, label_smoothing: float = 0.0):
-        super().__init__(reduction, weight)
+    def __init__(self, reduction: str = "mean", weight=None, label_smoothing: float = 0.0,
+                 **conventions):  # fmt: skip
+        super().__init__(reduction, weight, **conventions)
         try:
             e = float(label_smoothing)
         except (TypeError, ValueError):
@@ -297,7 +365,7 @@ class CrossEntropyLoss(_ClassLoss):
     def probabilities(self, out):
         return softmax(out)
 
-    def forward(self, out, y):
+    def _forward(self, out, y):
         self._check_forward(out, y)
         lp = log_softmax(out)  # (N, C)
         value, wy, total = self._nll(lp, y)
@@ -307,19 +375,19 @@ class CrossEntropyLoss(_ClassLoss):
             w = None if self.weight is None else self.weight.astype(out.dtype)
             smooth = -(lp.sum(axis=1) if w is None else (lp * w).sum(axis=1))  # (N,)
             ret = smooth.sum()
-            if self.reduction == "mean":
+            if self._r == "mean":
                 ret = ret / (total if w is not None else out.dtype.type(len(y)))
             value = (1 - e) * value + ret * (e / C)
         return float(value), (lp, y, wy, total)
 
-    def backward(self, cache):
+    def _backward(self, cache):
         lp, y, wy, total = cache
         e = self.label_smoothing
         dlp = self._dnll(lp, y, wy, total, g=1 - e)  # (N, C)
         if e > 0:
             C = lp.shape[1]
             g = lp.dtype.type(e / C)
-            if self.reduction == "mean":
+            if self._r == "mean":
                 g = g / (lp.dtype.type(total) if wy is not None else lp.dtype.type(len(y)))
             if self.weight is None:
                 dlp -= g  # d(-sum lp)/dlp = -1 everywhere
@@ -345,12 +413,12 @@ class NLLLoss(_ClassLoss):
     def probabilities(self, out):
         return np.exp(out)
 
-    def forward(self, out, y):
+    def _forward(self, out, y):
         self._check_forward(out, y)
         value, wy, total = self._nll(out, y)
         return float(value), (out, y, wy, total)
 
-    def backward(self, cache):
+    def _backward(self, cache):
         lp, y, wy, total = cache
         return self._dnll(lp, y, wy, total)
 
@@ -384,16 +452,16 @@ class MSELoss(Loss):
             )
         return np.array(y, dtype=dtype)  # (N, C), a copy
 
-    def forward(self, out, y):
+    def _forward(self, out, y):
         if y.shape != out.shape:
             raise ValueError(f"mse takes out and y of one shape, got {out.shape} and {y.shape}")
         y = y.astype(out.dtype, copy=False)
         diff = out - y  # (N, C)
         return self._reduce(diff * diff), (out, y)
 
-    def backward(self, cache):
+    def _backward(self, cache):
         o, t = cache
-        norm = 2.0 / o.size if self.reduction == "mean" else 2.0
+        norm = 2.0 / o.size if self._r == "mean" else 2.0
         return o.dtype.type(norm) * (o - t)  # (N, C)
 
 
@@ -420,20 +488,11 @@ def get_loss(spec: str | Loss, reduction: str = "mean", **options) -> Loss:
     if spec not in LOSSES:
         raise ValueError(f"unknown loss {spec!r}; expected one of {', '.join(LOSSES)}")
     cls = LOSSES[spec]
-    extra = [k for k in options if k not in cls.OPTIONS]
+    extra = [k for k in options if k not in cls.OPTIONS + tuple(DEFAULTS)]
     if extra:
         takes = f"takes {', '.join(cls.OPTIONS)}" if cls.OPTIONS else "takes no options"
-        raise ValueError(f"loss {spec!r} {takes}; got {', '.join(map(repr, extra))}")
-    return cls(reduction, **options)
-
-
-def check_output(loss: Loss, activation: str) -> None:
-    """A network's last activation must be the one the loss takes its input from."""
-    if activation != loss.output_activation:
-        hint = " (ce applies log-softmax itself: end in 'identity', the logits)" * (
-            loss.name == "ce"
-        )
         raise ValueError(
-            f"loss {loss.name!r} needs the last layer's activation to be "
-            f"{loss.output_activation!r}, got {activation!r}{hint}"
+            f"loss {spec!r} {takes}; got {', '.join(map(repr, extra))} (every loss also takes "
+            f"the conventions {', '.join(DEFAULTS)}; docs/conventions.md)"
         )
+    return cls(reduction, **options)

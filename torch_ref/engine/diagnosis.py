@@ -32,6 +32,7 @@ from nn_parity.torch_ref.engine.causes import (
     loss_ratio_cause,
     order_cause,
 )
+from nn_parity.torch_ref.engine.conventions import explain as explain_convention
 from nn_parity.torch_ref.evidence import constant_ratio as _constant_ratio
 from nn_parity.torch_ref.evidence import near as _near
 from nn_parity.torch_ref.mirror.model import torch_loss
@@ -94,6 +95,8 @@ def diagnose(div, s: np.ndarray, t: np.ndarray, ctx) -> dict | None:
     `ctx` is the lockstep's scratch side at the divergence step (network, loss, data, the
     parameters before the step, its cache) plus `lr` and `torch_cache`.
     """
+    if (convention := explain_convention(div, s, t, ctx)) is not None:
+        return convention  # a loss convention explains it: named before any bug
     s = np.asarray(s, dtype=np.float64)
     t = np.asarray(t, dtype=np.float64)
     n = len(ctx.X)

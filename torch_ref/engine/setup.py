@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 from nn_parity import scratch
+from nn_parity.scratch.conventions import l2_names
 from nn_parity.scratch.losses import check_output
 from nn_parity.scratch.optim import check_lr
 from nn_parity.scratch.sequential import Sequential
@@ -71,8 +72,9 @@ def _scratch_side(net, loss, optimizer, lr, X, y):
                 f"loss {scratch.get_loss(loss).name!r} given, but the network was adapted "
                 f"with loss {net.loss.name!r}"
             )
-        loss_s = net.loss
-        Xc, Yc = _check_data(loss_s, X, y, net.dtype, _user_sizes(net, X, y, loss_s))
+        sizes = _user_sizes(net, X, y, net.loss)
+        loss_s = net.loss = _l2_in_canonical_names(net)
+        Xc, Yc = _check_data(loss_s, X, y, net.dtype, sizes)
         return (
             UserSide(net, _optimizer_factory(optimizer, lr), lr, np.asarray(X), np.asarray(y)),
             Xc,
@@ -87,6 +89,12 @@ def _scratch_side(net, loss, optimizer, lr, X, y):
         )
     loss_s = scratch.get_loss("bce" if loss is None else loss)
     check_output(loss_s, net.layers[-1].activation.name)
+    if loss_s.l2:
+        raise ValueError(
+            f"l2={loss_s.l2:g} declares an L2 term of your own code's cost (adapt); the built-in "
+            "network trains on the loss alone: give it weight decay through the optimizer "
+            "({'name': 'sgd', 'weight_decay': ...})"
+        )
     _check_finite(net.params)
     Xc, Yc = _check_data(loss_s, X, y, net.dtype, net.sizes)
     if isinstance(optimizer, (str, Mapping)) or optimizer is None:
@@ -97,6 +105,19 @@ def _scratch_side(net, loss, optimizer, lr, X, y):
         _check_mirrored(optimizer)
         opt = optimizer
     return MLPSide(net, loss_s, opt, lr), Xc, Yc
+
+
+def _l2_in_canonical_names(net: UserNetwork) -> scratch.Loss:
+    """The network's loss with the parameters its L2 term names (`l2_on`, in the user's names
+    or canonical ones) in canonical names, each checked to be a parameter."""
+    loss = net.loss
+    if not loss.l2 or isinstance(loss.l2_on, str):
+        return loss
+    assert net.pmap is not None
+    canon = {s.user: s.canonical for s in net.pmap.slots}
+    names = tuple(canon.get(n, n) for n in loss.l2_on)
+    l2_names(names, [s.canonical for s in net.pmap.slots])  # refuses unknowns
+    return type(loss)(loss.reduction, **{**loss.options, "l2_on": names})
 
 
 def _check_finite(params: Mapping[str, np.ndarray]) -> None:
@@ -250,7 +271,7 @@ def prepare(net, ref, X, y, *, steps, lr, loss, optimizer, batch_size, epochs, s
             "source": None,
         },
         "loss": sside.loss.name,
-        "reduction": sside.loss.reduction,
+        "reduction": _declared(sside.loss),
         "lr": lr,
         "optimizer": _optimizer_record(optimizer, opt_desc),
         "batches": {"batch_size": batch_size, "epochs": epochs, "drop_last": drop_last},
@@ -259,6 +280,13 @@ def prepare(net, ref, X, y, *, steps, lr, loss, optimizer, batch_size, epochs, s
     plan = _batches(n, batch_size, epochs or 1, seed, shuffle, drop_last)
     kinks = [l for l, a in enumerate(desc.activations) if a.name.partition(":")[0] in _KINKED]
     return Run(sside, tside, X, Y, steps, plan, config, batch_size is not None, kinks)
+
+
+def _declared(loss: scratch.Loss) -> str:
+    """The reduction as the record keeps it, followed by the loss's declared conventions
+    ("mean, scale=0.5, l2=0.1, l2_n=16"): a run is described by the cost it compared."""
+    conv = {k: v for k, v in loss.options.items() if k not in ("weight", "label_smoothing")}
+    return ", ".join([loss.reduction, *(f"{k}={v!r}" for k, v in conv.items() if v is not None)])
 
 
 _KINKED = ("relu", "leaky_relu")  # activations with a kink at 0

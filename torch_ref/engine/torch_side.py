@@ -26,7 +26,7 @@ class TorchSide:
     def __init__(self, ref: torch.nn.Module, by_name: dict, loss: scratch.Loss, opt_desc, order):
         self.ref, self.by_name, self.order = ref, by_name, order
         self.loss = loss
-        self.loss_fn = torch_loss(loss, dtype=_dtype_of(by_name))
+        self.loss_fn = torch_loss(loss, dtype=_dtype_of(by_name), params=by_name)
         self.opt_names = list(opt_desc.params)  # the torch optimizer's parameter order
         self.opt = torch_optimizer(opt_desc, {k: by_name[k] for k in self.opt_names})
         self.scheduler = torch_scheduler(opt_desc, self.opt)  # stepped after each opt.step()

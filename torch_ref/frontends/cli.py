@@ -103,9 +103,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument(
         "--reduction",
-        choices=["mean", "sum"],
+        choices=["mean", "sum", "samples"],
         default="mean",
-        help="how the loss combines the batch's per-sample losses, on both sides",
+        help="how the loss combines the batch's per-sample losses, on both sides: torch's mean, "
+        "the sum, or the sum over the samples N (docs/conventions.md)",
     )
     run.add_argument("--lr", type=_float, default=0.1, help="learning rate")
     run.add_argument(

@@ -25,9 +25,17 @@ from nn_parity.scratch.activations import (
     Tanh,
     get_activation,
 )
+from nn_parity.scratch.conventions import l2_coefficient, l2_names
 from torch import nn
 
-__all__ = ["TorchMLP", "torch_activation", "torch_dtype", "torch_loss", "torch_probabilities"]
+__all__ = [
+    "DeclaredLoss",
+    "TorchMLP",
+    "torch_activation",
+    "torch_dtype",
+    "torch_loss",
+    "torch_probabilities",
+]
 
 TORCH_DTYPES = {"float64": torch.float64, "float32": torch.float32}
 
@@ -37,14 +45,51 @@ def torch_dtype(dtype) -> torch.dtype:
     return TORCH_DTYPES[scratch.resolve_dtype(dtype).name]
 
 
-def torch_loss(loss: scratch.Loss, reduction: str | None = None, *, dtype=None) -> nn.Module:
+def torch_loss(
+    loss: scratch.Loss, reduction: str | None = None, *, dtype=None, params=None
+) -> nn.Module:
     """The torch loss module with the scratch loss's semantics: its reduction (unless another is
-    given), class weights and label smoothing.
+    given), class weights and label smoothing, and its declared conventions (scratch/
+    conventions.py): the scale, the "samples" reduction, the clip, and, given the torch
+    parameters by canonical name (`params`), the L2 term computed from them, so that autograd's
+    gradient includes it.
 
     Class weights become a tensor of `dtype` (the network's; float64 when not given), since torch
-    refuses weights of another dtype than the input's.
+    refuses weights of another dtype than the input's. With `reduction` given, the plain module.
     """
-    reduction = reduction or loss.reduction
+    base = _plain_loss(loss, reduction or loss._r, dtype)
+    if reduction is not None or not (loss.declared or (params and loss.l2)):
+        return base
+    return DeclaredLoss(loss, base, params or {})
+
+
+class DeclaredLoss(nn.Module):
+    """torch's loss as the user declared it:
+
+    scale * base(clip(out), y) [/ N for "samples"]  +  c * sum_{p in l2_on} (p * p).sum()
+    """
+
+    def __init__(self, loss: scratch.Loss, base: nn.Module, params: dict):
+        super().__init__()
+        self.loss, self.base = loss, base
+        names = l2_names(loss.l2_on, list(params)) if loss.l2 else []
+        self.l2_params = [params[n] for n in names]
+        self.c = l2_coefficient(loss.l2, loss.l2_form, loss.l2_n) if loss.l2 else 0.0
+
+    def forward(self, out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        eps = getattr(self.loss, "clip", None)
+        if eps is not None:  # the value clipped, the gradient passed through, as the code does
+            out = out + (out.clamp(eps, 1 - eps) - out).detach()
+        value = self.base(out, y)
+        f = self.loss.factor(out.shape[0])
+        if f != 1:
+            value = value * f
+        for p in self.l2_params:
+            value = value + self.c * (p * p).sum()
+        return value
+
+
+def _plain_loss(loss: scratch.Loss, reduction: str, dtype) -> nn.Module:
     weight = getattr(loss, "weight", None)
     w = None if weight is None else torch.tensor(weight, dtype=torch_dtype(dtype or "float64"))
     if isinstance(loss, scratch.CrossEntropyLoss):
