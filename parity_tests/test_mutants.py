@@ -91,7 +91,10 @@ def test_no_fingerprint_is_claimed_where_none_fits(name):
 def test_each_recomputed_cause_names_its_mutant(name, cause, words):
     div = run_mutant(BY_NAME[name]).first_divergence
     assert div.diagnosis is not None, str(div)
-    assert div.diagnosis["cause"] == cause, div.diagnosis
+    # where a declared loss convention fits the same numbers it is named first, the bug beside
+    # it (`also`): a missing factor 2 of MSE is exactly the convention "mse, scale 0.5"
+    named = (div.diagnosis["cause"], *div.diagnosis.get("also", ()))
+    assert cause in named, div.diagnosis
     assert words in div.diagnosis["explanation"], div.diagnosis["explanation"]
 
 

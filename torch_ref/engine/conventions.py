@@ -54,6 +54,8 @@ def _clipped(s: float, ctx) -> dict | None:
     out = ctx.torch_cache[-1][1].detach().numpy().astype(np.float64)
     Y = ctx.Y.astype(np.float64)
     for eps in _CLIPS:
+        if not ((out < eps) | (out > 1 - eps)).any():
+            continue  # nothing this clip would touch: it cannot explain a difference
         clipped = type(loss)(loss.reduction, **{**loss.options, "clip": eps})
         if near(s, clipped.forward(out, Y)[0], 1e-9):
             return {  # the saturation class, with the declaration that settles it

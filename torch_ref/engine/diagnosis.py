@@ -95,8 +95,22 @@ def diagnose(div, s: np.ndarray, t: np.ndarray, ctx) -> dict | None:
     `ctx` is the lockstep's scratch side at the divergence step (network, loss, data, the
     parameters before the step, its cache) plus `lr` and `torch_cache`.
     """
-    if (convention := explain_convention(div, s, t, ctx)) is not None:
-        return convention  # a loss convention explains it: named before any bug
+    convention = explain_convention(div, s, t, ctx)
+    bug = _bug_cause(div, s, t, ctx)
+    if convention is None or bug is None or bug["cause"] == convention["cause"]:
+        return convention or bug
+    # both fit the same numbers: the declaration that would make the two agree first
+    # (a user's cost may simply be that convention), then the bug it would otherwise be
+    return {
+        **convention,
+        "also": [bug["cause"], *bug.get("also", ())],
+        "explanation": f"{convention['explanation']}; if that is not your cost: "
+        f"{bug['explanation']}",
+    }
+
+
+def _bug_cause(div, s, t, ctx) -> dict | None:
+    """The bug whose fingerprint fits the numbers, or None."""
     s = np.asarray(s, dtype=np.float64)
     t = np.asarray(t, dtype=np.float64)
     n = len(ctx.X)
