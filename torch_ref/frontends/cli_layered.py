@@ -67,32 +67,14 @@ def plan_layered(args: argparse.Namespace):
 def run_layered(args: argparse.Namespace) -> int:
     """The run for a layer spec: plan, lockstep, record, verdict (no figure extras: the
     decision boundary and the loss slice are drawn for the built-in MLP only)."""
-    from nn_parity.torch_ref.engine.loop import lockstep
-    from nn_parity.torch_ref.frontends.cli_run import (
-        _verdict,
-        _write,
-        optimizer_spec,
-        out_dir,
-        progress_bar,
-    )
+    from nn_parity.torch_ref.frontends.cli_run import _verdict, _write, out_dir, run_with_progress
 
     try:
         p, net = plan_layered(args)
         out, note = out_dir(args)
     except (ValueError, TypeError) as err:
         raise UsageError(str(err)) from None
-    bar = progress_bar(p["steps"], quiet=args.quiet)
-    try:
-        result = lockstep(
-            net, None, p["X"], p["data"].y, steps=p["steps"], lr=args.lr, loss=p["loss"],
-            optimizer=optimizer_spec(args), batch_size=args.batch_size, epochs=args.epochs,
-            drop_last=args.drop_last, seed=args.seed, stop_at_divergence=args.stop_at_divergence,
-            progress=lambda _: bar.update(),
-        )  # fmt: skip
-    except (ValueError, TypeError) as err:
-        raise UsageError(str(err)) from None
-    finally:
-        bar.close()
+    result = run_with_progress(args, net, None, p["X"], p["data"].y, p["steps"], p["loss"])
     summary = _write(args, p, result, out, {"summary": {}, "arrays": {}})
     return _verdict(args, result, summary, out, note)
 

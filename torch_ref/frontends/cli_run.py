@@ -319,7 +319,6 @@ def _figure_data(desc, p: dict) -> tuple[dict, bool]:
 
 def _run_lockstep(args: argparse.Namespace, p: dict, net, desc):
     import torch
-    from nn_parity.torch_ref.engine.loop import lockstep
     from nn_parity.torch_ref.engine.setup import run_length
     from nn_parity.torch_ref.mirror.model import TorchMLP
 
@@ -333,11 +332,19 @@ def _run_lockstep(args: argparse.Namespace, p: dict, net, desc):
         steps = run_length(args.steps, args.batch_size, args.epochs, args.drop_last, len(X))
     except ValueError as err:
         raise UsageError(str(err)) from None
+    loss = None if "desc" in p else loss
+    return run_with_progress(args, net, TorchMLP.from_scratch(desc), X, ds.y, steps, loss)
+
+
+def run_with_progress(args: argparse.Namespace, net, ref, X, y, steps: int, loss):
+    """The lockstep with the command line's options and a progress bar; bad input as one
+    UsageError line."""
+    from nn_parity.torch_ref.engine.loop import lockstep
+
     bar = progress_bar(steps, quiet=args.quiet)
     try:
         return lockstep(
-            net, TorchMLP.from_scratch(desc), X, ds.y, steps=steps, lr=args.lr,
-            loss=None if "desc" in p else loss, optimizer=optimizer_spec(args),
+            net, ref, X, y, steps=steps, lr=args.lr, loss=loss, optimizer=optimizer_spec(args),
             batch_size=args.batch_size, epochs=args.epochs, drop_last=args.drop_last,
             seed=args.seed, stop_at_divergence=args.stop_at_divergence,
             progress=lambda _: bar.update(),
