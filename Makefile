@@ -25,9 +25,11 @@ sweep: $(STAMP)  ## 1,000 random configurations, no false alarm allowed, over bo
 	HYPOTHESIS_PROFILE=sweep $(BIN)/python -m pytest -m slow -n 2 -p no:cacheprovider \
 		parity_tests/test_no_false_alarms.py
 
-mutants: $(STAMP)  ## the mutation score: network and op catalogues, then the user-style ones
+mutants: $(STAMP)  ## the mutation score: network, op and layered catalogues, the user-code ones, the causes
 	$(BIN)/nn-parity mutants
-	$(BIN)/python -m pytest -q -p no:cacheprovider parity_tests/test_user_styles.py
+	$(BIN)/python -m pytest -q -p no:cacheprovider parity_tests/test_user_styles.py \
+		parity_tests/test_user_causes.py parity_tests/test_user_optimizer_state.py
+	$(BIN)/python -m parity_tests.user_causes
 
 bench: $(STAMP)  ## step-time ratios, scratch vs torch and lockstep vs both steps
 	$(BIN)/python benchmarks/bench_step.py

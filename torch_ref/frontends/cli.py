@@ -254,18 +254,26 @@ def _pair(text: str) -> tuple[float, float]:
 
 
 def mutants() -> int:
-    """Both catalogues: whole-network bugs through the lockstep, op-level bugs through the op
-    check; exit 1 unless every one is caught."""
+    """The catalogues: whole-network bugs through the lockstep, op-level bugs through the op
+    check, bugs between layers through a layered network's lockstep; exit 1 unless every one
+    is caught."""
+    from nn_parity.torch_ref.mutation.layered import LAYERED_MUTANTS, layered_score
     from nn_parity.torch_ref.mutation.mutants import MUTANTS
     from nn_parity.torch_ref.mutation.op_mutants import OP_MUTANTS, op_score
     from nn_parity.torch_ref.mutation.score import score
 
-    result, ops = score(), op_score()
+    result, ops, layered = score(), op_score(), layered_score()
     print("network bugs, through the lockstep")
     print(result.table())
     print("\nop bugs, through the op check")
     print(ops.table())
-    caught = result.caught == len(MUTANTS) and ops.caught == len(OP_MUTANTS)
+    print("\nbugs between layers, through the lockstep of a layered network")
+    print(layered.table())
+    caught = (result.caught, ops.caught, layered.caught) == (
+        len(MUTANTS),
+        len(OP_MUTANTS),
+        len(LAYERED_MUTANTS),
+    )
     return EXIT_PASS if caught else EXIT_DIVERGED
 
 

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 from nn_parity.scratch import ops
 from nn_parity.scratch import sequential as sq
+from nn_parity.torch_ref.mutation.score import Score
 
 
 @dataclass(frozen=True)
@@ -129,3 +130,20 @@ def run_layered_mutant(m: LayeredMutant, *, plant: bool = True, dtype="float64",
 def caught_where(result) -> tuple[int, str, int | None] | None:
     d = result.first_divergence
     return None if d is None else (d.step, d.quantity, d.layer)
+
+
+def layered_score() -> Score:
+    """The layered catalogue as `nn-parity mutants` prints it: caught, and located at the
+    (step, quantity, layer) where the bug lives."""
+    rows = []
+    for m in LAYERED_MUTANTS:
+        result = run_layered_mutant(m)
+        d = result.first_divergence
+        rows.append({
+            "name": m.name,
+            "caught": d is not None,
+            "located": caught_where(result) == m.expected,
+            "where": "-" if d is None else f"step {d.step}, {d.label}",
+            "expect": m.expected,
+        })  # fmt: skip
+    return Score(rows, width=32)
