@@ -79,3 +79,18 @@ def test_finite_differences_do_not_judge_without_the_masks():
     X, y = data()
     div = check(wire(backward=ds.backward_mask_redrawn), X, y, steps=2, lr=0.1).first_divergence
     assert div is not None and div.fd_agrees_with.startswith("undecided"), str(div)
+
+
+def test_a_column_per_sample_mask_is_read_as_its_rows():
+    """Code with samples in columns caches a1 and mask1 as (H, N)."""
+
+    def forward_columns(params, X, rng):
+        probs, cache = ds.forward(params, X, rng)
+        return probs.T, {k: v.T for k, v in cache.items()}
+
+    def backward_columns(params, cache, X, y, rng):
+        return ds.backward(params, {k: v.T for k, v in cache.items()}, X, y, rng)
+
+    X, y = data()
+    result = check(wire(forward_columns, backward_columns), X, y, steps=50, lr=0.1)
+    assert result.passed, str(result.first_divergence)
