@@ -93,10 +93,7 @@ def lockstep(
         for step, (epoch, b, rows), pair in zip(range(run.steps), run.plan, pairs):
             mine, theirs = run.batch(rows)
             try:
-                svals, tvals = pair(
-                    lambda: run.sside.step(*mine),  # noqa: B023 (called within this iteration)
-                    lambda: run.tside.step(*theirs),  # noqa: B023
-                )
+                svals, tvals = (_masked if run.masked else _paired)(run, pair, mine, theirs)
             except UserCodeError as err:
                 if step == 0:  # nothing compared yet: the user's code does not run as given
                     run.sside.set_params(start)  # and a refused call leaves their arrays alone
@@ -109,6 +106,18 @@ def lockstep(
             if stop or (ledger.first is not None and stop_at_divergence):
                 break
     return ledger.result()
+
+
+def _paired(run, pair, mine, theirs) -> tuple:
+    return pair(lambda: run.sside.step(*mine), lambda: run.tside.step(*theirs))
+
+
+def _masked(run, pair, mine, theirs) -> tuple:
+    """Dropout drawn by the user's code: their step first, its forward drawing this step's
+    masks; then torch's, applying them."""
+    svals = run.sside.step(*mine)
+    run.tside.use_masks(run.sside.masks)
+    return svals, run.tside.step(*theirs)
 
 
 def check(net, X: np.ndarray, y: np.ndarray, *, ref: torch.nn.Module | None = None, **options):

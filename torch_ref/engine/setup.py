@@ -207,6 +207,11 @@ def _torch_side(ref, sside, loss_s, opt_desc):
     if ref is None:
         ref = TorchMLP.from_scratch(desc)
     by_name = module_parameters(ref, desc)
+    if isinstance(sside, UserSide) and sside.net.dropout and not isinstance(ref, TorchMLP):
+        raise ValueError(
+            f"dropout= needs the torch side to apply your masks, which the built-in mirror "
+            f"does: leave ref out (got a {type(ref).__name__})"
+        )
     if isinstance(sside, UserSide):
         params = sside.get_params()
         with torch.no_grad():
@@ -230,6 +235,7 @@ class Run:
     config: dict
     mini_batches: bool
     kinks: list[int] = field(default_factory=list)  # layers whose activation has a kink
+    masked: bool = False  # the user's code draws dropout masks, which torch's step applies
 
     def __post_init__(self) -> None:
         self._tensors = torch.from_numpy(self.X), torch.from_numpy(self.Y)
@@ -279,7 +285,10 @@ def prepare(net, ref, X, y, *, steps, lr, loss, optimizer, batch_size, epochs, s
     }
     plan = _batches(n, batch_size, epochs or 1, seed, shuffle, drop_last)
     kinks = [l for l, a in enumerate(desc.activations) if a.name.partition(":")[0] in _KINKED]
-    return Run(sside, tside, X, Y, steps, plan, config, batch_size is not None, kinks)
+    masked = isinstance(sside, UserSide) and bool(sside.net.dropout)
+    if masked:
+        config["dropout"] = dict(sside.net.dropout)
+    return Run(sside, tside, X, Y, steps, plan, config, batch_size is not None, kinks, masked)
 
 
 def _declared(loss: scratch.Loss) -> str:

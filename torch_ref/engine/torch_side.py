@@ -43,6 +43,7 @@ class TorchSide:
         self.hooked = not hasattr(ref, "forward_cache")
         self.keys: list[Key] = []  # known after the first step, when the optimizer's state is
         self.stepped = 0
+        self.masks: dict[int, torch.Tensor] = {}  # this step's dropout masks, by layer
         if self.hooked:
             self._z: list = [None] * len(self.linears)
             self._x: list = [None] * len(self.linears)
@@ -57,10 +58,16 @@ class TorchSide:
 
     def forward_cache(self, X: torch.Tensor) -> tuple[torch.Tensor, list]:
         if not self.hooked:
+            if self.masks:
+                return self.ref.forward_cache(X, masks=self.masks)  # type: ignore[operator]
             return self.ref.forward_cache(X)  # type: ignore[operator]
         out = self.ref(X)
         a = [*self._x[1:], out]
         return out, list(zip(self._z, a))
+
+    def use_masks(self, masks: dict[int, np.ndarray]) -> None:
+        """The dropout masks the user's forward drew for the coming step, by layer."""
+        self.masks = {l: torch.from_numpy(np.ascontiguousarray(m)) for l, m in masks.items()}
 
     def step(self, Xt: torch.Tensor, Yt: torch.Tensor) -> list:
         # What opt.zero_grad() does, without its profiler scaffolding: on a small net that

@@ -66,6 +66,11 @@ class UserSide:
         self.keys: list[Key] = []
         self.before: dict[str, np.ndarray] = {}
         self.cache_names: dict[tuple[str, int], str] = {}
+        # dropout of the user's own: the masks their forward drew this step, by layer, for
+        # torch to apply. A rerun would draw new ones, so such a step is never rerun.
+        self.masks: dict[int, np.ndarray] = {}
+        if net.dropout:
+            self.rerunnable = False
 
     @property
     def params_before(self) -> dict[str, np.ndarray]:
@@ -97,6 +102,8 @@ class UserSide:
         if net.forward is not None:
             out, cache = net.call_forward(Xu)
             z, a, self.cache_names = _layer_cache(cache, len(X), self.desc.sizes)
+            if net.dropout:
+                self.masks = _dropout_masks(net, cache, len(X), self.desc.sizes, self.dtype)
             prob = np.asarray(self.loss.probabilities(out.astype(self.dtype, copy=False)))
         loss_value = net.call_loss(Xu, yu) if net.loss_fn is not None else None
         returned, grads, after = self._update(Xu, yu)
@@ -244,7 +251,7 @@ def _layer_cache(cache: Mapping, n: int, sizes: list[int]) -> tuple[dict, dict, 
         if m and isinstance(value, np.ndarray):
             found[m.group(1).lower()][int(m.group(2))] = value
             keys[(m.group(1).lower(), int(m.group(2)))] = str(key)
-    base = 0 if 0 in found["z"] or 0 in found["a"] else 1
+    base = _base(cache)
     out: dict[str, dict[int, np.ndarray]] = {"z": {}, "a": {}}
     names: dict[tuple[str, int], str] = {}
     for q, by in found.items():
@@ -261,3 +268,43 @@ def _layer_cache(cache: Mapping, n: int, sizes: list[int]) -> tuple[dict, dict, 
                 continue
             names[(q, l)] = keys[(q, i)]
     return out["z"], out["a"], names
+
+
+def _base(cache: Mapping) -> int:
+    """0 when the cache names a layer 0 (z0, a_0), else 1: the user's layers' first index."""
+    import re
+
+    return 0 if any(re.fullmatch(r"[zZaA]_?0", str(k)) for k in cache) else 1
+
+
+def _dropout_masks(net: UserNetwork, cache: Mapping, n: int, sizes: list[int], dtype) -> dict:
+    """The masks the user's forward drew this step, by layer index, as (N, H) arrays in the
+    network's dtype: `dropout={"a1": "mask1"}` names the activation and the cache entry."""
+    import re
+
+    fname, hidden = net.names["forward"], len(sizes) - 2
+    out = {}
+    for act, name in net.dropout.items():
+        m = re.fullmatch(r"[aA]_?(\d+)", act)
+        assert m is not None  # checked by adapt
+        l = int(m.group(1)) - _base(cache)
+        if not 0 <= l < hidden:
+            raise ValueError(
+                f"dropout names {act!r}, which is not a hidden layer's activation: this "
+                f"{'-'.join(map(str, sizes))} network has {hidden} hidden layer(s), "
+                "and torch applies a mask after a hidden layer only"
+            )
+        if name not in cache:
+            raise UserCodeError(
+                f"{fname} returned no {name!r} in its cache, the mask dropout= names for "
+                f"{act!r} (cache keys: {', '.join(map(str, cache)) or 'none'})"
+            )
+        mask, h = np.asarray(cache[name]), sizes[l + 1]
+        if mask.shape not in ((n, h), (h, n)):
+            raise UserCodeError(
+                f"{fname} returned {name!r} of shape {mask.shape}; the mask on {act!r} must "
+                f"be ({n}, {h}) (or ({h}, {n}), a column per sample) for {n} samples and {h} "
+                "units"
+            )
+        out[l] = np.array(mask if mask.shape == (n, h) else mask.T, dtype=dtype)
+    return out

@@ -8,7 +8,7 @@ pre-activation z and activation a, so the lockstep can compare them layer by lay
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import cast
 
 import numpy as np
@@ -180,13 +180,17 @@ class TorchMLP(nn.Module):
         return x
 
     def forward_cache(
-        self, x: torch.Tensor
+        self, x: torch.Tensor, masks: Mapping[int, torch.Tensor] | None = None
     ) -> tuple[torch.Tensor, list[tuple[torch.Tensor, torch.Tensor]]]:
-        """The output and every layer's `(z, a)`, in one pass."""
+        """The output and every layer's `(z, a)`, in one pass. `masks`: dropout as the user's
+        code draws it, a mask by layer index multiplying that layer's activation (a is then
+        the masked activation; autograd carries the mask into the backward)."""
         cache = []
-        for linear, act in zip(self.layers, self.acts):
+        for l, (linear, act) in enumerate(zip(self.layers, self.acts)):
             z = linear(x)  # (N, H_l)
             x = act(z)  # (N, H_l)
+            if masks and l in masks:
+                x = x * masks[l]
             cache.append((z, x))
         return x, cache
 

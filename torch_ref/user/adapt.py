@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -26,6 +27,7 @@ def adapt(
     layout: Mapping[str, str] | None = None,
     state: Mapping[str, str] | None = None,
     state_of: Any = None,
+    dropout: Mapping[str, str] | None = None,
 ) -> UserNetwork:
     """Adapt a hand-written NumPy network for the lockstep, without subclassing anything.
 
@@ -94,6 +96,7 @@ def adapt(
             "loss_fn": _fn_name(loss_fn) if loss_fn else "",
         },
     )
+    net.dropout = _dropout(dropout, forward)
     net.state_paths, net.state_access = _state(state, params if state_of is None else state_of)
     for key, value in net.layout.items():
         if key not in arrays:
@@ -118,3 +121,29 @@ def _state(state: Mapping[str, str] | None, where: Any) -> tuple[dict[str, str],
     for path in state.values():
         access.get(path)  # refuses a path that leads nowhere, now
     return dict(state), access
+
+
+def _dropout(dropout: Mapping[str, str] | None, forward: Callable | None) -> dict[str, str]:
+    """`dropout={"a1": "mask1"}`: the activation each mask multiplies, named as the user's
+    cache names it, and the cache entry holding the mask their forward drew."""
+    if dropout is None:
+        return {}
+    if not isinstance(dropout, Mapping) or not dropout:
+        raise TypeError(
+            f"dropout must map an activation to its mask's name in your forward's cache, "
+            f"e.g. dropout={{'a1': 'mask1'}}; got {dropout!r}"
+        )
+    if forward is None:
+        raise ValueError(
+            "dropout= reads this step's masks from your forward's cache: give forward=(X) -> "
+            "(out, cache) too, its cache holding the masks"
+        )
+    for act, mask in dropout.items():
+        if not isinstance(act, str) or not re.fullmatch(r"[aA]_?\d+", act):
+            raise ValueError(
+                f"dropout names {act!r}; expected the activation the mask multiplies, as your "
+                "cache names it ('a1', 'a_2')"
+            )
+        if not isinstance(mask, str):
+            raise TypeError(f"dropout[{act!r}] must be the mask's name in your cache, got {mask!r}")
+    return dict(dropout)

@@ -31,6 +31,7 @@ class UserNetwork:
     last_raw_grads: Any = None  # the gradients as the user's function returned them
     state_paths: dict[str, str] = field(default_factory=dict)  # torch buffer -> the user's path
     state_access: Any = None  # reads those paths
+    dropout: dict[str, str] = field(default_factory=dict)  # activation -> its mask's cache name
 
     # --- the parameters in canonical layout ---
     @property
