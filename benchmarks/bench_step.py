@@ -70,6 +70,19 @@ CONFIGS = [
 LR = 1e-3
 
 
+
+def torch_ce_step_time(model, topt, X, y, batches) -> float:
+    """Seconds per step of torch's eager cross-entropy step over the mini-batches."""
+    ce = torch.nn.CrossEntropyLoss()
+    Xt, yt = torch.from_numpy(X), torch.from_numpy(y)
+    t0 = time.perf_counter()
+    for rows in batches:
+        idx = torch.from_numpy(rows)
+        topt.zero_grad()
+        ce(model(Xt[idx]), yt[idx]).backward()
+        topt.step()
+    return (time.perf_counter() - t0) / len(batches)
+
 def setup(sizes, n, data, dtype):
     X, y = data(n, sizes[0])
     X = (X - X.mean(0)) / np.where(X.std(0) > 0, X.std(0), 1)  # standardised, as `run` does
@@ -234,15 +247,7 @@ def adam_minibatch(dtype: str, epochs: int = 3) -> dict:
 
     model = TorchMLP.from_scratch(net)
     topt = torch.optim.Adam(model.parameters(), lr=LR, foreach=True)
-    ce = torch.nn.CrossEntropyLoss()
-    Xt, yt = torch.from_numpy(X), torch.from_numpy(y)
-    t0 = time.perf_counter()
-    for rows in batches:
-        idx = torch.from_numpy(rows)
-        topt.zero_grad()
-        ce(model(Xt[idx]), yt[idx]).backward()
-        topt.step()
-    t_torch = (time.perf_counter() - t0) / len(batches)
+    t_torch = torch_ce_step_time(model, topt, X, y, batches)
 
     t0 = time.perf_counter()
     result = lockstep(
@@ -292,15 +297,7 @@ def conv_digits(dtype: str, epochs: int = 2) -> dict:
 
     model = TorchSequential(from_spec(CONV_SPEC, (1, 8, 8), dtype=dtype, rng=1))
     topt = torch.optim.SGD(model.parameters(), lr=LR)
-    ce = torch.nn.CrossEntropyLoss()
-    Xt, yt = torch.from_numpy(X), torch.from_numpy(y)
-    t0 = time.perf_counter()
-    for rows in batches:
-        idx = torch.from_numpy(rows)
-        topt.zero_grad()
-        ce(model(Xt[idx]), yt[idx]).backward()
-        topt.step()
-    t_torch = (time.perf_counter() - t0) / len(batches)
+    t_torch = torch_ce_step_time(model, topt, X, y, batches)
 
     net = from_spec(CONV_SPEC, (1, 8, 8), dtype=dtype, rng=1)
     t0 = time.perf_counter()

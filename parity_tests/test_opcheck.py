@@ -430,6 +430,25 @@ def test_a_gradient_sent_to_every_tied_maximum_is_not_excused():
     assert result.kinks == []
 
 
+def test_ties_in_two_windows_at_one_value_cannot_cover_for_each_other():
+    # The joint check moves every element equal to the tied value at once, across windows: a
+    # backward that gives window A's gradient to both its tied maxima and window B's to none
+    # has the same total as torch's only if the two windows' upstream gradients were equal,
+    # which the op check's random upstream gradients make all but impossible.
+    x = np.array([[[[1.0, 1.0, 0.0, 0.2], [0.0, 0.0, 0.3, 0.1],
+                    [0.5, 0.4, 1.0, 1.0], [0.2, 0.1, 0.0, 0.05]]]])  # fmt: skip
+
+    def route(w):  # a window is (top-left, top-right, bottom-left, bottom-right)
+        tied = (w == w.max()).astype(float)
+        if tied.sum() == 1:
+            return tied
+        return tied if w[3] == 0.0 else 0 * tied  # window A: both maxima; window B: none
+
+    forward = lambda x: (ops.maxpool2d_forward(x, 2)[0], x)  # noqa: E731
+    result = check_op(forward, _pool_backward(route), torch.nn.MaxPool2d(2), inputs={"x": x})
+    assert not result.passed and result.first_mismatch.cause == "tie", str(result)
+
+
 def test_a_gradient_dropped_at_a_tie_is_not_excused():
     unique_only = _pool_backward(lambda w: (w == w.max()) * float((w == w.max()).sum() == 1))
     result = _tied_pool(unique_only)

@@ -75,7 +75,7 @@ def _checked(sside) -> dict:
     if not isinstance(sside, UserSide):
         return {"side": "built-in network", "gradients": "returned by backward"}
     net = sside.net
-    assert net.pmap is not None
+    pmap = net.param_map
     return {
         "side": repr(net),
         "gradients": (
@@ -86,8 +86,8 @@ def _checked(sside) -> dict:
             else "not compared: a fused step with this optimizer implies none"
         ),
         "update": _update_owner(sside),
-        "layout": net.pmap.describe(),
-        "layout_decided_by": net.pmap.how,
+        "layout": pmap.describe(),
+        "layout_decided_by": pmap.how,
     }
 
 

@@ -72,7 +72,7 @@ def _scratch_side(net, loss, optimizer, lr, X, y):
                 f"loss {scratch.get_loss(loss).name!r} given, but the network was adapted "
                 f"with loss {net.loss.name!r}"
             )
-        sizes = _user_sizes(net, X, y, net.loss)
+        sizes = _user_sizes(net, X, y)
         loss_s = net.loss = _l2_in_canonical_names(net)
         Xc, Yc = _check_data(loss_s, X, y, net.dtype, sizes)
         return (
@@ -113,10 +113,10 @@ def _l2_in_canonical_names(net: UserNetwork) -> scratch.Loss:
     loss = net.loss
     if not loss.l2 or isinstance(loss.l2_on, str):
         return loss
-    assert net.pmap is not None
-    canon = {s.user: s.canonical for s in net.pmap.slots}
+    slots = net.param_map.slots
+    canon = {s.user: s.canonical for s in slots}
     names = tuple(canon.get(n, n) for n in loss.l2_on)
-    l2_names(names, [s.canonical for s in net.pmap.slots])  # refuses unknowns
+    l2_names(names, [s.canonical for s in slots])  # refuses unknowns
     return type(loss)(loss.reduction, **{**loss.options, "l2_on": names})
 
 
@@ -126,7 +126,7 @@ def _check_finite(params: Mapping[str, np.ndarray]) -> None:
         check_finite(p, name, f"the starting weight {name}")
 
 
-def _user_sizes(net: UserNetwork, X, y, loss_s) -> list[int]:
+def _user_sizes(net: UserNetwork, X, y) -> list[int]:
     """The user network's [D, ..., C], from its layout (worked out here if not yet)."""
     if net.pmap is None:
         Xa = np.asarray(X)

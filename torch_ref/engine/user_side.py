@@ -27,7 +27,6 @@ class UserSide:
     rerunnable = True
 
     def __init__(self, net: UserNetwork, opt_factory, lr: float, X_user, y_user):
-        assert net.pmap is not None
         self.net, self.loss, self.lr = net, net.loss, lr
         self.dtype = net.dtype
         self.desc = net.description()
