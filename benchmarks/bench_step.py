@@ -70,7 +70,6 @@ CONFIGS = [
 LR = 1e-3
 
 
-
 def torch_ce_step_time(model, topt, X, y, batches) -> float:
     """Seconds per step of torch's eager cross-entropy step over the mini-batches."""
     ce = torch.nn.CrossEntropyLoss()
@@ -82,6 +81,7 @@ def torch_ce_step_time(model, topt, X, y, batches) -> float:
         ce(model(Xt[idx]), yt[idx]).backward()
         topt.step()
     return (time.perf_counter() - t0) / len(batches)
+
 
 def setup(sizes, n, data, dtype):
     X, y = data(n, sizes[0])
