@@ -18,11 +18,13 @@ if TYPE_CHECKING:
     from .opcheck import assert_op, check_op
     from .results import Divergence, LockstepResult
     from .user import UserNetwork, adapt
+    from .user.layered import adapt_layers
 
 # public name -> the module that defines it: the one list of the public surface
 _WHERE = {
     "UserNetwork": "user",
     "adapt": "user",
+    "adapt_layers": "user.layered",
     "TOLERANCES": "compare",
     "Tolerance": "compare",
     "assert_parity": "compare",
@@ -41,7 +43,7 @@ _WHERE = {
 }
 
 __all__ = [  # noqa: RUF022 (grouped by module, as _WHERE)
-    "UserNetwork", "adapt",
+    "UserNetwork", "adapt", "adapt_layers",
     "TOLERANCES", "Tolerance", "assert_parity", "tolerance",
     "Divergence", "LockstepResult", "check", "lockstep",
     "TorchMLP", "torch_dtype", "torch_loss",

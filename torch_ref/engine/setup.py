@@ -23,8 +23,14 @@ from nn_parity.torch_ref.engine.layered_side import (
 from nn_parity.torch_ref.engine.scratch_side import MLPSide
 from nn_parity.torch_ref.engine.side import Side
 from nn_parity.torch_ref.engine.torch_side import TorchSide
+from nn_parity.torch_ref.engine.user_layered_side import (
+    UserLayeredSide,
+    user_layered_scratch_side,
+    user_layered_torch_side,
+)
 from nn_parity.torch_ref.engine.user_side import UserSide
 from nn_parity.torch_ref.mirror.model import TorchMLP
+from nn_parity.torch_ref.user.layered import UserLayeredNetwork
 from nn_parity.torch_ref.user.layout import resolve_layout
 from nn_parity.torch_ref.user.network import UserNetwork
 
@@ -80,6 +86,8 @@ def _scratch_side(net, loss, optimizer, lr, X, y):
             Xc,
             Yc,
         )
+    if isinstance(net, UserLayeredNetwork):  # adapt_layers: engine/user_layered_side.py
+        return user_layered_scratch_side(net, loss, _optimizer_factory(optimizer, lr), lr, X, y)
     if isinstance(net, Sequential):  # a network of gallery layers: engine/layered_side.py
         return layered_scratch_side(net, loss, _optimizer_factory(optimizer, lr), lr, X, y)
     if not isinstance(net, scratch.MLP):
@@ -203,6 +211,8 @@ def _torch_side(ref, sside, loss_s, opt_desc):
 
     if isinstance(sside, LayeredSide):
         return layered_torch_side(ref, sside)
+    if isinstance(sside, UserLayeredSide):
+        return user_layered_torch_side(ref, sside)
     desc = sside.desc
     if ref is None:
         ref = TorchMLP.from_scratch(desc)

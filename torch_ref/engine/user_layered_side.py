@@ -1,0 +1,239 @@
+"""The user's own layered network (`adapt_layers`) and its torch `nn.Sequential` as the two sides
+of a lockstep.
+
+The torch side is `LayeredTorchSide` over `TorchSequential` of the spec's network, holding the
+user's weights converted to torch's layout bit for bit (a transpose or reshape moves numbers, it
+computes none). It is given X as (N, C, H, W); with layout NHWC, its flatten permutes to
+(N, H, W, C) first, as the user's code flattens, and its 4-D layer outputs are reported as
+(N, H, W, C): each layer's output is compared in the user's layout, each parameter in torch's
+and reported at the user's index (`W1[2, 0, 1, 1]` as the user indexes it).
+
+Each step reports, as `LayeredSide` does: the layer outputs the user's forward returned, the
+output probabilities and the loss (when the user's code gives them), every gradient (returned,
+or recovered from a fused plain-SGD step), nn-parity's optimizer state, every parameter.
+There is no stage-wise re-check (staged and rerunnable are False): every mismatch is reported.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from types import SimpleNamespace
+from typing import Any
+
+import numpy as np
+import torch
+from nn_parity import scratch
+from nn_parity.scratch import sequential as sq
+from nn_parity.torch_ref.engine.layered_side import (
+    LayeredDescription,
+    LayeredTorchSide,
+    layered_keys,
+    layered_order,
+)
+from nn_parity.torch_ref.engine.side import Key, _state_values, active_state
+from nn_parity.torch_ref.mirror.sequential import TorchSequential
+from nn_parity.torch_ref.user.access import is_scalar
+from nn_parity.torch_ref.user.layered import UserLayeredNetwork
+from nn_parity.torch_ref.user.network import UserCodeError
+from torch import nn
+
+
+class FlattenNHWC(nn.Module):
+    """nn.Flatten of (N, C, H, W) in channels-last order: (N, H W C), as NHWC code flattens."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x.permute(0, 2, 3, 1) if x.dim() == 4 else x).flatten(1)
+
+
+class UserLayeredSide:
+    """The user's layered network through `adapt_layers`."""
+
+    staged = False
+    rerunnable = False
+    layered = True  # findings.py: located by layer, no MLP diagnosis
+
+    def __init__(self, net: UserLayeredNetwork, opt_factory, lr: float, X_user, y_user):
+        self.net, self.loss, self.lr, self.dtype = net, net.loss, lr, net.dtype
+        self.seq = net.seq
+        self.desc = LayeredDescription(net.seq)
+        self.order = layered_order(net.seq)
+        self.X_user, self.y_user = np.array(X_user), np.array(y_user)  # the user's own copies
+        self.canon = net.get_params()
+        for k, v in self.canon.items():  # the mirror's pattern at the user's weights
+            np.copyto(self.seq.params[k.removeprefix("layers.")], v)
+        self.opt_desc = opt_factory({k: v.copy() for k, v in self.canon.items()})
+        self.opt = opt_factory(self.canon) if net.form == "grads" else None
+        hyper = self.opt_desc.hyper
+        plain = type(self.opt_desc) is scratch.SGD and not (
+            hyper.get("momentum") or hyper.get("weight_decay") or self.opt_desc.schedule
+        )
+        self.recovered = net.form == "step" and plain
+        self.grads_seen = net.form == "grads" or self.recovered
+        self.state_names: tuple[str, ...] = ()
+        self.stateful = False
+        self.keys: list[Key] = []
+        self.before: dict[str, np.ndarray] = {}
+        self.after: dict[str, np.ndarray] = {}
+
+    @property
+    def params_before(self) -> dict[str, np.ndarray]:
+        return self.before
+
+    def get_params(self) -> dict[str, np.ndarray]:
+        return self.net.get_params()
+
+    def set_params(self, params: Mapping[str, np.ndarray]) -> None:
+        self.net.set_params(params)
+        for k, v in self.canon.items():
+            np.copyto(v, params[k])
+
+    def step(self, X: np.ndarray, Y: np.ndarray, rows: Any = None) -> list:
+        net = self.net
+        self.X, self.Y = X, Y
+        Xu = self.X_user if rows is None else self.X_user[rows]
+        yu = self.y_user if rows is None else self.y_user[rows]
+        self.before = net.get_params()
+        outs: dict[int, np.ndarray] = {}
+        prob = None
+        if net.forward is not None:
+            out, outs = net.call_forward(Xu)
+            prob = np.asarray(self.loss.probabilities(out.astype(self.dtype, copy=False)))
+        loss_value, grads, after = self._update(Xu, yu)
+        if all(np.array_equal(self.before[k], after[k]) for k in after):
+            raise UserCodeError(
+                f"{net.names['fn']} changed no parameter: it must update them in place "
+                "(W -= lr * dW) or rebind them where nn-parity reads them"
+            )
+        self.loss_value = math.nan if loss_value is None else loss_value
+        if not self.keys:
+            self._set_keys(set(outs), prob is not None, loss_value is not None)
+        found = {("out", l): v for l, v in outs.items()}
+        found[("prob", len(self.seq.layers) - 1)] = prob
+        found[("loss", None)] = np.asarray(self.loss_value, self.dtype)
+        vals: list = [found[(q, l)] for q, l, _, _ in self.keys if q in ("out", "prob", "loss")]
+        if self.grads_seen:
+            vals += [np.asarray(grads[k], self.dtype) for k in self.order]
+        if self.stateful:
+            assert self.opt is not None
+            vals += _state_values(self.opt.state_dict(), self.order, self.state_names)
+        self.after = {k: np.array(after[k]) for k in self.order}
+        return vals + [self.after[k] for k in self.order]
+
+    def _update(self, Xu, yu) -> tuple[float | None, dict, dict]:
+        """(the loss the user's code returned, the gradients, the parameters after the step)."""
+        net = self.net
+        if net.form == "grads":
+            returned, grads = net.call_grads(Xu, yu)
+            assert self.opt is not None
+            self.opt.step({k: np.ascontiguousarray(g, self.dtype) for k, g in grads.items()})
+            net.set_params(self.canon)
+            return returned, grads, self.canon
+        got = net.run("fn", Xu, yu, self.lr)
+        after = net.get_params()
+        grads = {k: (self.before[k] - after[k]) / self.lr for k in self.before}
+        return (float(got) if is_scalar(got) else None), grads, after
+
+    def _set_keys(self, outs: set[int], prob: bool, loss: bool) -> None:
+        if self.opt is not None:
+            self.state_names = active_state(self.opt.state_names, self.opt.state)
+            self.stateful = bool(self.state_names)
+        full = layered_keys(self.seq, self.order, self.state_names)
+        wanted = {"out": lambda l: l in outs, "prob": lambda l: prob, "loss": lambda l: loss,
+                  "stat": lambda l: False, "grad": lambda l: self.grads_seen}  # fmt: skip
+        self.keys = [k for k in full if wanted.get(k[0], lambda l: True)(k[1])]
+
+    def recovery_slack(self) -> dict[str, float]:
+        """As `UserSide`'s: the rounding of (before - after) / lr, per parameter."""
+        if not self.recovered:
+            return {}
+        eps = float(np.finfo(self.dtype).eps)
+        return {
+            k: 4 * eps * float(np.max(np.abs(self.before[k]) + np.abs(self.after[k]))) / self.lr
+            for k in self.order
+        }
+
+    def oracle(self):
+        raise NotImplementedError("a layered network has no MLP oracle")  # findings: layered
+
+    def checked(self) -> dict:
+        """What this side let the engine check, for the record and the report."""
+        net = self.net
+        return {
+            "side": repr(net),
+            "gradients": f"returned by {net.names['fn']}"
+            if net.form == "grads"
+            else "recovered from your fused step as (before - after) / lr"
+            if self.recovered
+            else "not compared: a fused step with this optimizer implies none",
+            "update": f"your {net.names['fn']}"
+            if net.form == "step"
+            else f"nn-parity's {type(self.opt).__name__}",
+            "layout": net.pmap.describe(),
+            "layout_decided_by": net.pmap.how,
+        }
+
+
+class UserLayeredTorchSide(LayeredTorchSide):
+    """`LayeredTorchSide` over the spec's mirror; 4-D layer outputs reported in NHWC when the
+    user's code holds its images so."""
+
+    def __init__(self, ref: nn.Sequential, sside: UserLayeredSide):
+        shim = SimpleNamespace(order=sside.order, loss=sside.loss, dtype=sside.dtype,
+                               opt=sside.opt_desc, net=sside.seq, bank=None)  # fmt: skip
+        super().__init__(ref, shim)  # type: ignore[arg-type]
+        self.nhwc = sside.net.layout == "NHWC"
+
+    def step(self, Xt: torch.Tensor, Yt: torch.Tensor) -> list:
+        vals = super().step(Xt, Yt)
+        if self.nhwc:
+            for i, (q, _, _, _) in enumerate(self.keys):
+                if q == "out" and vals[i].ndim == 4:
+                    vals[i] = vals[i].transpose(0, 2, 3, 1)
+        return vals
+
+
+def user_layered_scratch_side(net: UserLayeredNetwork, loss, opt_factory, lr, X, y):
+    """(side, X as torch takes it, Y): X checked against the adapted input shape, in the user's
+    layout; the labels in the loss's form."""
+    if loss is not None and scratch.get_loss(loss).name != net.loss.name:
+        raise ValueError(
+            f"loss {scratch.get_loss(loss).name!r} given, but the network was adapted with "
+            f"loss {net.loss.name!r}"
+        )
+    Xa = np.asarray(X)
+    if Xa.ndim < 2 or Xa.shape[1:] != net.input_shape:
+        want = ", ".join(map(str, net.input_shape))
+        raise ValueError(
+            f"X has shape {Xa.shape}; this network was adapted for ({'N, ' + want}) in layout "
+            f"{net.layout} (input_shape={net.input_shape})"
+        )
+    if Xa.dtype.kind not in "fiu" or not np.isfinite(Xa).all():
+        raise ValueError("X must hold finite numbers")
+    width = net.seq.shapes[-1]
+    if len(width) != 1:
+        raise ValueError(f"the network's output must be flat (N, C), got (N, {width}): flatten")
+    Y = net.loss.targets(np.asarray(y), width[0], net.dtype)
+    side = UserLayeredSide(net, opt_factory, lr, Xa, np.asarray(y))
+    Xc = np.ascontiguousarray(net.to_canonical_x(Xa), dtype=net.dtype)
+    return side, Xc, Y
+
+
+def user_layered_torch_side(ref, sside: UserLayeredSide) -> UserLayeredTorchSide:
+    """The torch side: the spec's mirror at the user's weights (a flatten in the user's order)."""
+    if ref is None:
+        ref = TorchSequential(sside.seq)
+        if sside.net.layout == "NHWC":
+            for i, layer in enumerate(sside.seq.layers):
+                if isinstance(layer, sq.Flatten):
+                    ref[i] = FlattenNHWC()
+    return UserLayeredTorchSide(ref, sside)
+
+
+__all__ = [
+    "FlattenNHWC",
+    "UserLayeredSide",
+    "UserLayeredTorchSide",
+    "user_layered_scratch_side",
+    "user_layered_torch_side",
+]
