@@ -5,7 +5,8 @@ the layer below from backward, keeping its own parameter gradients.
     Conv(C, F, K)   kernels (K, K, C, F), bias (F,)   valid, stride 1
     ReLU, MaxPool(2), Flatten (H, W, C order), Dense(n_in, n_out) weights (n_in, n_out)
 
-    net = Network([Conv(1, 4, 3), ReLU(), MaxPool(2), Flatten(), Dense(36, 10)])
+    net = Network([Conv(1, 4, 3), ReLU(), MaxPool(2), Flatten(), Dense(36, 16), ReLU(),
+                   Dense(16, 10)])
     for X_batch, y_batch in batches:
         probs = softmax(net.forward(X_batch))
         net.backward((probs - one_hot(y_batch)) / len(X_batch))
@@ -168,8 +169,10 @@ class Network:
         return loss, [g for layer in self.layers for _, g in layer.params_and_grads()]
 
 
-def small_cnn(seed=0, dtype=np.float64, filters=4):
-    """Conv(1 -> filters, 3x3) - ReLU - MaxPool(2) - Flatten - Dense(-> 10), on 8x8x1 images."""
+def small_cnn(seed=0, dtype=np.float64, filters=4, hidden=16):
+    """Conv(1 -> filters, 3x3) - ReLU - MaxPool(2) - Flatten - Dense(-> hidden) - ReLU -
+    Dense(-> 10), on 8x8x1 images."""
     rng = np.random.default_rng(seed)
     return Network([Conv(1, filters, 3, rng, dtype), ReLU(), MaxPool(2), Flatten(),
-                    Dense(3 * 3 * filters, 10, rng, dtype)])  # fmt: skip
+                    Dense(3 * 3 * filters, hidden, rng, dtype), ReLU(),
+                    Dense(hidden, 10, rng, dtype)])  # fmt: skip

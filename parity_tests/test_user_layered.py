@@ -1,0 +1,239 @@
+"""The user's own layered network through `adapt_layers`: a CS231n-style model (NCHW, params
+dict, layer functions with caches) and a list of layer objects (NHWC, kernels (KH, KW, C, F),
+dense weights (in, out)) pass as written, and bugs planted between their layers are caught and
+located in the user's names, at their index."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from nn_parity.torch_ref import adapt_layers, check
+
+from . import user_layered_bugs as bugs
+from .user_code import cs231n_convnet as cs
+from .user_code import layer_list_cnn as ll
+
+CS_SPEC = "conv4x3p1,relu,pool2,flatten,affine16,relu,affine10"
+LL_SPEC = "conv4x3,relu,pool2,flatten,affine16,relu,affine10"
+LL_NAMES = ["layers[0].kernels", "layers[0].bias", "layers[4].weights", "layers[4].biases",
+            "layers[6].weights", "layers[6].biases"]  # fmt: skip
+
+
+def digits(n=None):
+    """sklearn's digits as (N, 1, 8, 8) images in [0, 1] and their labels (no download)."""
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    X, y = (d.data / 16.0).reshape(-1, 1, 8, 8), d.target
+    return (X, y) if n is None else (X[:n], y[:n])
+
+
+def synthetic(n=96, seed=0):
+    """Random 8x8 images; the label is the brightest of ten fixed 3x3 patches."""
+    rng = np.random.default_rng(seed)
+    X = rng.uniform(0, 1, size=(n, 1, 8, 8))
+    corners = [(r, c) for r in (0, 2, 5) for c in (0, 3, 5)] + [(3, 3)]
+    y = np.argmax([X[:, 0, r : r + 3, c : c + 3].sum(axis=(1, 2)) for r, c in corners], axis=0)
+    return X, y
+
+
+def wire_cs231n(model, form="grads"):
+    """As a CS231n user would: the params dict, loss(X, y), and loss(X) for the scores."""
+    if form == "step":
+
+        def sgd_step(X, y, lr):
+            loss, grads = model.loss(X, y)
+            for p, w in model.params.items():
+                model.params[p] = w - lr * grads[p]
+            return loss
+
+        return adapt_layers(model.params, CS_SPEC, (1, 8, 8), step=sgd_step,
+                            forward=lambda X: model.loss(X))  # fmt: skip
+    return adapt_layers(model.params, CS_SPEC, (1, 8, 8), grads=lambda X, y: model.loss(X, y),
+                        forward=lambda X: model.loss(X))  # fmt: skip
+
+
+def wire_layer_list(net, form="grads"):
+    """The layer objects' arrays by path, the layer outputs the forward keeps, NHWC."""
+    fn = {"grads": lambda X, y: net.gradients(X, y)} if form == "grads" else {
+        "step": lambda X, y, lr: net.train_step(X, y, lr)}  # fmt: skip
+    return adapt_layers(net, LL_SPEC, (8, 8, 1), layout="NHWC", names=LL_NAMES,
+                        forward=lambda X: (net.forward(X), net.outputs), **fn)  # fmt: skip
+
+
+def build(style, dtype=np.float64, form="grads", model_class=None):
+    if style == "cs231n":
+        return wire_cs231n((model_class or cs.ThreeLayerConvNet)(dtype=dtype), form)
+    return wire_layer_list(ll.small_cnn(dtype=dtype), form)
+
+
+def images(style, X):
+    return X if style == "cs231n" else X.transpose(0, 2, 3, 1).copy()
+
+
+def run(style, data, dtype=np.float64, form="grads", model_class=None, **options):
+    X, y = data
+    net = build(style, dtype, form, model_class)
+    return check(net, images(style, X).astype(dtype), y, **options)
+
+
+STYLES = ["cs231n", "layer_list"]
+
+
+@pytest.mark.parametrize("style", STYLES)
+@pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["f64", "f32"])
+@pytest.mark.parametrize(
+    "opt,form,batch",
+    [("sgd", "grads", None), ("sgd", "step", 16), ("adam", "grads", 16), ("adam", "grads", None)],
+    ids=["sgd-full", "sgd-fused-mini", "adam-mini", "adam-full"],
+)
+@pytest.mark.parametrize("data", ["digits", "synthetic"])
+def test_each_style_passes_as_written(style, dtype, opt, form, batch, data):
+    d = digits(64) if data == "digits" else synthetic(64)
+    lr = 0.1 if opt == "sgd" else 0.01
+    epochs = None if batch is None else 2
+    r = run(style, d, dtype, form, optimizer=opt, lr=lr, steps=8, batch_size=batch, epochs=epochs)
+    assert r.passed, r.first_divergence
+    labels = r.labels
+    assert "loss" in labels and "prob" in labels
+    grads = [x for x in labels if x.startswith("grad ")]
+    assert len(grads) == 6, labels  # every gradient compared (recovered from the fused step)
+    if style == "layer_list":  # the layer outputs the forward keeps, in NHWC, all compared
+        assert [f"out[{l}]" for l in range(7)] == [x for x in labels if x.startswith("out[")]
+    if opt == "adam":
+        assert any(x.startswith("exp_avg ") for x in labels)
+
+
+@pytest.mark.parametrize("style", STYLES)
+def test_a_200_step_run_passes(style):
+    r = run(style, digits(256), steps=200, lr=0.1, batch_size=32, epochs=25)
+    assert r.passed, r.first_divergence
+    assert r.steps == 200
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("style", STYLES)
+@pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["f64", "f32"])
+def test_1000_steps_without_a_false_alarm(style, dtype):
+    r = run(style, digits(512), dtype, steps=1000, lr=0.05, batch_size=32, epochs=63)
+    assert r.passed, r.first_divergence
+    assert r.steps == 1000
+
+
+@pytest.mark.parametrize("style", STYLES)
+@pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["f64", "f32"])
+def test_the_synthetic_set_trains_down(style, dtype):
+    """Not only agreement: both sides learn the task (the loss falls)."""
+    r = run(style, synthetic(96), dtype, steps=60, lr=0.1, batch_size=32, epochs=20)
+    assert r.passed, r.first_divergence
+    assert r.loss_scratch[-10:].mean() < r.loss_scratch[:10].mean()
+
+
+CASES = [pytest.param(style, bug, id=f"{style}-{bug}") for style, bug in bugs.WHERE]
+
+
+@pytest.mark.parametrize("style,bug", CASES)
+def test_each_planted_bug_is_caught_and_located(style, bug, monkeypatch):
+    model_class = bugs.plant(monkeypatch, style, bug)
+    r = run(style, digits(32), steps=3, lr=0.1, model_class=model_class)
+    step, label = bugs.WHERE[(style, bug)]
+    d = r.first_divergence
+    assert not r.passed and d is not None
+    assert (d.step, d.label) == (step, label), d
+
+
+def test_the_planted_bugs_are_not_there_unplanted():
+    """The fixtures as written pass the same short runs the bugs fail."""
+    for style in STYLES:
+        r = run(style, digits(32), steps=3, lr=0.1)
+        assert r.passed, r.first_divergence
+
+
+@pytest.mark.parametrize(
+    "style,name,user_index",
+    [
+        ("cs231n", "W1", (2, 0, 1, 1)),  # (F, C, KH, KW), as torch
+        ("cs231n", "W2", (37, 5)),  # (in, out): torch's weight[5, 37]
+        ("layer_list", "layers[0].kernels", (2, 0, 0, 3)),  # (KH, KW, C, F): torch's [3, 0, 2, 0]
+        ("layer_list", "layers[4].weights", (20, 7)),
+    ],
+)
+def test_a_divergence_is_reported_at_the_users_own_index(style, name, user_index, monkeypatch):
+    """One gradient element nudged in the user's code is reported at that element, as the user
+    indexes the array."""
+    if style == "cs231n":
+        loss = cs.ThreeLayerConvNet.loss
+
+        def nudged(self, X, y=None):
+            got = loss(self, X, y)
+            if y is not None:
+                got[1][name][user_index] += 1e-3
+            return got
+
+        monkeypatch.setattr(cs.ThreeLayerConvNet, "loss", nudged)
+    else:
+        gradients = ll.Network.gradients
+
+        def nudged_ll(self, X, y):
+            value, grads = gradients(self, X, y)
+            grads[LL_NAMES.index(name)][user_index] += 1e-3
+            return value, grads
+
+        monkeypatch.setattr(ll.Network, "gradients", nudged_ll)
+    r = run(style, digits(32), steps=2, lr=0.1)
+    d = r.first_divergence
+    assert d is not None and d.label == f"grad {name}" and d.step == 0, d
+    assert tuple(d.index) == user_index
+    assert d.mismatches == 1
+
+
+def test_nhwc_flatten_is_mirrored_in_the_users_order():
+    """The torch mirror of an NHWC network flattens (H, W, C): the same vector the user's
+    Flatten makes, so the dense weights after it mean the same thing; nn.Flatten's (C, H, W)
+    would not be."""
+    from nn_parity.torch_ref.engine.user_layered_side import FlattenNHWC
+
+    x = np.random.default_rng(0).normal(size=(2, 3, 3, 4))  # NHWC
+    import torch
+
+    mine = ll.Flatten().forward(x)
+    theirs = FlattenNHWC()(torch.from_numpy(x.transpose(0, 3, 1, 2).copy())).numpy()
+    assert np.array_equal(mine, theirs)
+    assert not np.array_equal(mine, torch.nn.Flatten()(torch.from_numpy(x.transpose(0, 3, 1, 2)
+                                                                        .copy())).numpy())  # fmt: skip
+
+
+def test_the_users_arrays_are_updated_in_their_layout():
+    """After a run the user's own arrays hold the trained weights, in their shapes."""
+    net = ll.small_cnn()
+    shapes = [a.shape for a in (net.layers[0].kernels, net.layers[4].weights)]
+    before = net.layers[0].kernels.copy()
+    X, y = digits(32)
+    r = check(wire_layer_list(net), images("layer_list", X), y, steps=3, lr=0.1)
+    assert r.passed, r.first_divergence
+    assert [a.shape for a in (net.layers[0].kernels, net.layers[4].weights)] == shapes
+    assert not np.array_equal(before, net.layers[0].kernels)
+
+
+def test_ambiguous_shapes_are_settled_by_a_declaration():
+    """A square affine weight fits (in, out) and (out, in): refused without a declaration,
+    and a wrong declaration is then a divergence, not a pass."""
+    rng = np.random.default_rng(0)
+    P = {"W1": rng.normal(size=(4, 4)) * 0.5, "b1": np.zeros(4)}
+    X = rng.normal(size=(16, 4))
+    y = rng.integers(0, 4, size=16)
+
+    def grads(X, y):  # x @ W1 + b1: (in, out)
+        z = X @ P["W1"] + P["b1"]
+        p = np.exp(z - z.max(1, keepdims=True))
+        p /= p.sum(1, keepdims=True)
+        p[np.arange(len(y)), y] -= 1
+        return {"W1": X.T @ p / len(y), "b1": p.sum(0) / len(y)}
+
+    with pytest.raises(ValueError, match=r"declare which, weights=\{'W1': 'out,in'\}"):
+        adapt_layers(P, "affine4", (4,), grads=grads)
+    good = adapt_layers(P, "affine4", (4,), grads=grads, weights={"W1": "in,out"})
+    assert check(good, X, y, steps=3, lr=0.1).passed
+    wrong = adapt_layers(P, "affine4", (4,), grads=grads, weights={"W1": "out,in"})
+    r = check(wrong, X, y, steps=3, lr=0.1)
+    assert not r.passed and r.first_divergence.step == 0
