@@ -12,7 +12,7 @@ import pytest
 import torch
 from nn_parity import scratch
 from nn_parity.scratch import weights as scratch_weights
-from nn_parity.torch_ref import TorchMLP, adapt, lockstep
+from nn_parity.torch_ref import TorchMLP, adapt, adapt_layers, lockstep
 from nn_parity.torch_ref.frontends.cli import main
 from nn_parity.torch_ref.mirror.export import export
 from nn_parity.torch_ref.mirror.weights import load_weights
@@ -167,6 +167,7 @@ def test_bad_input_gets_a_clear_message(call, message, files, capsys, monkeypatc
             "G": lambda X, y: {k: np.full_like(v, 0.1) for k, v in P.items()},
             "net3": scratch.MLP([2, 4, 3], ["tanh", "identity"], rng=0), "export": export,
             "net_inf": broken(np.inf), "net_nan": broken(np.nan),
+            "adapt_layers": adapt_layers,
         }  # fmt: skip
         X_given = env["X"].copy()
         with pytest.raises((ValueError, TypeError)) as err:

@@ -197,10 +197,9 @@ def test_nhwc_flatten_is_mirrored_in_the_users_order():
     import torch
 
     mine = ll.Flatten().forward(x)
-    theirs = FlattenNHWC()(torch.from_numpy(x.transpose(0, 3, 1, 2).copy())).numpy()
-    assert np.array_equal(mine, theirs)
-    assert not np.array_equal(mine, torch.nn.Flatten()(torch.from_numpy(x.transpose(0, 3, 1, 2)
-                                                                        .copy())).numpy())  # fmt: skip
+    nchw = torch.from_numpy(x.transpose(0, 3, 1, 2).copy())
+    assert np.array_equal(mine, FlattenNHWC()(nchw).numpy())
+    assert not np.array_equal(mine, torch.nn.Flatten()(nchw).numpy())
 
 
 def test_the_users_arrays_are_updated_in_their_layout():

@@ -20,7 +20,7 @@ def cs_affine_forward_nhwc_flatten(x, w, b):
 
 
 def cs_affine_backward_nhwc_flatten(dout, cache):
-    x, w, b = cache
+    x, w, _ = cache
     if x.ndim == 4:
         N, C, H, W = x.shape
         dx = dout.dot(w.T).reshape(N, H, W, C).transpose(0, 3, 1, 2)
@@ -33,9 +33,9 @@ def cs_affine_backward_nhwc_flatten(dout, cache):
 def cs_conv_backward_pad_one_side(dout, cache):
     """conv_backward with one line changed: backward pads (0, 2 pad) where forward padded
     (pad, pad), so every window is read shifted."""
-    x, w, b, conv_param = cache
+    x, w, _, conv_param = cache
     stride, pad = conv_param["stride"], conv_param["pad"]
-    F, _, HH, WW = w.shape
+    _, _, HH, WW = w.shape
     _, _, H_out, W_out = dout.shape
     x_pad = np.pad(x, ((0, 0), (0, 0), (0, 2 * pad), (0, 2 * pad)), mode="constant")  # the bug
     dx_pad = np.zeros_like(x_pad)
@@ -102,7 +102,6 @@ class WrongCacheConvNet(cs.ThreeLayerConvNet):
         return loss, grads
 
 
-
 # --- layer-list style: a method replaced ---
 
 _ll_conv_backward = ll.Conv.backward
@@ -162,9 +161,11 @@ PLANTS = {
         "wrong-layer cache": ("model", WrongCacheConvNet),
         "flatten reorders channels": (
             "functions",
-            {"affine_forward": cs_affine_forward_nhwc_flatten,
-             "affine_backward": cs_affine_backward_nhwc_flatten},
-        ),  # fmt: skip
+            {
+                "affine_forward": cs_affine_forward_nhwc_flatten,
+                "affine_backward": cs_affine_backward_nhwc_flatten,
+            },
+        ),
         "conv backward pad": ("functions", {"conv_backward": cs_conv_backward_pad_one_side}),
         "max-pool routing": ("functions", {"max_pool_backward": cs_max_pool_backward_swapped}),
         "bias wrong axis": ("functions", {"conv_backward": cs_conv_backward_bias_wrong_axis}),

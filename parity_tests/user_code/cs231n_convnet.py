@@ -28,7 +28,7 @@ def affine_forward(x, w, b):
 
 
 def affine_backward(dout, cache):
-    x, w, b = cache
+    x, w, _ = cache
     dx = dout.dot(w.T).reshape(x.shape)
     dw = x.reshape(x.shape[0], -1).T.dot(dout)
     db = np.sum(dout, axis=0)
@@ -50,7 +50,7 @@ def relu_backward(dout, cache):
 def conv_forward(x, w, b, conv_param):
     """out[n, f, i, j] = sum over c, hh, ww of x_pad[n, c, i*s + hh, j*s + ww] w[f, c, hh, ww]"""
     stride, pad = conv_param["stride"], conv_param["pad"]
-    N, C, H, W = x.shape
+    N, _, H, W = x.shape
     F, _, HH, WW = w.shape
     H_out = 1 + (H + 2 * pad - HH) // stride
     W_out = 1 + (W + 2 * pad - WW) // stride
@@ -66,9 +66,9 @@ def conv_forward(x, w, b, conv_param):
 
 
 def conv_backward(dout, cache):
-    x, w, b, conv_param = cache
+    x, w, _, conv_param = cache
     stride, pad = conv_param["stride"], conv_param["pad"]
-    F, _, HH, WW = w.shape
+    _, _, HH, WW = w.shape
     _, _, H_out, W_out = dout.shape
     x_pad = np.pad(x, ((0, 0), (0, 0), (pad, pad), (pad, pad)), mode="constant")
     dx_pad = np.zeros_like(x_pad)

@@ -108,7 +108,9 @@ class UserLayeredSide:
         self.loss_value = math.nan if loss_value is None else loss_value
         if not self.keys:
             self._set_keys(set(outs), prob is not None, loss_value is not None)
-        found = {("out", l): v for l, v in outs.items()}
+        found: dict[tuple[str, int | None], np.ndarray | None] = {
+            ("out", l): v for l, v in outs.items()
+        }
         found[("prob", len(self.seq.layers) - 1)] = prob
         found[("loss", None)] = np.asarray(self.loss_value, self.dtype)
         vals: list = [found[(q, l)] for q, l, _, _ in self.keys if q in ("out", "prob", "loss")]

@@ -254,7 +254,15 @@ def adapt_layers(
     access = _Access(params, names)
     arrays = access.read()
     dtype = _check_arrays(arrays)
-    seq = sq.from_spec(spec, shape, dtype=dtype, rng=0)
+    try:
+        seq = sq.from_spec(spec, shape, dtype=dtype, rng=0)
+    except ValueError as err:
+        if layout != "NHWC" or len(shape) != 3:
+            raise
+        raise ValueError(
+            f"{err} (your input_shape {tuple(input_shape)} read as (H, W, C) for layout NHWC, "
+            f"shapes here (C, H, W))"
+        ) from None
     if any(isinstance(layer, sq.Dropout) for layer in seq.layers):
         raise ValueError(
             "dropout in your own layered network is not supported: leave it out of the spec "
@@ -322,9 +330,9 @@ def _slot_for(user: str, shape, canon_name: str, canon, declared: str | None, sp
         if math.prod(shape) == canon[0] and (len(shape) == 1 or (len(shape) == 2 and 1 in shape)):
             return LayerSlot(user, canon_name, False, tuple(shape))
         raise ValueError(
-            f"parameter {user!r} of shape {tuple(shape)} does not fit {spec_at}'s "
-            f"{canon_name.rsplit('.', 1)[1]}: expected ({canon[0]},), (1, {canon[0]}) or "
-            f"({canon[0]}, 1)"
+            f"parameter {user!r} of shape {tuple(shape)} does not fit the "
+            f"{canon_name.rsplit('.', 1)[1]} of {spec_at}: expected ({canon[0]},), "
+            f"(1, {canon[0]}) or ({canon[0]}, 1)"
         )
     forms = _forms(canon)
     fits = [p for p in forms if _stored(canon, p) == shape]
@@ -335,12 +343,9 @@ def _slot_for(user: str, shape, canon_name: str, canon, declared: str | None, sp
             raise ValueError(f"weights[{user!r}] = {declared!r}; expected {choices}")
         fits = [perm] if perm in fits else []
     if not fits:
-        expected = " or ".join(
-            str(_stored(canon, p)) + " " + _NAMED[p]
-            for p in forms
-        )
+        expected = " or ".join(str(_stored(canon, p)) + " " + _NAMED[p] for p in forms)
         raise ValueError(
-            f"parameter {user!r} of shape {tuple(shape)} does not fit {spec_at}'s weight: "
+            f"parameter {user!r} of shape {tuple(shape)} does not fit the weight of {spec_at}: "
             f"expected {expected}"
         )
     if len(fits) > 1 and fits[0] != fits[1]:
