@@ -236,3 +236,18 @@ def test_ambiguous_shapes_are_settled_by_a_declaration():
     wrong = adapt_layers(P, "affine4", (4,), grads=grads, weights={"W1": "out,in"})
     r = check(wrong, X, y, steps=3, lr=0.1)
     assert not r.passed and r.first_divergence.step == 0
+
+
+def test_the_readme_subsection_runs_and_is_short(monkeypatch, capsys):
+    """README "Your own conv net": at most 12 lines, and it runs, on the CS231n fixture."""
+    import re
+    import sys
+    from pathlib import Path
+
+    text = (Path(__file__).parents[1] / "README.md").read_text()
+    section = text.split("### Your own conv net", 1)[1].split("\n## ", 1)[0]
+    assert len([x for x in section.splitlines() if x.strip()]) <= 12  # prose, fences, code
+    code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    monkeypatch.setitem(sys.modules, "cnn", cs)
+    exec(compile(code, "README.md", "exec"), {})
+    assert capsys.readouterr().out.strip() == "None"
