@@ -84,13 +84,19 @@ STYLES = ["cs231n", "layer_list"]
 @pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["f64", "f32"])
 @pytest.mark.parametrize(
     "opt,form,batch",
-    [("sgd", "grads", None), ("sgd", "step", 16), ("adam", "grads", 16), ("adam", "grads", None)],
-    ids=["sgd-full", "sgd-fused-mini", "adam-mini", "adam-full"],
+    [
+        ("sgd", "grads", None),
+        ("sgd", "step", 16),
+        ("adam", "grads", 16),
+        ("adam", "grads", None),
+        ({"name": "sgd", "momentum": 0.9}, "grads", 16),
+    ],
+    ids=["sgd-full", "sgd-fused-mini", "adam-mini", "adam-full", "momentum-mini"],
 )
 @pytest.mark.parametrize("data", ["digits", "synthetic"])
 def test_each_style_passes_as_written(style, dtype, opt, form, batch, data):
     d = digits(64) if data == "digits" else synthetic(64)
-    lr = 0.1 if opt == "sgd" else 0.01
+    lr = 0.01 if opt == "adam" else 0.1 if opt == "sgd" else 0.05
     epochs = None if batch is None else 2
     r = run(style, d, dtype, form, optimizer=opt, lr=lr, steps=8, batch_size=batch, epochs=epochs)
     assert r.passed, r.first_divergence
@@ -102,6 +108,8 @@ def test_each_style_passes_as_written(style, dtype, opt, form, batch, data):
         assert [f"out[{l}]" for l in range(7)] == [x for x in labels if x.startswith("out[")]
     if opt == "adam":
         assert any(x.startswith("exp_avg ") for x in labels)
+    if isinstance(opt, dict):
+        assert any(x.startswith("momentum_buffer ") for x in labels)
 
 
 @pytest.mark.parametrize("style", STYLES)
@@ -251,3 +259,79 @@ def test_the_readme_subsection_runs_and_is_short(monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "cnn", cs)
     exec(compile(code, "README.md", "exec"), {})
     assert capsys.readouterr().out.strip() == "None"
+
+
+def _bn_mlp(seed=0):
+    """CS231n's FullyConnectedNet with batchnorm, one hidden layer, written out: affine -
+    batchnorm (training mode, batch statistics) - relu - affine - softmax, on flat inputs."""
+    rng = np.random.default_rng(seed)
+    params = {"W1": rng.normal(0, 0.1, (64, 16)), "b1": np.zeros(16),
+              "gamma1": np.ones(16), "beta1": np.zeros(16),
+              "W2": rng.normal(0, 0.1, (16, 10)), "b2": np.zeros(10)}  # fmt: skip
+
+    def loss(X, y=None, eps=1e-5):
+        p = params
+        a = X @ p["W1"] + p["b1"]
+        mu, var = a.mean(axis=0), a.var(axis=0)
+        xhat = (a - mu) / np.sqrt(var + eps)
+        h = np.maximum(0, p["gamma1"] * xhat + p["beta1"])
+        scores = h @ p["W2"] + p["b2"]
+        if y is None:
+            return scores
+        value, dscores = cs.softmax_loss(scores, y)
+        dh = dscores @ p["W2"].T * (h > 0)
+        dxhat = dh * p["gamma1"]
+        N = len(X)
+        da = (N * dxhat - dxhat.sum(0) - xhat * (dxhat * xhat).sum(0)) / (N * np.sqrt(var + eps))
+        return value, {"W2": h.T @ dscores, "b2": dscores.sum(0), "gamma1": (dh * xhat).sum(0),
+                       "beta1": dh.sum(0), "W1": X.T @ da, "b1": da.sum(0)}  # fmt: skip
+
+    return params, loss
+
+
+def test_a_batchnorm_net_matches_gamma_and_beta_by_order():
+    """gamma and beta take the batchnorm layer's weight and bias, in the user's order; a
+    gamma gradient that is off is reported as the user's gamma1."""
+    params, loss = _bn_mlp()
+    X, y = digits(64)
+    net = adapt_layers(params, "affine16,bn,relu,affine10", (64,), grads=loss, forward=loss)
+    assert [s.canonical for s in net.pmap.slots][2:4] == ["layers.1.weight", "layers.1.bias"]
+    r = check(net, X.reshape(64, 64), y, steps=20, lr=0.1, batch_size=16, epochs=5)
+    assert r.passed, r.first_divergence
+    params, loss = _bn_mlp()
+
+    def off(X, y=None):
+        got = loss(X, y)
+        if y is not None:
+            got[1]["gamma1"] = got[1]["gamma1"] * 1.01
+        return got
+
+    r = check(adapt_layers(params, "affine16,bn,relu,affine10", (64,), grads=off),
+              X.reshape(64, 64), y, steps=3, lr=0.1)  # fmt: skip
+    assert (r.first_divergence.step, r.first_divergence.label) == (0, "grad gamma1")
+
+
+def test_a_gradient_function_that_updates_is_refused():
+    """grads= must leave the parameters alone: one that also steps would step twice in the
+    user's own loop. Refused at the first step, the user's arrays left as they were."""
+    model = cs.ThreeLayerConvNet()
+
+    def loss_and_step(X, y):
+        value, grads = model.loss(X, y)
+        model.params["W3"] -= 0.1 * grads["W3"]
+        return value, grads
+
+    before = {k: v.copy() for k, v in model.params.items()}
+    net = adapt_layers(model.params, CS_SPEC, (1, 8, 8), grads=loss_and_step)
+    X, y = digits(16)
+    with pytest.raises(ValueError, match="loss_and_step changed parameter 'W3'"):
+        check(net, X, y, steps=2, lr=0.1)
+    assert all(np.array_equal(before[k], v) for k, v in model.params.items())
+
+
+def test_a_fused_step_that_changes_nothing_is_refused():
+    model = cs.ThreeLayerConvNet()
+    net = adapt_layers(model.params, CS_SPEC, (1, 8, 8), step=lambda X, y, lr: model.loss(X, y)[0])
+    X, y = digits(16)
+    with pytest.raises(ValueError, match="changed no parameter"):
+        check(net, X, y, steps=2, lr=0.1)

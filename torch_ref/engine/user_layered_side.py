@@ -127,6 +127,14 @@ class UserLayeredSide:
         net = self.net
         if net.form == "grads":
             returned, grads = net.call_grads(Xu, yu)
+            now = net.get_params()
+            changed = [k for k in now if not np.array_equal(now[k], self.canon[k])]
+            if changed:  # applied twice in the user's own loop: theirs, then the optimizer's
+                user = net.pmap.by_canonical[changed[0]].user
+                raise UserCodeError(
+                    f"{net.names['fn']} changed parameter {user!r}: a function that returns "
+                    "gradients must leave the parameters alone (give the whole step as step=)"
+                )
             assert self.opt is not None
             self.opt.step({k: np.ascontiguousarray(g, self.dtype) for k, g in grads.items()})
             net.set_params(self.canon)
