@@ -335,3 +335,32 @@ def test_a_fused_step_that_changes_nothing_is_refused():
     X, y = digits(16)
     with pytest.raises(ValueError, match="changed no parameter"):
         check(net, X, y, steps=2, lr=0.1)
+
+
+def test_layer_outputs_given_by_index_are_compared(monkeypatch):
+    """forward -> (scores, {layer index: output}): the layers given are compared; a pool that
+    averages where the spec's maxes is found at that layer's output, not later."""
+
+    def wire(model):
+        def forward(X):
+            conv_param = {"stride": 1, "pad": 1}
+            pool_param = {"pool_height": 2, "pool_width": 2, "stride": 2}
+            p = model.params
+            pooled, _ = cs.conv_relu_pool_forward(X, p["W1"], p["b1"], conv_param, pool_param)
+            return model.loss(X), {2: pooled}
+
+        return adapt_layers(model.params, CS_SPEC, (1, 8, 8), grads=model.loss, forward=forward)
+
+    X, y = digits(32)
+    r = check(wire(cs.ThreeLayerConvNet()), X, y, steps=3, lr=0.1)
+    assert r.passed, r.first_divergence
+    assert [x for x in r.labels if x.startswith("out[")] == ["out[2]"]
+
+    def average_pool(x, pool_param):
+        N, C, H, W = x.shape
+        out = x.reshape(N, C, H // 2, 2, W // 2, 2).mean(axis=(3, 5))
+        return out, (x, pool_param)
+
+    monkeypatch.setattr(cs, "max_pool_forward", average_pool)
+    r = check(wire(cs.ThreeLayerConvNet()), X, y, steps=3, lr=0.1)
+    assert (r.first_divergence.step, r.first_divergence.label) == (0, "out[2]")

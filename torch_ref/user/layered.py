@@ -381,8 +381,26 @@ def match_params(
         l = int(canon_name.split(".")[1])
         at = f"layer {l} ({tokens[l].strip()!r})"
         shape = tuple(np.shape(arrays[user]))
-        slots.append(_slot_for(user, shape, canon_name, canon, weights.get(user), at))
+        try:
+            slots.append(_slot_for(user, shape, canon_name, canon, weights.get(user), at))
+        except ValueError as err:
+            other = next((u for u in users if u != user and _fits(arrays[u], canon)), None)
+            if other is None or user in weights:
+                raise
+            raise ValueError(
+                f"{err}; {other!r} would fit there: parameters are taken in order, each "
+                f"layer's weight then its bias; give names=[...] in that order"
+            ) from None
     return slots
+
+
+def _fits(a: np.ndarray, canon: tuple[int, ...]) -> bool:
+    """Whether an array of this shape could hold a parameter of canonical shape `canon`."""
+    try:
+        _slot_for("?", tuple(np.shape(a)), "layers.0.x", canon, None, "?")
+    except ValueError as err:
+        return "could be stored" in str(err)  # fits two ways: it fits
+    return True
 
 
 __all__ = ["LayerSlot", "UserLayeredNetwork", "adapt_layers", "match_params"]
