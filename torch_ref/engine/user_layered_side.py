@@ -11,7 +11,10 @@ and reported at the user's index (`W1[2, 0, 1, 1]` as the user indexes it).
 Each step reports, as `LayeredSide` does: the layer outputs the user's forward returned, the
 output probabilities and the loss (when the user's code gives them), every gradient (returned,
 or recovered from a fused plain-SGD step), nn-parity's optimizer state, every parameter.
-There is no stage-wise re-check (staged and rerunnable are False): every mismatch is reported.
+A mismatch is re-checked coarsely, as for `adapt`'s user code (recheck.py, `rerunnable`): the
+step must repeat itself bit for bit, and the whole step from torch's parameters (and optimizer
+state) must give torch's values within tolerance; only then is it drift (or saturation), and the
+run resynchronises. A fused step with an optimizer of the user's own is never rerun.
 """
 
 from __future__ import annotations
@@ -50,7 +53,6 @@ class UserLayeredSide:
     """The user's layered network through `adapt_layers`."""
 
     staged = False
-    rerunnable = False
     layered = True  # findings.py: located by layer, no MLP diagnosis
 
     def __init__(self, net: UserLayeredNetwork, opt_factory, lr: float, X_user, y_user):
@@ -69,12 +71,17 @@ class UserLayeredSide:
             hyper.get("momentum") or hyper.get("weight_decay") or self.opt_desc.schedule
         )
         self.recovered = net.form == "step" and plain
+        # The coarse re-check (recheck.py): the whole step again from torch's parameters (and
+        # nn-parity's optimizer state). A fused step with state of the user's own cannot be
+        # set back, and is never rerun.
+        self.rerunnable = net.form == "grads" or plain
         self.grads_seen = net.form == "grads" or self.recovered
         self.state_names: tuple[str, ...] = ()
         self.stateful = False
         self.keys: list[Key] = []
         self.before: dict[str, np.ndarray] = {}
         self.after: dict[str, np.ndarray] = {}
+        self.state_before: dict[str, dict[str, np.ndarray]] = {}
 
     @property
     def params_before(self) -> dict[str, np.ndarray]:
@@ -94,6 +101,7 @@ class UserLayeredSide:
         Xu = self.X_user if rows is None else self.X_user[rows]
         yu = self.y_user if rows is None else self.y_user[rows]
         self.before = net.get_params()
+        self.state_before = self.opt.state_dict() if self.opt is not None else {}
         outs: dict[int, np.ndarray] = {}
         prob = None
         if net.forward is not None:
@@ -163,6 +171,17 @@ class UserLayeredSide:
             for k in self.order
         }
 
+    def rerun(self, params: Mapping[str, np.ndarray], X, Y, rows, state=None) -> list:
+        """The step again, from `params` (and optimizer `state`), without keeping its result."""
+        self.set_params(params)
+        if self.opt is not None and state is not None:
+            if _same_state(state, self.opt.state_dict()):
+                # the state after the step, as the re-check keeps it: the step's own rerun
+                # starts from the state the step started from
+                state = self.state_before
+            self.opt.load_state_dict(state)
+        return [np.array(v) for v in self.step(X, Y, rows)]
+
     def oracle(self):
         raise NotImplementedError("a layered network has no MLP oracle")  # findings: layered
 
@@ -182,6 +201,14 @@ class UserLayeredSide:
             "layout": net.pmap.describe(),
             "layout_decided_by": net.pmap.how,
         }
+
+
+def _same_state(a: Mapping[str, Mapping], b: Mapping[str, Mapping]) -> bool:
+    """Two optimizer states equal bit for bit, buffer by buffer."""
+    return a.keys() == b.keys() and all(
+        a[n].keys() == b[n].keys() and all(np.array_equal(a[n][k], b[n][k]) for k in a[n])
+        for n in a
+    )
 
 
 class UserLayeredTorchSide(LayeredTorchSide):
@@ -220,6 +247,11 @@ def user_layered_scratch_side(net: UserLayeredNetwork, loss, opt_factory, lr, X,
         )
     if Xa.dtype.kind not in "fiu" or not np.isfinite(Xa).all():
         raise ValueError("X must hold finite numbers")
+    if getattr(opt_factory({"probe": np.zeros(1)}), "schedule", None) is not None:
+        raise ValueError(
+            "a learning-rate schedule is not supported with adapt_layers: torch's layered "
+            "mirror takes a constant rate; leave the schedule out"
+        )
     width = net.seq.shapes[-1]
     if len(width) != 1:
         raise ValueError(f"the network's output must be flat (N, C), got (N, {width}): flatten")
