@@ -17,7 +17,6 @@ _IMAGES = {"digits": (1, 8, 8)}  # per-sample shape of the data sets that are im
 # options of the built-in MLP that a layer spec sets for itself, or that do not apply
 _NOT_WITH_SPEC = {
     "model": "--model", "weights": "--weights", "init": "--init", "activation": "--activation",
-    "export": "--export",
 }  # fmt: skip
 _DEFAULT_LOSS = {"binary": "bce-logits", "multiclass": "ce", "regression": "mse"}
 
@@ -72,11 +71,42 @@ def run_layered(args: argparse.Namespace) -> int:
     try:
         p, net = plan_layered(args)
         out, note = out_dir(args)
+        if args.export is not None:
+            from nn_parity.torch_ref.mirror.export import check_export
+
+            check_export(args.export, overwrite=args.overwrite, cli=True)
     except (ValueError, TypeError) as err:
         raise UsageError(str(err)) from None
     result = run_with_progress(args, net, None, p["X"], p["data"].y, p["steps"], p["loss"])
     summary = _write(args, p, result, out, {"summary": {}, "arrays": {}})
+    if args.export is not None:
+        _export_layered(args, net, p["loss"], summary["passed"])
     return _verdict(args, result, summary, out, note)
+
+
+def _export_layered(args: argparse.Namespace, net, loss, passed: bool) -> None:
+    """--export after the run: the trained network as an nn.Sequential of torch's modules, only
+    when the two sides agreed (the probe's loss: the run's, if export draws targets for it)."""
+    import sys
+
+    from nn_parity.torch_ref.mirror.export import export
+    from nn_parity.torch_ref.mirror.export_layered import LOSSES
+
+    if not passed:
+        print(f"nn-parity: --export skipped: scratch and torch diverged, so {str(args.export)!r} "
+              "was not written", file=sys.stderr)  # fmt: skip
+        return
+    spec = loss.name if loss.name in LOSSES else None
+    try:
+        written = export(net, args.export, loss=spec, overwrite=args.overwrite, _cli=True)
+    except (ValueError, TypeError) as err:
+        raise UsageError(str(err)) from None
+    except OSError as err:
+        raise UsageError(
+            f"--export: cannot write {str(args.export)!r}: {err.strerror or err}; nothing "
+            "was written there"
+        ) from None
+    print(f"exported: {written.module} (test: {written.test})")
 
 
 __all__ = ["is_layer_spec", "plan_layered", "run_layered"]
