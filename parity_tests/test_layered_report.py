@@ -1,0 +1,151 @@
+"""A layered run as the reports describe it: the network line names the layers (text, HTML,
+notebook, through one function), summary.json keeps them, `nn-parity report` reads them back,
+and every figure either draws or is named as not drawn, with its reason. And `--dropout` with
+layer sizes: the dense network run as the layer spec it is, its dropout active."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from nn_parity.reports.notebook import summary_html
+from nn_parity.reports.text import run_description
+from nn_parity.scratch.sequential import from_spec
+from nn_parity.torch_ref import lockstep
+from nn_parity.torch_ref.engine.layered_side import layer_words
+from nn_parity.torch_ref.frontends.cli import main
+from nn_parity.torch_ref.frontends.datasets import load_dataset
+
+CONV = "conv8x3,relu,pool2,flatten,affine10"
+CONV_LINE = "network: conv 1->8 3x3, relu, maxpool 2, flatten, affine 72->10, init torch_default, "
+CONV_LINE += f"{8 * 9 + 8 + 72 * 10 + 10} parameters"
+NOT_DRAWN = ("gradient_descent.png not drawn: ", "boundary.png not drawn: ")
+
+
+def run(tmp_path, *flags, figures=True):
+    out = tmp_path / "rep"
+    code = main(["run", "--steps", "3", "--batch-size", "64", "--out", str(out), "--quiet",
+                 *flags, *([] if figures else ["--no-figures"])])  # fmt: skip
+    assert code == 0
+    return out, json.loads((out / "summary.json").read_text())
+
+
+def _in_html(line: str) -> str:
+    """A description line as HTML writes it: its label in its own cell, '>' escaped."""
+    return line.partition(": ")[2].replace(">", "&gt;")
+
+
+def _pngs(folder) -> set[str]:
+    return {p.name for p in folder.glob("*.png")}
+
+
+def test_a_conv_run_names_its_layers_in_every_report(tmp_path, capsys):
+    out, summary = run(tmp_path, "--data", "digits", "--layers", CONV)
+    assert summary["architecture"]["layers"] == [
+        "conv 1->8 3x3", "relu", "maxpool 2", "flatten", "affine 72->10",
+    ]  # fmt: skip
+    assert run_description(summary)[1] == CONV_LINE
+    html = (out / "report.html").read_text()
+    assert _in_html(CONV_LINE) in html
+    assert {"loss.png", "errors.png", "probs.png"} == _pngs(out)
+    for line in NOT_DRAWN:
+        assert line in html
+    assert "could not be drawn" not in html
+
+
+def test_report_reads_a_layered_record_back(tmp_path):
+    spec = "affine8,bn,relu,dropout0.3,affine1"
+    out, _ = run(tmp_path, "--data", "breast-cancer", "--layers", spec, figures=False)
+    assert _pngs(out) == set()
+    assert main(["report", str(out), "--out", str(tmp_path / "drawn")]) == 0
+    drawn = tmp_path / "drawn"
+    html = (drawn / "report.html").read_text()
+    want = "network: affine 30->8, batchnorm 8, relu, dropout 0.3, affine 8->1"
+    assert _in_html(want) in html
+    assert {"loss.png", "errors.png", "probs.png"} == _pngs(drawn)
+    assert all(line in html for line in NOT_DRAWN) and "could not be drawn" not in html
+
+
+def test_the_notebook_and_python_describe_the_same_layers():
+    X = load_dataset("digits", seed=0).X.reshape(-1, 1, 8, 8)[:64]
+    y = load_dataset("digits", seed=0).y[:64]
+    net = from_spec("conv4x3s2p1,bn,relu,flatten,affine10", (1, 8, 8), rng=0)
+    result = lockstep(net, None, X, y, steps=2, lr=0.1)
+    summary = result.summary()
+    line = "network: conv 1->4 3x3 stride 2 pad 1, batchnorm 4, relu, flatten, affine 64->10"
+    assert run_description(summary)[1].startswith(line)
+    assert _in_html(line) in summary_html(summary)
+
+
+def test_an_mlp_run_keeps_its_sizes_and_no_not_drawn_lines(tmp_path):
+    out, summary = run(tmp_path, "--data", "xor", "--layers", "2,4,1")
+    assert "layers" not in summary["architecture"]
+    assert run_description(summary)[1].startswith("network: 2-4-1 (tanh, sigmoid), bias")
+    assert "not drawn" not in (out / "report.html").read_text()
+
+
+@pytest.mark.parametrize(
+    "spec, words",
+    [
+        ("conv16x5s2p2", "conv 1->16 5x5 stride 2 pad 2"),
+        ("pool2", "maxpool 2"),
+        ("ln", None),
+        ("dropout0.25", "dropout 0.25"),
+        ("leaky_relu:0.1", "leaky_relu:0.1"),
+    ],
+)
+def test_layer_words(spec, words):
+    shape = (8,) if spec == "ln" else (1, 8, 8)
+    layer = from_spec(spec, shape).layers[0]
+    assert layer_words(layer) == (words or "layernorm 8")
+
+
+# --- --dropout with layer sizes ------------------------------------------------------------
+
+
+def test_dropout_runs_the_sizes_as_their_layer_spec(tmp_path):
+    _, summary = run(tmp_path, "--data", "digits", "--layers", "64,32,10", "--activation",
+                       "relu", "--dropout", "0.2", figures=False)  # fmt: skip
+    assert summary["passed"] is True
+    assert summary["architecture"]["layers"] == [
+        "flatten", "affine 64->32", "relu", "dropout 0.2", "affine 32->10",
+    ]  # fmt: skip
+    # the same run spelled as a layer spec is the same run, step for step
+    _, spelled = run(tmp_path / "spelled", "--data", "digits", "--layers",
+                         "flatten,affine32,relu,dropout0.2,affine10", figures=False)  # fmt: skip
+    assert spelled["loss_last"] == summary["loss_last"]
+
+
+def test_dropout_is_active_and_zero_is_none(tmp_path):
+    losses = {}
+    for p in ("0", "0.5"):
+        _, s = run(tmp_path / p, "--data", "digits", "--layers", "64,16,10", "--dropout", p,
+                   figures=False)  # fmt: skip
+        losses[p] = s["loss_last"]["scratch"]
+    _, plain = run(tmp_path / "spec", "--data", "digits", "--layers",
+                   "flatten,affine16,tanh,affine10", figures=False)  # fmt: skip
+    assert losses["0"] == plain["loss_last"]["scratch"]  # dropout 0 is the identity
+    assert losses["0.5"] != losses["0"]  # a mask was drawn and applied
+
+
+def test_dropout_with_a_binary_loss_on_probabilities_ends_with_its_sigmoid(tmp_path):
+    _, s = run(tmp_path, "--data", "breast-cancer", "--layers", "30,8,1", "--dropout", "0.1",
+               "--loss", "bce", figures=False)  # fmt: skip
+    assert s["architecture"]["layers"][-2:] == ["affine 8->1", "sigmoid"]
+    assert s["loss"] == "bce" and s["passed"] is True
+
+
+def test_dropout_help_says_what_it_does(capsys):
+    with pytest.raises(SystemExit):
+        main(["run", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "--dropout P" in text and "run as the layer spec they are" in text
+
+
+def test_refused_dropout_leaves_no_report(tmp_path, capsys):
+    out = tmp_path / "rep"
+    code = main(["run", "--data", "digits", "--layers", "64,32,10", "--dropout", "1.0",
+                 "--out", str(out), "--quiet"])  # fmt: skip
+    assert code == 2 and not out.exists()
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "got 1.0" in err
