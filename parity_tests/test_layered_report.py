@@ -149,3 +149,52 @@ def test_refused_dropout_leaves_no_report(tmp_path, capsys):
     assert code == 2 and not out.exists()
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "got 1.0" in err
+
+
+# --- the README's conv section stays true --------------------------------------------------
+
+
+def _readme_conv_section() -> str:
+    from pathlib import Path
+
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    return readme.split("## A conv net, checked in lockstep", 1)[1].split("\n## ", 1)[0]
+
+
+def test_the_readme_conv_command_prints_what_the_readme_shows(tmp_path, monkeypatch, capsys):
+    import shlex
+
+    section = _readme_conv_section()
+    shown = []  # the indented block from the command on, blank lines inside it kept
+    for line in section[section.index("    $ ") :].splitlines():
+        if line and not line.startswith("    "):
+            break
+        shown.append(line[4:])
+    while not shown[-1]:
+        shown.pop()
+    command = shown[0].removeprefix("$ ")
+    monkeypatch.chdir(tmp_path)
+    assert main(shlex.split(command)[1:]) == 0
+    printed = capsys.readouterr().out.splitlines()
+    # every line but the measured numbers of the table, which may move in the last digit
+    # with another BLAS
+    table = ("prob ", "loss ", "grad ", "param ", "out ")
+    want = [line for line in shown[1:] if not line.strip().startswith(table)]
+    got = [line for line in printed if not line.strip().startswith(table)]
+    assert got == want and len(want) > 5
+    assert [line.split()[:2] for line in printed if line.strip().startswith(table)] == [
+        line.split()[:2] for line in shown[1:] if line.strip().startswith(table)
+    ]
+
+
+def test_the_readme_conv_python_prints_what_the_readme_says(capsys):
+    import re
+
+    code = re.search(r"```python\n(.*?)```", _readme_conv_section(), re.S).group(1)
+    namespace: dict = {}
+    exec(compile(code, "README.md", "exec"), namespace)
+    printed = capsys.readouterr().out
+    comment = re.search(r"print\(result\)  # (.*?) \.\.\.\)", code).group(1)
+    assert printed.startswith(comment), printed
+    layers = namespace["result"].summary()["architecture"]["layers"]
+    assert repr(layers).startswith(re.search(r"# (\['conv.*?), \.\.\.\]", code).group(1))
