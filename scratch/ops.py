@@ -322,7 +322,7 @@ def conv2d_forward(x, W, b, stride=1, padding=0):
     """
     s, pad = stride, padding
     xpad = np.pad(x, ((0, 0), (0, 0), (pad, pad), (pad, pad)))  # (N, C, H+2p, W+2p)
-    f, c, kh, kw = W.shape
+    f, _, kh, kw = W.shape
     cols = _im2col(xpad, kh, kw, s)  # (N Ho Wo, C KH KW)
     n, ho, wo = len(x), (xpad.shape[2] - kh) // s + 1, (xpad.shape[3] - kw) // s + 1
     out = cols @ W.reshape(f, -1).T + b  # (N Ho Wo, F)
