@@ -198,7 +198,8 @@ def test_export_bad_arguments(net, tmp_path, kwargs, error, match):
 def test_export_bad_network_and_folder(net, tmp_path):
     with pytest.raises(
         TypeError,
-        match=r"takes a scratch.MLP, a scratch.sequential.Sequential or an adapted network, got TorchMLP",
+        match=r"takes a scratch.MLP, a scratch.sequential.Sequential or an adapted network, "
+        r"got TorchMLP",
     ):
         export(TorchMLP.from_scratch(net), tmp_path)
     relu_out = scratch.MLP([2, 3, 2], ["tanh", "relu"])
