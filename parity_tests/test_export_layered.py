@@ -34,6 +34,7 @@ SPECS = {
     "conv_bn_pad": "conv4x3p1,bn,relu,pool2,flatten,dropout0.2,affine16,ln,tanh,affine10",
     "mlp_bn_dropout": "flatten,affine32,bn,relu,dropout0.3,affine10",
     "strided": "conv6x3s2p1,leaky_relu:0.1,flatten,affine10",
+    "log_softmax": "flatten,affine16,sigmoid,affine10,log_softmax",
 }
 _fresh = itertools.count()
 
@@ -101,6 +102,17 @@ def test_the_exported_module_reproduces_the_network_in_eval_mode(name, digits, t
     kinds = {type(m).__name__ for m in model}
     assert "GivenMask" not in kinds and "_BatchNormAnyRank" not in kinds
     check_reproduces(model, net, digits)
+
+
+def test_the_exported_module_warns_of_nothing(tmp_path):
+    """A softmax module without its dim warns on every call (torch's implicit-dimension
+    deprecation), and the generated test runs with warnings as errors."""
+    import warnings
+
+    model = load_fresh(export(trained(SPECS["log_softmax"]), tmp_path))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        model(torch.zeros((2, 1, 8, 8), dtype=torch.float64))
 
 
 def test_a_float32_export_reproduces_the_mirror(digits, tmp_path):

@@ -30,11 +30,11 @@ import numpy as np
 import torch
 from nn_parity import scratch
 from nn_parity.reports.destination import Words, atomic_dir, check_destination
-from nn_parity.scratch.activations import Activation, LeakyReLU
+from nn_parity.scratch.activations import Activation
 from nn_parity.scratch.sequential import Sequential
 from nn_parity.torch_ref.compare import Tolerance, tolerance
 from nn_parity.torch_ref.mirror import export_layered as layered
-from nn_parity.torch_ref.mirror.model import torch_activation, torch_loss
+from nn_parity.torch_ref.mirror.model import torch_loss
 from nn_parity.torch_ref.mirror.weights import save_pt
 
 __all__ = ["Exported", "check_export", "export"]
@@ -87,10 +87,7 @@ def _loss(net, spec: str | scratch.Loss | None) -> scratch.Loss:
 
 
 def _activation_code(act: Activation) -> str:
-    module = torch_activation(act)  # the mirror's own choice, written out as code
-    if isinstance(act, LeakyReLU):
-        return f"nn.LeakyReLU(negative_slope={float(act.slope)!r})"
-    return f"nn.{type(module).__name__}()"
+    return layered.activation_code(act.name)  # the mirror's own choice, written out as code
 
 
 def module_source(net: scratch.MLP, name: str) -> str:

@@ -20,16 +20,19 @@ from nn_parity.scratch import sequential as sq
 from nn_parity.scratch.activations import LeakyReLU, get_activation
 from nn_parity.torch_ref.mirror.model import torch_activation
 
-__all__ = ["layered_expected", "layered_source", "layered_state", "module_code"]
+__all__ = ["activation_code", "layered_expected", "layered_source", "layered_state", "module_code"]
 
 LOSSES = ("ce", "bce-logits", "mse")  # losses the probe draws targets for, on a layered net
 
 
-def _activation_code(kind: str) -> str:
+def activation_code(kind: str) -> str:
+    """The constructor of the torch module the mirror uses for activation `kind`."""
     act = get_activation(kind)
     if isinstance(act, LeakyReLU):
         return f"nn.LeakyReLU(negative_slope={float(act.slope)!r})"
-    return f"nn.{type(torch_activation(act)).__name__}()"
+    module = torch_activation(act)
+    dim = getattr(module, "dim", None)  # softmax, log_softmax: over the classes, said explicitly
+    return f"nn.{type(module).__name__}({'' if dim is None else f'dim={dim}'})"
 
 
 def module_code(layer, in_shape: tuple) -> str:
@@ -56,7 +59,7 @@ def module_code(layer, in_shape: tuple) -> str:
     if isinstance(layer, sq.Flatten):
         return "nn.Flatten()"
     if isinstance(layer, sq.Act):
-        return _activation_code(layer.kind)
+        return activation_code(layer.kind)
     raise ValueError(f"export has no torch module for layer {layer!r}")
 
 
