@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 from nn_parity.reports.notebook import summary_html
 from nn_parity.reports.text import run_description
+from nn_parity.scratch import get_loss as scratch_loss
 from nn_parity.scratch.sequential import from_spec
 from nn_parity.torch_ref import lockstep
 from nn_parity.torch_ref.engine.layered_side import layer_words
@@ -198,3 +200,32 @@ def test_the_readme_conv_python_prints_what_the_readme_says(capsys):
     assert printed.startswith(comment), printed
     layers = namespace["result"].summary()["architecture"]["layers"]
     assert repr(layers).startswith(re.search(r"# (\['conv.*?), \.\.\.\]", code).group(1))
+
+
+# --- the decision boundary of a layered classifier on two features --------------------------
+
+
+def test_a_layered_classifier_on_two_features_draws_its_boundary(tmp_path):
+    out, summary = run(
+        tmp_path, "--data", "moons", "--layers", "affine8,bn,relu,dropout0.3,affine1"
+    )
+    assert summary["passed"] is True
+    assert "boundary.png" in _pngs(out)
+    html = (out / "report.html").read_text()
+    assert "boundary.png not drawn" not in html and NOT_DRAWN[0] in html
+
+
+def test_the_boundary_leaves_the_run_s_network_as_it_was():
+    from nn_parity.torch_ref.frontends.figure_data import layered_boundary
+
+    X = load_dataset("moons", seed=0).X
+    net = from_spec("affine8,bn,relu,dropout0.3,affine1", (2,), rng=0)
+    draw = net.layers[3].rng.bit_generator.state
+    before = {k: v.copy() for k, v in {**net.params, **net.buffers}.items()}
+    arrays = layered_boundary(net, scratch_loss("bce-logits"), X, "before")
+    assert net.training and net.layers[3].rng.bit_generator.state == draw
+    assert all(np.array_equal(v, before[k]) for k, v in {**net.params, **net.buffers}.items())
+    # drawn in evaluation mode: both sides agree on every grid point's probability
+    np.testing.assert_allclose(
+        arrays["boundary_before_scratch"], arrays["boundary_before_torch"], rtol=1e-12, atol=1e-15
+    )

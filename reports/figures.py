@@ -133,7 +133,7 @@ FIGURES: tuple[FigureSpec, ...] = (
             "boundary_after_scratch",
             "boundary_after_torch",
         ),
-        "the decision boundary is drawn over two input features, for the built-in MLP only",
+        "the decision boundary is drawn for a classifier on two input features",
     ),
 )
 

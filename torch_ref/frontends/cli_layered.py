@@ -121,8 +121,8 @@ def plan_layered(args: argparse.Namespace):
 
 
 def run_layered(args: argparse.Namespace) -> int:
-    """The run for a layer spec: plan, lockstep, record, verdict (no figure extras: the
-    decision boundary and the loss slice are drawn for the built-in MLP only)."""
+    """The run for a layer spec: plan, lockstep, record, verdict; on two features the decision
+    boundary before and after (the loss slice is drawn for the built-in MLP only)."""
     from nn_parity.torch_ref.frontends.cli_run import _verdict, _write, out_dir, run_with_progress
 
     try:
@@ -134,11 +134,23 @@ def run_layered(args: argparse.Namespace) -> int:
             check_export(args.export, overwrite=args.overwrite, cli=True)
     except (ValueError, TypeError) as err:
         raise UsageError(str(err)) from None
+    extras: dict = {"summary": {}, "arrays": _boundary(net, p, "before")}
     result = run_with_progress(args, net, None, p["X"], p["data"].y, p["steps"], p["loss"])
-    summary = _write(args, p, result, out, {"summary": {}, "arrays": {}})
+    extras["arrays"].update(_boundary(net, p, "after"))
+    summary = _write(args, p, result, out, extras)
     if args.export is not None:
         _export_layered(args, net, p["loss"], summary["passed"])
     return _verdict(args, result, summary, out, note)
+
+
+def _boundary(net, p: dict, when: str) -> dict:
+    """The decision boundary's arrays for a classifier on two features, else none."""
+    from nn_parity.torch_ref.frontends.figure_data import layered_boundary
+
+    X, loss = p["X"], p["loss"]
+    if X.ndim != 2 or X.shape[1] != 2 or loss.task not in ("binary", "multiclass"):
+        return {}
+    return layered_boundary(net, loss, X, when)
 
 
 def _export_layered(args: argparse.Namespace, net, loss, passed: bool) -> None:

@@ -60,11 +60,10 @@ def gradient_slice(
     return {"summary": {"gradient_slice": summary}, "arrays": {"slice_w": ws, "slice_loss": losses}}
 
 
-def boundary(
-    net: scratch.MLP, ref: TorchMLP, loss: scratch.Loss, X: np.ndarray, when: str, grid=100
-) -> dict:
+def boundary(net, ref, loss: scratch.Loss, X: np.ndarray, when: str, grid=100) -> dict:
     """P(class 1) of both networks over a grid spanning two-feature data; over C classes, the
-    class each network predicts (and `boundary_classes` = C)."""
+    class each network predicts (and `boundary_classes` = C). `net` a scratch.MLP and `ref` its
+    TorchMLP, or a layered network and its nn.Sequential (`layered_boundary`)."""
     lo, hi = X.min(axis=0), X.max(axis=0)
     pad = 0.15 * (hi - lo) + 1e-9
     gx = np.linspace(lo[0] - pad[0], hi[0] + pad[0], grid)
@@ -77,8 +76,8 @@ def boundary(
         p_t = torch_probabilities(loss, ref(torch.from_numpy(P))).numpy()  # (G*G, C)
     extra = {}
     if loss.task == "multiclass":
+        extra["boundary_classes"] = np.array(p_s.shape[1])  # C
         p_s, p_t = (_predicted(p) for p in (p_s, p_t))
-        extra["boundary_classes"] = np.array(net.sizes[-1])
     p_s, p_t = p_s.reshape(grid, grid), p_t.reshape(grid, grid)
     return {
         **extra,
@@ -88,3 +87,15 @@ def boundary(
         f"boundary_{when}_scratch": p_s.astype(np.float64),
         f"boundary_{when}_torch": p_t.astype(np.float64),
     }
+
+
+def layered_boundary(net, loss: scratch.Loss, X: np.ndarray, when: str) -> dict:
+    """`boundary` for a network of layers, as it predicts: in evaluation mode (dropout off,
+    batchnorm on its running statistics), on a copy, so the run's network, its dropout
+    generators and its mode stay untouched."""
+    import copy
+
+    from nn_parity.torch_ref.mirror.sequential import TorchSequential
+
+    probe = copy.deepcopy(net).eval()
+    return boundary(probe, TorchSequential(probe).eval(), loss, X, when)
