@@ -49,10 +49,9 @@ def test_a_conv_run_names_its_layers_in_every_report(tmp_path, capsys):
     assert run_description(summary)[1] == CONV_LINE
     html = (out / "report.html").read_text()
     assert _in_html(CONV_LINE) in html
-    assert {"loss.png", "errors.png", "probs.png"} == _pngs(out)
-    for line in NOT_DRAWN:
-        assert line in html
-    assert "could not be drawn" not in html
+    assert {"loss.png", "errors.png", "probs.png", "gradient_descent.png"} == _pngs(out)
+    assert NOT_DRAWN[1] + "the decision boundary is drawn for a classifier on two" in html
+    assert NOT_DRAWN[0] not in html and "could not be drawn" not in html
 
 
 def test_report_reads_a_layered_record_back(tmp_path):
@@ -66,6 +65,7 @@ def test_report_reads_a_layered_record_back(tmp_path):
     assert _in_html(want) in html
     assert {"loss.png", "errors.png", "probs.png"} == _pngs(drawn)
     assert all(line in html for line in NOT_DRAWN) and "could not be drawn" not in html
+    assert NOT_DRAWN[0] + "the loss slice is not drawn for a network with dropout" in html
 
 
 def test_the_notebook_and_python_describe_the_same_layers():
@@ -229,3 +229,42 @@ def test_the_boundary_leaves_the_run_s_network_as_it_was():
     np.testing.assert_allclose(
         arrays["boundary_before_scratch"], arrays["boundary_before_torch"], rtol=1e-12, atol=1e-15
     )
+
+
+# --- the loss slice of a layered network without dropout -----------------------------------
+
+
+def _slice_of(spec: str):
+    from nn_parity.torch_ref.frontends.figure_data import layered_gradient_slice
+
+    ds = load_dataset("digits", seed=0)
+    X, loss = ds.X.reshape(-1, 1, 8, 8)[:200], scratch_loss("ce")
+    net = from_spec(spec, (1, 8, 8), rng=0)
+    before = {k: v.copy() for k, v in {**net.params, **net.buffers}.items()}
+    sl = layered_gradient_slice(net, loss, X, loss.targets(ds.y[:200], 10, "float64"))
+    assert net.training
+    assert all(np.array_equal(v, before[k]) for k, v in {**net.params, **net.buffers}.items())
+    return sl["summary"]["gradient_slice"], sl["arrays"]
+
+
+def test_the_slice_of_a_conv_bn_net_has_three_agreeing_slopes():
+    s, arrays = _slice_of("conv4x3,bn,relu,pool2,flatten,affine10")
+    assert s["param"] == "0.weight" and len(s["index"]) == 4
+    assert s["grad_scratch"] == pytest.approx(s["grad_torch"], rel=1e-12)
+    assert s["grad_fd"] == pytest.approx(s["grad_scratch"], rel=1e-6)
+    assert np.isfinite(arrays["slice_loss"]).all() and len(arrays["slice_w"]) == 21
+
+
+def test_the_slice_shows_a_wrong_backward_against_finite_differences(monkeypatch):
+    from nn_parity.scratch import ops
+
+    right = ops.conv2d_backward
+
+    def doubled(dout, cache):  # a hand-derived dW off by a factor of 2
+        dx, dW, db = right(dout, cache)
+        return dx, 2 * dW, db
+
+    monkeypatch.setattr(ops, "conv2d_backward", doubled)
+    s, _ = _slice_of("conv4x3,bn,relu,pool2,flatten,affine10")
+    assert s["grad_scratch"] == pytest.approx(2 * s["grad_fd"], rel=1e-6)
+    assert s["grad_torch"] == pytest.approx(s["grad_fd"], rel=1e-6)

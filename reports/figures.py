@@ -118,7 +118,7 @@ FIGURES: tuple[FigureSpec, ...] = (
         "current value have the slopes scratch, torch and finite differences compute for that "
         "weight; the arrow is the direction gradient descent moves it.",
         lambda r: "gradient_slice" in r.summary and _has("slice_w", "slice_loss")(r),
-        "the loss slice through one weight is computed for the built-in MLP only",
+        "the loss slice is not drawn for a network with dropout: its loss changes with every mask",
     ),
     FigureSpec(
         "boundary.png",

@@ -121,8 +121,9 @@ def plan_layered(args: argparse.Namespace):
 
 
 def run_layered(args: argparse.Namespace) -> int:
-    """The run for a layer spec: plan, lockstep, record, verdict; on two features the decision
-    boundary before and after (the loss slice is drawn for the built-in MLP only)."""
+    """The run for a layer spec: plan, the figures' data (the loss slice at step 0 without
+    dropout; on two features the decision boundary before and after), lockstep, record,
+    verdict."""
     from nn_parity.torch_ref.frontends.cli_run import _verdict, _write, out_dir, run_with_progress
 
     try:
@@ -135,12 +136,31 @@ def run_layered(args: argparse.Namespace) -> int:
     except (ValueError, TypeError) as err:
         raise UsageError(str(err)) from None
     extras: dict = {"summary": {}, "arrays": _boundary(net, p, "before")}
+    _add(extras, _gradient_slice(net, p))
     result = run_with_progress(args, net, None, p["X"], p["data"].y, p["steps"], p["loss"])
     extras["arrays"].update(_boundary(net, p, "after"))
     summary = _write(args, p, result, out, extras)
     if args.export is not None:
         _export_layered(args, net, p["loss"], summary["passed"])
     return _verdict(args, result, summary, out, note)
+
+
+def _add(extras: dict, more: dict) -> None:
+    extras["summary"].update(more.get("summary", {}))
+    extras["arrays"].update(more.get("arrays", {}))
+
+
+def _gradient_slice(net, p: dict) -> dict:
+    """The loss slice at step 0, for a network without dropout (else none: its loss changes
+    with every mask)."""
+    from nn_parity.scratch.sequential import Dropout
+    from nn_parity.torch_ref.frontends.figure_data import layered_gradient_slice
+
+    if any(isinstance(layer, Dropout) for layer in net.layers):
+        return {}
+    loss, X = p["loss"], p["X"]
+    Y = loss.targets(p["data"].y, net.shapes[-1][0], "float64")
+    return layered_gradient_slice(net, loss, X, Y)
 
 
 def _boundary(net, p: dict, when: str) -> dict:

@@ -31,17 +31,23 @@ def gradient_slice(
     assert grad_t is not None
     g_t = grad_t.detach().numpy().copy()
     ref.zero_grad(set_to_none=True)
-    index = tuple(int(i) for i in np.unravel_index(np.argmax(np.abs(g_s)), g_s.shape))
-
     oracle = scratch.MLP(net.sizes, net.activations, bias=net.bias, dtype="float64")
     oracle.flat_params[...] = net.flat_params
+    return _slice(oracle, name, g_s, g_t, loss, X, Y)
+
+
+def _slice(oracle, name: str, g_s, g_t, loss: scratch.Loss, X, Y, points: int = 81) -> dict:
+    """The loss of the float64 `oracle` along the entry of parameter `name` where the scratch
+    gradient `g_s` is steepest (at `points` values, 21 for big nets), its finite-difference
+    slope there, and both sides' slopes."""
+    index = tuple(int(i) for i in np.unravel_index(np.argmax(np.abs(g_s)), g_s.shape))
     Y64 = Y.astype(np.float64) if Y.dtype.kind == "f" else Y
     f = loss_fn(oracle, type(loss)(loss.reduction, **loss.options), X.astype(np.float64), Y64)
     fd = float(numerical_gradient(f, oracle.params[name], [index])[index])
     w = oracle.params[name]
     w0 = float(w[index])
     span = max(1.0, 2 * abs(w0))
-    points = 81 if X.shape[0] * net.num_params < 10**7 else 21  # big nets: fewer forwards
+    points = points if X.shape[0] * oracle.num_params < 10**7 else 21  # big nets: fewer
     ws = np.linspace(w0 - span, w0 + span, points)
     losses = np.empty_like(ws)
     for k, value in enumerate(ws):
@@ -99,3 +105,32 @@ def layered_boundary(net, loss: scratch.Loss, X: np.ndarray, when: str) -> dict:
 
     probe = copy.deepcopy(net).eval()
     return boundary(probe, TorchSequential(probe).eval(), loss, X, when)
+
+
+def layered_gradient_slice(net, loss: scratch.Loss, X: np.ndarray, Y: np.ndarray) -> dict:
+    """`gradient_slice` for a network of layers without dropout (whose loss would change with
+    every mask), in training mode as its first step computes it, along its first weight. On
+    copies: the run's network, its running statistics and its mode stay untouched."""
+    import copy
+
+    from nn_parity.torch_ref.mirror.sequential import TorchSequential
+
+    name = next(iter(net.params))  # the first layer's weight
+    ref = TorchSequential(net).train()  # built before any forward moves a running statistic
+    probe = copy.deepcopy(net).train()
+    Xd = X.astype(net.dtype)
+    Yd = Y.astype(net.dtype) if Y.dtype.kind == "f" else Y  # class indices stay integers
+    out, cache = probe.forward(Xd)
+    _, lcache = loss.forward(out, Yd)
+    g_s = probe.backward(loss.backward(lcache), cache)[name].copy()
+    torch_loss(loss, dtype=net.dtype)(ref(torch.from_numpy(Xd)), torch.from_numpy(Yd)).backward()
+    grad_t = dict(ref.named_parameters())[name].grad
+    assert grad_t is not None
+    oracle = copy.deepcopy(net).train()
+    oracle.dtype = np.dtype(np.float64)
+    for store in (oracle.params, oracle.buffers):
+        for k, v in store.items():
+            store[k] = v.astype(np.float64)
+    # 21 points: a conv or batchnorm forward over the whole data set costs far more than its
+    # parameter count suggests
+    return _slice(oracle, name, g_s, grad_t.numpy().copy(), loss, X, Y, points=21)
