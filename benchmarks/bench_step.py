@@ -17,10 +17,10 @@ shared machine absolute times drift, ratios measured side by side much less.
 `--each` also times the lockstep held in each arrangement, `threads.POOLED` included.
 Then Adam on mini-batches (digits, cross-entropy): the scratch step against torch's foreach
 Adam step, and the lockstep against the two, one thread each.
-Last, a small conv net on digits as 1x8x8 images (conv 8x3x3 -> relu -> max pool 2 -> affine
-10, batches of 64, SGD): the scratch `Sequential` step against torch's eager step, and the
-lockstep (every layer's output compared) against the two, one thread each. `--conv` runs only
-this last table.
+Last, conv nets on digits as 1x8x8 images (the issue's conv 8x3x3 -> relu -> max pool 2 ->
+affine 10 on batches of 64, and conv 16x3x3 on batches of 256, SGD): the scratch `Sequential`
+step against torch's eager step, and the lockstep (every layer's output compared) against the
+two, one thread each. `--conv` runs only this last table.
 """
 
 from __future__ import annotations
@@ -267,11 +267,16 @@ def adam_minibatch(dtype: str, epochs: int = 3) -> dict:
 
 
 CONV_SPEC = "conv8x3,relu,pool2,flatten,affine10"
+# (spec, batch size, epochs): the issue's net, and a wider conv on larger batches
+CONV_NETS = (
+    (CONV_SPEC, 64, 4),
+    ("conv16x3,relu,pool2,flatten,affine10", 256, 8),
+)
 
 
-def conv_digits(dtype: str, epochs: int = 2) -> dict:
-    """The conv net of CONV_SPEC on digits (1x8x8), batches of 64, SGD: the scratch step, torch's
-    eager step and the lockstep, each over the same `epochs` passes."""
+def conv_digits(dtype: str, epochs: int = 2, spec: str = CONV_SPEC, batch: int = 64) -> dict:
+    """The conv net of `spec` on digits (1x8x8), batches of `batch`, SGD: the scratch step,
+    torch's eager step and the lockstep, each over the same `epochs` passes."""
     from nn_parity.scratch.sequential import from_spec
     from nn_parity.torch_ref.mirror.sequential import TorchSequential
     from sklearn.datasets import load_digits
@@ -281,9 +286,9 @@ def conv_digits(dtype: str, epochs: int = 2) -> dict:
     loss = scratch.get_loss("ce")
     Y = loss.targets(y, 10, dtype)
     order = np.random.default_rng(0).permutation(len(X))
-    batches = [order[k : k + 64] for k in range(0, len(X), 64)] * epochs
+    batches = [order[k : k + batch] for k in range(0, len(X), batch)] * epochs
 
-    s_net = from_spec(CONV_SPEC, (1, 8, 8), dtype=dtype, rng=1)
+    s_net = from_spec(spec, (1, 8, 8), dtype=dtype, rng=1)
     params = {f"layers.{k}": v for k, v in s_net.params.items()}
     grads = {f"layers.{k}": v for k, v in s_net.grads.items()}
     opt = scratch.SGD(params, lr=LR)
@@ -295,13 +300,13 @@ def conv_digits(dtype: str, epochs: int = 2) -> dict:
         opt.step(grads)
     t_scratch = (time.perf_counter() - t0) / len(batches)
 
-    model = TorchSequential(from_spec(CONV_SPEC, (1, 8, 8), dtype=dtype, rng=1))
+    model = TorchSequential(from_spec(spec, (1, 8, 8), dtype=dtype, rng=1))
     topt = torch.optim.SGD(model.parameters(), lr=LR)
     t_torch = torch_ce_step_time(model, topt, X, y, batches)
 
-    net = from_spec(CONV_SPEC, (1, 8, 8), dtype=dtype, rng=1)
+    net = from_spec(spec, (1, 8, 8), dtype=dtype, rng=1)
     t0 = time.perf_counter()
-    result = lockstep(net, None, X, y, lr=LR, loss="ce", batch_size=64, epochs=epochs)
+    result = lockstep(net, None, X, y, lr=LR, loss="ce", batch_size=batch, epochs=epochs)
     t_lock = (time.perf_counter() - t0) / len(batches)
     assert result.passed, result.first_divergence
     return {
@@ -317,24 +322,26 @@ def conv_digits(dtype: str, epochs: int = 2) -> dict:
 
 
 def print_conv(rows: list, repeats: int = 3) -> None:
-    """The conv table: per dtype the median over `repeats` runs of each time and ratio (the
-    machine may be shared: one run can be several times slower than the next)."""
-    print("\nConv net on digits: 1x8x8 -> conv 8x3x3 -> relu -> pool 2 -> affine 10, batch 64, "
-          f"SGD, 4 epochs (116 steps), one thread each, median of {repeats}")  # fmt: skip
-    head = f"{'dtype':>7} {'scratch ms':>10} {'torch ms':>9} {'scratch/torch':>13} "
-    print(head + f"{'lockstep ms':>11} {'/scratch':>8} {'/torch':>7} {'/(scratch+torch)':>16}")
-    for dtype in ("float64", "float32"):
-        with one_thread():
-            conv_digits(dtype, epochs=1)  # warm-up
-            runs = [conv_digits(dtype, epochs=4) for _ in range(repeats)]
-        c = {k: statistics.median(r[k] for r in runs) for k in runs[0] if k != "dtype"}
-        rows.append({"conv_digits": {"dtype": dtype, **c}})
-        print(
-            f"{dtype:>7} {c['scratch_ms']:>10.3f} {c['torch_ms']:>9.3f} "
-            f"{c['scratch/torch']:>13.2f} {c['lockstep_ms']:>11.3f} "
-            f"{c['lockstep/scratch']:>8.2f} {c['lockstep/torch']:>7.2f} {c['ratio']:>16.2f}",
-            flush=True,
-        )
+    """The conv table: per net and dtype the median over `repeats` runs of each time and ratio
+    (the machine may be shared: one run can be several times slower than the next)."""
+    print(f"\nConv nets on digits (1x8x8), SGD, one thread each, median of {repeats}")
+    head = f"{'net':>22} {'batch':>5} {'dtype':>7} {'scratch ms':>10} {'torch ms':>9} "
+    print(head + f"{'scratch/torch':>13} {'lockstep ms':>11} {'/scratch':>8} {'/torch':>7} "
+          f"{'/(scratch+torch)':>16}")  # fmt: skip
+    for spec, batch, epochs in CONV_NETS:
+        net = spec.split(",")[0] + " -> pool2 -> aff10"
+        for dtype in ("float64", "float32"):
+            with one_thread():
+                conv_digits(dtype, 1, spec, batch)  # warm-up
+                runs = [conv_digits(dtype, epochs, spec, batch) for _ in range(repeats)]
+            c = {k: statistics.median(r[k] for r in runs) for k in runs[0] if k != "dtype"}
+            rows.append({"conv_digits": {"spec": spec, "batch": batch, "dtype": dtype, **c}})
+            print(
+                f"{net:>22} {batch:>5} {dtype:>7} {c['scratch_ms']:>10.3f} "
+                f"{c['torch_ms']:>9.3f} {c['scratch/torch']:>13.2f} {c['lockstep_ms']:>11.3f} "
+                f"{c['lockstep/scratch']:>8.2f} {c['lockstep/torch']:>7.2f} {c['ratio']:>16.2f}",
+                flush=True,
+            )
 
 
 def main(argv=None):

@@ -196,7 +196,11 @@ def test_export_bad_arguments(net, tmp_path, kwargs, error, match):
 
 
 def test_export_bad_network_and_folder(net, tmp_path):
-    with pytest.raises(TypeError, match=r"takes a scratch.MLP or an adapted network, got TorchMLP"):
+    with pytest.raises(
+        TypeError,
+        match=r"takes a scratch.MLP, a scratch.sequential.Sequential or an adapted network, "
+        r"got TorchMLP",
+    ):
         export(TorchMLP.from_scratch(net), tmp_path)
     relu_out = scratch.MLP([2, 3, 2], ["tanh", "relu"])
     with pytest.raises(ValueError, match=r"no default loss for a relu output; pass loss="):

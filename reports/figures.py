@@ -72,6 +72,9 @@ class FigureSpec:
     draw: Callable[[Record], Figure]
     caption: str
     available: Callable[[Record], bool]
+    # why a network of layers has no such figure, said in the report in its place (None: the
+    # figure is drawn for one whenever its record allows it)
+    not_layered: str | None = None
 
 
 def _has_rows(record: Record) -> bool:
@@ -115,6 +118,7 @@ FIGURES: tuple[FigureSpec, ...] = (
         "current value have the slopes scratch, torch and finite differences compute for that "
         "weight; the arrow is the direction gradient descent moves it.",
         lambda r: "gradient_slice" in r.summary and _has("slice_w", "slice_loss")(r),
+        "the loss slice is not drawn for a network with dropout: its loss changes with every mask",
     ),
     FigureSpec(
         "boundary.png",
@@ -129,6 +133,7 @@ FIGURES: tuple[FigureSpec, ...] = (
             "boundary_after_scratch",
             "boundary_after_torch",
         ),
+        "the decision boundary is drawn for a classifier on two input features",
     ),
 )
 
@@ -142,7 +147,8 @@ def failure(what: str, err: BaseException) -> str:
 def draw_figures(
     record: Record, finish: Callable[[FigureSpec, Figure], object] | None = None
 ) -> tuple[list[tuple[FigureSpec, Figure]], list[str]]:
-    """Every figure the record allows, drawn in `FIGURES` order, and the failures by name.
+    """Every figure the record allows, drawn in `FIGURES` order, and the failures by name
+    (with, for a network of layers, the figures it has not and why).
 
     `finish` (saving it, say) runs on each figure as it is drawn: matplotlib lays text out only
     when a figure is rendered, so a failure can surface there too. Either way a figure that
@@ -150,8 +156,11 @@ def draw_figures(
     """
     drawn: list[tuple[FigureSpec, Figure]] = []
     failed: list[str] = []
+    layered = bool((record.summary.get("architecture") or {}).get("layers"))
     for spec in FIGURES:
         if not spec.available(record):
+            if layered and spec.not_layered:
+                failed.append(f"{spec.filename} not drawn: {spec.not_layered}")
             continue
         try:
             fig = spec.draw(record)

@@ -172,7 +172,10 @@ def run_description(summary: dict) -> list[str]:
     arch = summary.get("architecture") or {}
     sizes = arch.get("sizes") or []
     a = "network: " + ("-".join(str(s) for s in sizes) or "?")
-    if arch.get("activations"):
+    if arch.get("layers"):  # a network of layers: its layers, not its widths
+        a = "network: " + ", ".join(str(x) for x in arch["layers"])
+        arch = {k: v for k, v in arch.items() if k != "bias"}  # each layer has its bias
+    elif arch.get("activations"):
         a += " (" + ", ".join(str(x) for x in arch["activations"]) + ")"
     extras = []
     if "bias" in arch:

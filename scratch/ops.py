@@ -314,32 +314,46 @@ def conv2d_forward(x, W, b, stride=1, padding=0):
         db_f = sum_{n, i, j} dout[n, f, i, j]
         dxpad[n, c, s i + p, s j + q] += sum_f dout[n, f, i, j] W[f, c, p, q]
     (windows overlap when s < K, so dxpad accumulates), and dx is dxpad without its padding.
+
+    Computed as one matrix product over im2col rows: row (n, i, j) of `cols` holds the C KH KW
+    values under the kernel at output (i, j) of sample n, so out = cols W^T + b; backward builds
+    the same rows again from xpad: dW = dout^T cols, and dcols = dout W, each row of which is
+    added back onto its window of dxpad.
     """
     s, pad = stride, padding
     xpad = np.pad(x, ((0, 0), (0, 0), (pad, pad), (pad, pad)))  # (N, C, H+2p, W+2p)
-    kh, kw = W.shape[2:]
+    f, _, kh, kw = W.shape
+    cols = _im2col(xpad, kh, kw, s)  # (N Ho Wo, C KH KW)
+    n, ho, wo = len(x), (xpad.shape[2] - kh) // s + 1, (xpad.shape[3] - kw) // s + 1
+    out = cols @ W.reshape(f, -1).T + b  # (N Ho Wo, F)
+    return out.reshape(n, ho, wo, f).transpose(0, 3, 1, 2), (x.shape, xpad, W, s, pad)
+
+
+def _im2col(xpad, kh, kw, s):
+    """(N Ho Wo, C KH KW): row (n, i, j) the C KH KW values under the kernel at output (i, j)."""
     win = sliding_window_view(xpad, (kh, kw), axis=(2, 3))[:, :, ::s, ::s]  # (N, C, Ho, Wo, KH, KW)
-    out = np.einsum("nchwpq,fcpq->nfhw", win, W, optimize=True) + b[:, None, None]  # (N,F,Ho,Wo)
-    return out, (x.shape, xpad, W, s, pad)
+    n, c, ho, wo = win.shape[:4]
+    return win.transpose(0, 2, 3, 1, 4, 5).reshape(n * ho * wo, c * kh * kw)
 
 
 def conv2d_backward(dout, cache):
     """(dx, dW, db) of `conv2d_forward`."""
     x_shape, xpad, W, s, pad = cache
-    kh, kw = W.shape[2:]
-    ho, wo = dout.shape[2:]
-    win = sliding_window_view(xpad, (kh, kw), axis=(2, 3))[:, :, ::s, ::s]  # (N, C, Ho, Wo, KH, KW)
-    dW = np.einsum("nfhw,nchwpq->fcpq", dout, win, optimize=True)  # (F, C, KH, KW)
+    f, c, kh, kw = W.shape
+    n, _, ho, wo = dout.shape
+    d = dout.transpose(0, 2, 3, 1).reshape(-1, f)  # (N Ho Wo, F)
+    dW = (d.T @ _im2col(xpad, kh, kw, s)).reshape(W.shape)  # (F, C, KH, KW)
     db = dout.sum(axis=(0, 2, 3))  # (F,)
+    dcols = (d @ W.reshape(f, -1)).reshape(n, ho, wo, c, kh, kw)  # each row back to its window
+    h, w = x_shape[2:]
     dxpad = np.zeros_like(xpad)  # (N, C, H+2p, W+2p)
     for p in range(kh):
         for q in range(kw):
             # one kernel offset reaches positions s*i + p: distinct for distinct i, so the
             # slice-add cannot collide with itself; other offsets reach them in later passes
-            dxpad[:, :, p : p + s * ho : s, q : q + s * wo : s] += np.einsum(
-                "nfhw,fc->nchw", dout, W[:, :, p, q]
+            dxpad[:, :, p : p + s * ho : s, q : q + s * wo : s] += dcols[..., p, q].transpose(
+                0, 3, 1, 2
             )  # (N, C, Ho, Wo)
-    h, w = x_shape[2:]
     return dxpad[:, :, pad : pad + h, pad : pad + w], dW, db
 
 

@@ -233,6 +233,27 @@ class LayeredDescription:
         self.layers = net.layers
         self.sizes = [int(np.prod(s)) for s in net.shapes]
         self.num_params = net.num_params
+        self.words = [layer_words(layer) for layer in net.layers]  # the report's network line
+
+
+def layer_words(layer) -> str:
+    """A layer as the report names it: "conv 1->8 3x3", "maxpool 2", "affine 72->10", ..."""
+    if isinstance(layer, sq.Conv2d):
+        extra = (f" stride {layer.stride}" if layer.stride != 1 else "") + (
+            f" pad {layer.padding}" if layer.padding else ""
+        )
+        return f"conv {layer.c}->{layer.f} {layer.k}x{layer.k}{extra}"
+    if isinstance(layer, sq.MaxPool2d):
+        return f"maxpool {layer.k}" + (f" stride {layer.stride}" if layer.stride != layer.k else "")
+    named = {
+        sq.Affine: lambda: f"affine {layer.d}->{layer.h}",
+        sq.BatchNorm: lambda: f"batchnorm {layer.c}",
+        sq.LayerNorm: lambda: f"layernorm {layer.d}",
+        sq.Dropout: lambda: f"dropout {layer.p:g}",
+        sq.Flatten: lambda: "flatten",
+        sq.Act: lambda: layer.kind,
+    }
+    return named.get(type(layer), lambda: repr(layer))()
 
 
 def layered_scratch_side(net: sq.Sequential, loss, opt_factory, lr, X, y):

@@ -278,6 +278,7 @@ def prepare(net, ref, X, y, *, steps, lr, loss, optimizer, batch_size, epochs, s
             "init": None,
             "activations": [a.name for a in desc.activations],
             "parameters": desc.num_params,
+            **({"layers": desc.words} if hasattr(desc, "words") else {}),  # a layered network's
         },
         "data": {
             "name": "arrays",

@@ -89,6 +89,15 @@ def build_parser() -> argparse.ArgumentParser:
         "(default: identity on exam, as the article, tanh otherwise)",
     )
     run.add_argument(
+        "--dropout",
+        type=_float,
+        metavar="P",
+        help="dropout with probability P after every hidden activation of the --layers sizes: "
+        "they then run as the layer spec they are (64,32,10 with tanh on digits: "
+        "flatten,affine32,tanh,dropout0.2,affine10), one mask per step shared by both sides, "
+        "torch's default initialisation (default: no dropout)",
+    )
+    run.add_argument(
         "--no-bias",
         dest="bias",
         action="store_false",
@@ -375,7 +384,7 @@ def main(argv: list[str] | None = None) -> int:
         args = parser.parse_args(argv)
         if args.command == "report":
             return report(args)
-        if args.command == "run" and is_layer_spec(args.layers):
+        if args.command == "run" and (is_layer_spec(args.layers) or args.dropout is not None):
             return run_layered(args)  # a network of gallery layers: cli_layered.py
         return run(args) if args.command == "run" else mutants()
     except UsageError as err:

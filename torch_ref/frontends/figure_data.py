@@ -31,17 +31,23 @@ def gradient_slice(
     assert grad_t is not None
     g_t = grad_t.detach().numpy().copy()
     ref.zero_grad(set_to_none=True)
-    index = tuple(int(i) for i in np.unravel_index(np.argmax(np.abs(g_s)), g_s.shape))
-
     oracle = scratch.MLP(net.sizes, net.activations, bias=net.bias, dtype="float64")
     oracle.flat_params[...] = net.flat_params
+    return _slice(oracle, name, g_s, g_t, loss, X, Y)
+
+
+def _slice(oracle, name: str, g_s, g_t, loss: scratch.Loss, X, Y, points: int = 81) -> dict:
+    """The loss of the float64 `oracle` along the entry of parameter `name` where the scratch
+    gradient `g_s` is steepest (at `points` values, 21 for big nets), its finite-difference
+    slope there, and both sides' slopes."""
+    index = tuple(int(i) for i in np.unravel_index(np.argmax(np.abs(g_s)), g_s.shape))
     Y64 = Y.astype(np.float64) if Y.dtype.kind == "f" else Y
     f = loss_fn(oracle, type(loss)(loss.reduction, **loss.options), X.astype(np.float64), Y64)
     fd = float(numerical_gradient(f, oracle.params[name], [index])[index])
     w = oracle.params[name]
     w0 = float(w[index])
     span = max(1.0, 2 * abs(w0))
-    points = 81 if X.shape[0] * net.num_params < 10**7 else 21  # big nets: fewer forwards
+    points = points if X.shape[0] * oracle.num_params < 10**7 else 21  # big nets: fewer
     ws = np.linspace(w0 - span, w0 + span, points)
     losses = np.empty_like(ws)
     for k, value in enumerate(ws):
@@ -60,11 +66,10 @@ def gradient_slice(
     return {"summary": {"gradient_slice": summary}, "arrays": {"slice_w": ws, "slice_loss": losses}}
 
 
-def boundary(
-    net: scratch.MLP, ref: TorchMLP, loss: scratch.Loss, X: np.ndarray, when: str, grid=100
-) -> dict:
+def boundary(net, ref, loss: scratch.Loss, X: np.ndarray, when: str, grid=100) -> dict:
     """P(class 1) of both networks over a grid spanning two-feature data; over C classes, the
-    class each network predicts (and `boundary_classes` = C)."""
+    class each network predicts (and `boundary_classes` = C). `net` a scratch.MLP and `ref` its
+    TorchMLP, or a layered network and its nn.Sequential (`layered_boundary`)."""
     lo, hi = X.min(axis=0), X.max(axis=0)
     pad = 0.15 * (hi - lo) + 1e-9
     gx = np.linspace(lo[0] - pad[0], hi[0] + pad[0], grid)
@@ -77,8 +82,8 @@ def boundary(
         p_t = torch_probabilities(loss, ref(torch.from_numpy(P))).numpy()  # (G*G, C)
     extra = {}
     if loss.task == "multiclass":
+        extra["boundary_classes"] = np.array(p_s.shape[1])  # C
         p_s, p_t = (_predicted(p) for p in (p_s, p_t))
-        extra["boundary_classes"] = np.array(net.sizes[-1])
     p_s, p_t = p_s.reshape(grid, grid), p_t.reshape(grid, grid)
     return {
         **extra,
@@ -88,3 +93,44 @@ def boundary(
         f"boundary_{when}_scratch": p_s.astype(np.float64),
         f"boundary_{when}_torch": p_t.astype(np.float64),
     }
+
+
+def layered_boundary(net, loss: scratch.Loss, X: np.ndarray, when: str) -> dict:
+    """`boundary` for a network of layers, as it predicts: in evaluation mode (dropout off,
+    batchnorm on its running statistics), on a copy, so the run's network, its dropout
+    generators and its mode stay untouched."""
+    import copy
+
+    from nn_parity.torch_ref.mirror.sequential import TorchSequential
+
+    probe = copy.deepcopy(net).eval()
+    return boundary(probe, TorchSequential(probe).eval(), loss, X, when)
+
+
+def layered_gradient_slice(net, loss: scratch.Loss, X: np.ndarray, Y: np.ndarray) -> dict:
+    """`gradient_slice` for a network of layers without dropout (whose loss would change with
+    every mask), in training mode as its first step computes it, along its first weight. On
+    copies: the run's network, its running statistics and its mode stay untouched."""
+    import copy
+
+    from nn_parity.torch_ref.mirror.sequential import TorchSequential
+
+    name = next(iter(net.params))  # the first layer's weight
+    ref = TorchSequential(net).train()  # built before any forward moves a running statistic
+    probe = copy.deepcopy(net).train()
+    Xd = X.astype(net.dtype)
+    Yd = Y.astype(net.dtype) if Y.dtype.kind == "f" else Y  # class indices stay integers
+    out, cache = probe.forward(Xd)
+    _, lcache = loss.forward(out, Yd)
+    g_s = probe.backward(loss.backward(lcache), cache)[name].copy()
+    torch_loss(loss, dtype=net.dtype)(ref(torch.from_numpy(Xd)), torch.from_numpy(Yd)).backward()
+    grad_t = dict(ref.named_parameters())[name].grad
+    assert grad_t is not None
+    oracle = copy.deepcopy(net).train()
+    oracle.dtype = np.dtype(np.float64)
+    for store in (oracle.params, oracle.buffers):
+        for k, v in store.items():
+            store[k] = v.astype(np.float64)
+    # 21 points: a conv or batchnorm forward over the whole data set costs far more than its
+    # parameter count suggests
+    return _slice(oracle, name, g_s, grad_t.numpy().copy(), loss, X, Y, points=21)
