@@ -87,3 +87,36 @@ def test_images_of_the_wrong_shape_are_refused():
     net = sq.from_spec(CONV, (1, 8, 8))
     with pytest.raises(ValueError, match=r"shape \(N, 1, 8, 8\)"):
         lockstep(net, None, np.zeros((4, 64)), np.zeros(4, int), steps=1, loss="ce")
+
+
+# --- a schedule on a layered network: the rate compared per step -----------------------------
+
+STEP_SCHEDULE = {"name": "sgd", "schedule": {"name": "step", "step_size": 2, "gamma": 0.5}}
+
+
+def test_a_schedule_on_a_layered_network_is_followed_and_compared():
+    net = sq.from_spec(CONV, (1, 8, 8), rng=3)
+    X, y = _images()
+    r = lockstep(net, None, X, y, steps=5, lr=0.1, loss="ce", optimizer=STEP_SCHEDULE)
+    assert r.passed, r.first_divergence
+    k = r.labels.index("lr")
+    assert r.within[:, k].all()
+    # the rate halves every 2 steps on both sides: 0.1, 0.1, 0.05, 0.05, 0.025
+    net2 = sq.from_spec(CONV, (1, 8, 8), rng=3)
+    const = lockstep(net2, None, X, y, steps=5, lr=0.1, loss="ce")
+    assert const.passed and "lr" not in const.labels
+    assert r.loss_scratch[:2].tolist() == const.loss_scratch[:2].tolist()
+    assert r.loss_scratch[3] != const.loss_scratch[3]  # the halved rate moved the weights less
+
+
+def test_a_schedule_that_differs_between_the_sides_is_caught_at_lr(monkeypatch):
+    from nn_parity.torch_ref.engine import layered_side
+
+    def other_gamma(opt, torch_opt):  # torch's scheduler with gamma 0.25 against scratch's 0.5
+        return torch.optim.lr_scheduler.StepLR(torch_opt, step_size=2, gamma=0.25)
+
+    monkeypatch.setattr(layered_side, "torch_scheduler", other_gamma)
+    net = sq.from_spec(CONV, (1, 8, 8), rng=3)
+    r = lockstep(net, None, *_images(), steps=5, lr=0.1, loss="ce", optimizer=STEP_SCHEDULE)
+    d = r.first_divergence
+    assert d is not None and (d.step, d.quantity) == (2, "lr"), d

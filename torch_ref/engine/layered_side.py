@@ -33,7 +33,7 @@ from nn_parity.scratch import sequential as sq
 from nn_parity.torch_ref.engine.side import Key, _state_values, active_state, update_keys
 from nn_parity.torch_ref.engine.torch_side import TorchSide
 from nn_parity.torch_ref.mirror.model import torch_loss, torch_probabilities
-from nn_parity.torch_ref.mirror.optim import torch_optimizer
+from nn_parity.torch_ref.mirror.optim import torch_optimizer, torch_scheduler
 from nn_parity.torch_ref.mirror.sequential import GivenMask, TorchSequential
 
 STATS = ("running_mean", "running_var")
@@ -50,14 +50,16 @@ def layered_order(net: sq.Sequential) -> list[str]:
     return sorted(names, key=lambda n: (-int(n.split(".")[1]), n.endswith("bias")))
 
 
-def layered_keys(net: sq.Sequential, order: list[str], state_names) -> list[Key]:
+def layered_keys(net: sq.Sequential, order: list[str], state_names, lr: bool = False) -> list[Key]:
+    """Per layer its output (and batchnorm's statistics), prob, loss, then the update's keys;
+    with `lr` (a schedule) the step's rate after the gradients."""
     keys: list[Key] = []
     for l, layer in enumerate(net.layers):
         keys.append(("out", l, None, None))
         if isinstance(layer, sq.BatchNorm):  # in eval mode too: they must stay as they are
             keys += [("stat", l, b, None) for b in STATS]
     keys += [("prob", len(net.layers) - 1, None, None), ("loss", None, None, None)]
-    return keys + update_keys(order, state_names)
+    return keys + update_keys(order, state_names, lr=lr)
 
 
 class MaskBank:
@@ -109,6 +111,7 @@ class LayeredSide:
         self.before = {k: v.copy() for k, v in self.params.items()}
         self.state_names: tuple[str, ...] = ()
         self.stateful = False
+        self.scheduled = getattr(self.opt, "schedule", None) is not None  # rate compared per step
         self.keys: list[Key] = []
 
     @property
@@ -130,12 +133,16 @@ class LayeredSide:
         net.backward(self.loss.backward(lcache), self.cache)
         for k, v in self.params.items():
             np.copyto(self.before[k], v)
+        if self.stateful or not self.keys:  # for the re-check's update stage
+            self.state_before = self.opt.state_dict()
+        if self.keys:  # torch's scheduler.step() after the last step, before this one
+            self.opt.schedule_step()
         self.opt.step(self.grads)
         if not self.keys:
             names = getattr(self.opt, "state_names", ())
             self.state_names = active_state(names, getattr(self.opt, "state", {}))
             self.stateful = bool(self.state_names)
-            self.keys = layered_keys(net, self.order, self.state_names)
+            self.keys = layered_keys(net, self.order, self.state_names, self.scheduled)
         vals: list = []
         for l, (o, _) in enumerate(self.cache):
             vals.append(o)
@@ -143,6 +150,8 @@ class LayeredSide:
                 vals += [net.buffers[f"{l}.{b}"] for b in STATS]
         vals += [self.loss.probabilities(out), np.asarray(self.loss_value, self.dtype)]
         vals += [self.grads[k] for k in self.order]
+        if self.scheduled:
+            vals.append(np.asarray(self.opt.lr, self.dtype))
         if self.stateful:
             vals += _state_values(self.opt.state, self.order, self.state_names)
         return vals + [self.params[k] for k in self.order]
@@ -170,6 +179,7 @@ class LayeredTorchSide(TorchSide):
         self.loss_fn = torch_loss(self.loss, dtype=sside.dtype)
         self.opt_names = list(sside.opt.params)
         self.opt = torch_optimizer(sside.opt, {k: self.by_name[k] for k in self.opt_names})
+        self.scheduler = torch_scheduler(sside.opt, self.opt)  # stepped after each opt.step()
         self.declared_state = tuple(getattr(sside.opt, "state_names", ()))
         self.state_views: list[np.ndarray] = []
         self.state_buffers: list[str] = []
@@ -188,6 +198,7 @@ class LayeredTorchSide(TorchSide):
         for p in self.params:
             p.grad = None
         self.stepped += 1
+        lr = self.opt.param_groups[0]["lr"]  # this step's rate, as the scheduler set it
         outs, x = [], Xt
         for l, m in enumerate(self.ref):
             if l in self.masked and m.training:
@@ -202,9 +213,12 @@ class LayeredTorchSide(TorchSide):
         for keep, now in zip(self.state_keep, self.state_views, strict=True):
             np.copyto(keep, now)
         self.opt.step()
+        if self.scheduler is not None:
+            self.scheduler.step()
         if not self.keys:
             self.state_names = active_state(self.declared_state, self.state())
-            self.keys = layered_keys(self.sside.net, self.order, self.state_names)
+            scheduled = self.scheduler is not None
+            self.keys = layered_keys(self.sside.net, self.order, self.state_names, scheduled)
             self._view_state()
         vals: list = []
         for l, o in enumerate(outs):
@@ -215,6 +229,8 @@ class LayeredTorchSide(TorchSide):
         vals.append(loss.detach().numpy())
         self.loss_value = float(vals[-1])
         vals.extend(self.by_name[k].grad.numpy() for k in self.order)  # type: ignore[union-attr]
+        if self.scheduler is not None:
+            vals.append(np.asarray(lr, vals[-1].dtype))
         if self.state_names:
             pairs = zip(self.state_buffers, self.state_views, strict=True)
             vals += [np.asarray(v, np.float64) if b == "step" else v for b, v in pairs]
