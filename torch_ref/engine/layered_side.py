@@ -16,8 +16,9 @@ Dropout: one mask per step and layer, drawn by the scratch layer from its seeded
 handed to torch's `GivenMask` through a `MaskBank`. The two steps may run on two threads in
 either order; the bank gives each side the k-th mask a layer drew, whichever side asked first.
 
-This side has no stage-wise re-check (staged and rerunnable are False): every mismatch is
-reported, none excused as a kink or as drift.
+A mismatch is re-checked stage by stage (engine/layered_recheck.py, through `recheck`): a relu
+input or a max-pool tie within rounding (kink) or rounding carried in (drift) is explained and
+the run resynchronises, batchnorm's running statistics included (`take_buffers`).
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ import numpy as np
 import torch
 from nn_parity import scratch
 from nn_parity.scratch import sequential as sq
+from nn_parity.torch_ref.engine.layered_recheck import explain_layered
 from nn_parity.torch_ref.engine.side import Key, _state_values, active_state, update_keys
 from nn_parity.torch_ref.engine.torch_side import TorchSide
 from nn_parity.torch_ref.mirror.model import torch_loss, torch_probabilities
@@ -128,6 +130,7 @@ class LayeredSide:
     def step(self, X: np.ndarray, Y: np.ndarray, batch: Any = None) -> list:
         net = self.net
         self.X, self.Y = X, Y
+        self.buffers_before = {k: v.copy() for k, v in net.buffers.items()}  # for the re-check
         out, self.cache = net.forward(X)
         self.loss_value, lcache = self.loss.forward(out, Y)
         net.backward(self.loss.backward(lcache), self.cache)
@@ -162,6 +165,20 @@ class LayeredSide:
     def oracle(self):
         return self.net, self.before, self.cache
 
+    def masks(self) -> dict[int, np.ndarray]:
+        """The step's dropout masks by layer (training only), from the layers' caches."""
+        drop = [l for l, layer in enumerate(self.net.layers) if isinstance(layer, sq.Dropout)]
+        return {l: self.cache[l][1] != 0 for l in drop if self.cache[l][1] is not None}
+
+    def recheck(self, tside, items, within, svals, tvals):
+        """recheck.explain's stage-wise re-check for this side (engine/layered_recheck.py)."""
+        return explain_layered(self, tside, items, within, svals, tvals)
+
+    def take_buffers(self, tside) -> None:
+        """Resynchronising: torch's batchnorm running statistics, bit for bit."""
+        for k, v in tside.stats_now().items():
+            np.copyto(self.net.buffers[k], v)
+
 
 def _np(t) -> np.ndarray:
     assert t is not None  # batchnorm keeps running statistics (track_running_stats)
@@ -194,16 +211,23 @@ class LayeredTorchSide(TorchSide):
         self.keys: list[Key] = []
         self.stepped = 0
 
+    def stats_now(self) -> dict[str, np.ndarray]:
+        """Batchnorm's running statistics by the scratch network's names ({l}.running_mean)."""
+        return {f"{l}.{b}": v for l, pair in self.stats.items() for b, v in zip(STATS, pair)}
+
     def step(self, Xt: torch.Tensor, Yt: torch.Tensor) -> list:
         for p in self.params:
             p.grad = None
         self.stepped += 1
+        self.stats_before = {k: v.copy() for k, v in self.stats_now().items()}  # the re-check's
         lr = self.opt.param_groups[0]["lr"]  # this step's rate, as the scheduler set it
         outs, x = [], Xt
         for l, m in enumerate(self.ref):
             if l in self.masked and m.training:
                 m.mask = torch.from_numpy(self.sside.bank.take("torch", l, tuple(x.shape)))
             x = m(x)
+            if x.requires_grad:  # torch's gradient at each output, for the re-check's backward
+                x.retain_grad()
             outs.append(x)
         self.cache = [(o, o) for o in outs]  # (z, a) pairs for the ledger's blow-up report
         loss = self.loss_fn(x, Yt)
@@ -240,7 +264,7 @@ class LayeredTorchSide(TorchSide):
 class LayeredDescription:
     """The network as the run's configuration describes it: the layers, each layer's output
     width (flattened), the parameter count. No activations are listed: they name the layers
-    the stage-wise re-check would examine for kinks, and this side has no re-check."""
+    the MLP's re-check examines for kinks; this side's re-check finds its own (its layers)."""
 
     bias = True
     activations: tuple = ()

@@ -51,6 +51,9 @@ def _resync(sside, tside) -> None:
     sside.set_params(tside.params_now())
     if sside.stateful:
         sside.opt.load_state_dict(tside.state())
+    take_buffers = getattr(sside, "take_buffers", None)
+    if take_buffers is not None:  # a layered network's batchnorm running statistics
+        take_buffers(tside)
 
 
 # How many units of epsilon, times the sum of magnitudes sum_i |x_i w_i| + |b|, a dot product may
@@ -61,6 +64,9 @@ _DOT_ULPS = 32
 def explain(sside, tside, items, within: np.ndarray, svals: list, tvals: list, flips, batch):
     """("kink" | "saturation" | "drift", None) when the mismatch is explained, else
     (None, index of the item where the failing stage first disagreed, or None)."""
+    layered = getattr(sside, "recheck", None)
+    if layered is not None:  # a network of gallery layers, stage by stage: layered_recheck.py
+        return layered(tside, items, within, svals, tvals)
     if sside.staged:
         return _staged(sside, tside, items, within, svals, tvals, flips)
     if sside.rerunnable:

@@ -1,0 +1,338 @@
+"""The stage-wise re-check for a network of gallery layers (engine/layered_side.py).
+
+At a mismatch the scratch side redoes its step, each stage from torch's inputs to that stage:
+
+    0. the step repeats itself bit for bit (the same parameters, running statistics and dropout
+       masks; the update from the same gradients and optimizer state): a computation that does
+       not is a bug, whatever torch says;
+    1. each layer, on torch's input to it (X, or torch's output of the layer before) with
+       torch's parameters and running statistics as the step found them, gives torch's output
+       (and batchnorm's updated statistics) within the table's tolerance plus a computation
+       allowance (`_slack`, derived in docs/tolerances.md); prob from torch's last output;
+    2. the loss on torch's output gives torch's loss;
+    3. the backward, from the loss's gradient at torch's output, through every layer's cache as
+       its forward on torch's input left it (stage 1), gives torch's parameter gradients;
+    4. the update, from torch's parameters, gradients and optimizer state, gives torch's
+       updated parameters and state (when those are what failed).
+
+A wrong formula fails its stage whatever its inputs. If every stage reproduces torch, the step
+is explained: "kink" when a relu or leaky-relu input lies on opposite sides of 0 on the two
+sides, or when a max-pool window picks a different element (a tie within rounding: the max is
+piecewise, the tie its kink); otherwise "drift". Everything the re-check runs works on copies,
+and the side is left as its step left it.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from nn_parity.scratch import ops
+from nn_parity.scratch import sequential as sq
+from nn_parity.torch_ref.compare import first_mismatch, tolerance
+from nn_parity.torch_ref.engine.comparer import _np
+from nn_parity.torch_ref.engine.recheck import _DOT_ULPS
+
+_KINKED = ("relu", "leaky_relu")
+
+
+def _key(it) -> tuple:
+    return (it.quantity, it.layer, it.param, it.buffer)
+
+
+def _first_off(items, values: dict, reference: list, dtype, slack=None, exact=False):
+    """The index of the first item whose recomputed value (in `values`, by key) is not within
+    tolerance (plus `slack`, by key) of `reference`; bit for bit with `exact`."""
+    for k, it in enumerate(items):
+        v = values.get(_key(it))
+        if v is None:
+            continue
+        v, e = np.asarray(v), np.asarray(reference[k])
+        if exact:
+            if not np.array_equal(v, e, equal_nan=True):
+                return k
+            continue
+        tol = tolerance(it.quantity, dtype)
+        atol = tol.atol + (slack or {}).get(_key(it), 0.0)
+        if first_mismatch(v, e, tol.rtol, atol) is not None:
+            return k
+    return None
+
+
+class _Pass:
+    """One forward (and backward) of the network's layers on given parameters, running
+    statistics (copied: batchnorm updates them in place) and dropout masks, through the
+    layers' own forward and backward: a bug planted in a layer is in the re-check too."""
+
+    def __init__(self, sside, params: dict, buffers: dict):
+        self.net, self.masks = sside.net, sside.masks()
+        self.params = {k.removeprefix("layers."): np.array(v) for k, v in params.items()}
+        self.buffers = {k: np.array(v) for k, v in buffers.items()}
+
+    def layer(self, l: int, x: np.ndarray):
+        net, prefix = self.net, f"{l}."
+        both = {**self.params, **self.buffers}
+        p = {k[len(prefix) :]: v for k, v in both.items() if k.startswith(prefix)}
+        layer = net.layers[l]
+        if l in self.masks:  # the step's own mask, through the layer's own forward
+            keep = layer.__dict__.get("next_mask")
+            layer.next_mask = lambda shape, m=self.masks[l]: m
+            try:
+                return layer.forward(x, p, net.training)
+            finally:
+                if keep is None:
+                    del layer.next_mask
+                else:
+                    layer.next_mask = keep
+        return layer.forward(x, p, net.training)
+
+    def forward(self, inputs: list | None, X: np.ndarray) -> tuple[list, list]:
+        """Each layer's output and cache; layer l on inputs[l] when given, else on the output
+        of the layer before."""
+        outs, caches, x = [], [], X
+        for l in range(len(self.net.layers)):
+            x, c = self.layer(l, x if inputs is None else inputs[l])
+            outs.append(x)
+            caches.append(c)
+        return outs, caches
+
+    def backward(self, dout: np.ndarray, caches: list) -> dict:
+        """The chained backward (the step's own, for stage 0): gradients by key."""
+        grads = {}
+        for l in range(len(self.net.layers) - 1, -1, -1):
+            dout, g = self.net.layers[l].backward(dout, caches[l])
+            grads.update({("grad", l, name, None): np.array(v) for name, v in g.items()})
+        return grads
+
+    def values(self, outs: list, prob) -> dict:
+        v: dict = {("out", l, None, None): o for l, o in enumerate(outs)}
+        for name, b in self.buffers.items():
+            l, buf = name.split(".")
+            v[("stat", int(l), buf, None)] = b
+        v[("prob", len(outs) - 1, None, None)] = prob
+        return v
+
+
+def _slack(net: sq.Sequential, p: _Pass, inputs: list) -> dict:
+    """Per layer output, the rounding its computation may carry beyond the table's fixed atol:
+    _DOT_ULPS eps times the sum of magnitudes the layer adds up (docs/tolerances.md). Affine
+    and conv: the same operation on |x|, |W|, |b|; a norm: |gamma| (|x| + |mu|) / sigma +
+    |beta| (the centring cancels |x| and |mu|). Elementwise layers, pooling, flatten: none."""
+    eps = float(np.finfo(net.dtype).eps)
+    out = {}
+    for l, (layer, x) in enumerate(zip(net.layers, inputs)):
+        w, b = p.params.get(f"{l}.weight"), p.params.get(f"{l}.bias")
+        if isinstance(layer, sq.Affine):
+            m = np.abs(x) @ np.abs(w).T + np.abs(b)
+        elif isinstance(layer, sq.Conv2d):
+            m = ops.conv2d_forward(np.abs(x), np.abs(w), np.abs(b), layer.stride, layer.padding)[0]
+        elif isinstance(layer, (sq.BatchNorm, sq.LayerNorm)):
+            m = _norm_magnitude(layer, x, w, b, p.buffers, l, net.training)
+        else:
+            continue
+        out[("out", l, None, None)] = _DOT_ULPS * eps * m
+    return out
+
+
+def _backward_stage(net, p: _Pass, items, theirs, dtype, inputs, caches, douts) -> int | None:
+    """3. Each layer's backward from torch's gradient at its output (douts[l]) through its
+    cache on torch's input: its parameter gradients against torch's, and the gradient it
+    passes down against torch's gradient at the layer below, each within the table's
+    tolerance plus `_backward_slack`. A wrong dx fails at the first gradient it feeds."""
+    grad_at = {_key(it): k for k, it in enumerate(items) if it.quantity == "grad"}
+    for l in range(len(net.layers) - 1, -1, -1):
+        if douts[l] is None:  # nothing below takes a gradient (a pool or flatten on X)
+            break
+        dx, g = net.layers[l].backward(douts[l], caches[l])
+        mine = {("grad", l, name, None): v for name, v in g.items()}
+        dx_slack, g_slack = _backward_slack(net.layers[l], l, p, douts[l], inputs[l], caches[l])
+        if (bad := _first_off(items, mine, theirs, dtype, g_slack)) is not None:
+            return bad
+        if l and douts[l - 1] is not None:
+            tol = tolerance("grad", dtype)
+            if first_mismatch(dx, douts[l - 1], tol.rtol, tol.atol + dx_slack) is not None:
+                below = [k for key, k in grad_at.items() if key[1] < l]
+                return min(below) if below else min(grad_at.values())
+    return None
+
+
+def _backward_slack(layer, l: int, p: _Pass, dout, x, cache) -> tuple:
+    """(for dx, for the parameter gradients by key): _DOT_ULPS eps times the magnitudes each
+    sum adds up (docs/tolerances.md). Affine and conv: the same backward on |dout|, |x|, |W|
+    (dx = sum |dout| |W|, dW = sum |dout| |x|, db = sum |dout|); a norm: dgamma = sum |dout|
+    |xhat|, dbeta = sum |dout|, and dx = gamma / sigma (dout - mean dout - xhat mean(dout
+    xhat)) with xhat itself carrying (|x| + |mu|) / sigma of rounding from the centring.
+    Elementwise layers, pooling, flatten, dropout: none (their dx is a product or a move)."""
+    eps = _DOT_ULPS * float(np.finfo(dout.dtype).eps)
+    d, ax = np.abs(dout), np.abs(x)
+    w = p.params.get(f"{l}.weight")
+    if isinstance(layer, sq.Affine):
+        dx, mags = d @ np.abs(w), (d.T @ ax, d.sum(0))
+    elif isinstance(layer, sq.Conv2d):
+        aw = np.abs(w)
+        _, cache_abs = ops.conv2d_forward(ax, aw, np.zeros(len(aw), aw.dtype), layer.stride,
+                                          layer.padding)  # fmt: skip
+        dx, *mags = ops.conv2d_backward(d, cache_abs)
+    elif isinstance(layer, (sq.BatchNorm, sq.LayerNorm)):
+        dx, mags = _norm_backward_magnitude(layer, l, p, d, x, cache)
+    else:
+        return 0.0, {}
+    return eps * dx, {("grad", l, n, None): eps * m for n, m in zip(("weight", "bias"), mags)}
+
+
+def _norm_backward_magnitude(layer, l: int, p: _Pass, d, x, cache) -> tuple:
+    ln = isinstance(layer, sq.LayerNorm)
+    axes = tuple(range(d.ndim - 1)) if ln else (0, *range(2, d.ndim))
+    xhat = np.abs(cache[0] if ln else cache[1])
+    train = ln or not isinstance(cache[0], str)  # batchnorm's eval cache starts with "eval"
+    mu, sigma, shape = _norm_stats(layer, x, p.buffers, l, train)
+    centring = (np.abs(x) + np.abs(mu)) / sigma  # the rounding xhat carries, in ulps of 1
+    within = (-1,) if ln else axes  # the means of the backward: per row, or per channel
+    md, mdx = d.mean(within, keepdims=True), (d * xhat).mean(within, keepdims=True)
+    scale = np.abs(p.params[f"{l}.weight"].reshape(shape)) / sigma
+    dx = scale * (d + md + xhat * mdx + centring * (mdx + xhat * md))
+    return dx, ((d * xhat).sum(axes), d.sum(axes))
+
+
+def _norm_stats(layer, x, buffers, l: int, train: bool) -> tuple:
+    """(mu, sigma, the shape a (C,) or (D,) vector broadcasts as) of a norm layer's input."""
+    if isinstance(layer, sq.LayerNorm):
+        return x.mean(-1, keepdims=True), np.sqrt(x.var(-1, keepdims=True) + layer.eps), (-1,)
+    shape = (1, layer.c) + (1,) * (x.ndim - 2)
+    if train:
+        axes = (0, *range(2, x.ndim))
+        return x.mean(axes, keepdims=True), np.sqrt(x.var(axes, keepdims=True) + layer.eps), shape
+    mu, var = buffers[f"{l}.running_mean"], buffers[f"{l}.running_var"]
+    return mu.reshape(shape), np.sqrt(var.reshape(shape) + layer.eps), shape
+
+
+def _norm_magnitude(layer, x, gamma, beta, buffers, l: int, train: bool) -> np.ndarray:
+    mu, sigma, shape = _norm_stats(layer, x, buffers, l, train)
+    centring = (np.abs(x) + np.abs(mu)) / sigma
+    return np.abs(gamma.reshape(shape)) * centring + np.abs(beta.reshape(shape))
+
+
+def explain_layered(sside, tside, items, within: np.ndarray, svals: list, tvals: list):
+    """("kink" | "drift", None) when every stage reproduces torch, else (None, the index of
+    the item where the failing stage first disagreed)."""
+    failing = {items[k].quantity for k in np.flatnonzero(~within)}
+    mine = [np.array(v) for v in svals]  # copies: the update stages overwrite live ones
+    theirs = [np.array(_np(v)) for v in tvals]
+    kept = _Kept(sside)
+    try:
+        bad = _stages(sside, tside, items, mine, theirs, failing)
+    finally:
+        kept.restore()
+    if isinstance(bad, int):
+        return None, bad
+    return bad, None
+
+
+def _stages(sside, tside, items, mine, theirs, failing):
+    """The index of the first disagreeing item, or the reason the step is explained."""
+    net, loss, dtype = sside.net, sside.loss, sside.dtype
+    loss_k = next(k for k, it in enumerate(items) if it.quantity == "loss")
+    if not _stats_carried_in(sside, tside):
+        stat = [k for k, it in enumerate(items) if it.quantity == "stat"]
+        return stat[0] if stat else loss_k
+    own = _Pass(sside, sside.params_before, sside.buffers_before)  # 0. the step repeats
+    outs, caches = own.forward(None, sside.X)
+    value, lcache = loss.forward(outs[-1], sside.Y)
+    again = own.values(outs, loss.probabilities(outs[-1]))
+    again[("loss", None, None, None)] = np.asarray(value, dtype)
+    again.update(own.backward(loss.backward(lcache), caches))
+    if (bad := _first_off(items, again, mine, dtype, exact=True)) is not None:
+        return bad
+    t_outs = [np.array(_np(o)) for o, _ in tside.cache]
+    inputs = [sside.X, *t_outs[:-1]]
+    theirs_p = _Pass(sside, dict(zip(tside.order, tside.params_before)), tside.stats_before)
+    outs, caches = theirs_p.forward(inputs, sside.X)  # 1. each layer from torch's input
+    fwd = theirs_p.values(outs, loss.probabilities(t_outs[-1]))
+    if (bad := _first_off(items, fwd, theirs, dtype, _slack(net, theirs_p, inputs))) is not None:
+        return bad
+    value, lcache = loss.forward(t_outs[-1], sside.Y)  # 2. the loss on torch's output
+    loss_s = {_key(items[loss_k]): np.asarray(value, dtype)}
+    if _first_off(items, loss_s, theirs, dtype) is not None:
+        return loss_k
+    douts = [None if o.grad is None else np.array(_np(o.grad)) for o, _ in tside.cache]
+    dlast = loss.backward(lcache)  # the loss's gradient at torch's output, against torch's
+    tol = tolerance("grad", dtype)
+    if douts[-1] is not None and first_mismatch(dlast, douts[-1], tol.rtol, tol.atol) is not None:
+        return min(k for k, it in enumerate(items) if it.quantity == "grad")
+    bad = _backward_stage(net, theirs_p, items, theirs, dtype, inputs, caches, douts)  # 3.
+    if bad is not None:
+        return bad
+    if "lr" in failing:  # the rate the update takes: a schedule that parts
+        return next(k for k, it in enumerate(items) if it.quantity == "lr")
+    if failing & {"param", "state"}:
+        again = _update(sside, items, sside.params_before, sside.grads_kept, sside.state_before)
+        if (bad := _first_off(items, again, mine, dtype, exact=True)) is not None:
+            return bad  # 0., for the update
+        torch_grads = {k: tside.by_name[k].grad.numpy() for k in tside.order}
+        before = dict(zip(tside.order, tside.params_before))
+        redo = _update(sside, items, before, torch_grads, tside.state_before())
+        if (bad := _first_off(items, redo, theirs, dtype)) is not None:
+            return bad  # 4.
+    return _reason(net, sside, inputs, caches)
+
+
+def _update(sside, items, params: dict, grads: dict, state) -> dict:
+    """Scratch's optimizer step from the given parameters, gradients and state: the updated
+    parameters and state by key."""
+    sside.set_params(params)
+    if sside.stateful:
+        sside.opt.load_state_dict(state)
+    sside.opt.step({k: np.array(g) for k, g in grads.items()})
+    out = {}
+    for it in items:
+        name = it.name
+        if it.quantity == "param":
+            out[_key(it)] = np.array(sside.params[name])
+        elif it.quantity == "state":
+            out[_key(it)] = np.array(sside.opt.state[name][it.buffer])
+    return out
+
+
+def _stats_carried_in(sside, tside) -> bool:
+    """Batchnorm's running statistics as the step found them: identical before the first
+    step, within the table's tolerance after (compared every step, taken over on resync)."""
+    tol = tolerance("stat", sside.dtype)
+    rtol, atol = (0.0, 0.0) if tside.stepped == 1 else (tol.rtol, tol.atol)
+    return all(
+        first_mismatch(v, tside.stats_before[k], rtol, atol) is None
+        for k, v in sside.buffers_before.items()
+    )
+
+
+def _reason(net, sside, inputs: list, caches: list) -> str:
+    """ "kink" when a relu-family input is on opposite sides of 0, or a max-pool window picks
+    another element, between scratch's step and torch's inputs; else "drift"."""
+    mine = [sside.X] + [o for o, _ in sside.cache[:-1]]
+    for l, layer in enumerate(net.layers):
+        if isinstance(layer, sq.Act) and layer.kind.partition(":")[0] in _KINKED:
+            if ((mine[l] > 0) != (inputs[l] > 0)).any():
+                return "kink"
+        if isinstance(layer, sq.MaxPool2d):
+            if not np.array_equal(sside.cache[l][1][1], caches[l][1]):
+                return "kink"
+    return "drift"
+
+
+class _Kept:
+    """The side as its step left it: parameters, gradients, optimizer state; restored after
+    the re-check (the step's own record, for the report and the next step)."""
+
+    def __init__(self, sside):
+        self.sside = sside
+        self.params = {k: np.array(v) for k, v in sside.params.items()}
+        sside.grads_kept = {k: np.array(v) for k, v in sside.grads.items()}
+        self.state = sside.opt.state_dict() if sside.stateful else None
+
+    def restore(self) -> None:
+        s = self.sside
+        s.set_params(self.params)
+        for k, g in s.grads_kept.items():
+            np.copyto(s.grads[k], g)
+        if self.state is not None:
+            s.opt.load_state_dict(self.state)
+
+
+__all__ = ["explain_layered"]
