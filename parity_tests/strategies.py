@@ -147,3 +147,100 @@ def loss_conventions(draw, loss: str) -> tuple:
     if loss == "bce":
         conv["clip"] = draw(st.sampled_from([None, 1e-7]))
     return tuple((k, v) for k, v in conv.items() if v not in (None, 1.0, "mean"))
+
+
+# --- layered networks (scratch/sequential.py): specs drawn from the --layers grammar ----------
+
+LAYERED_ACTS = ["relu", "leaky_relu", "leaky_relu:0.3", "tanh", "sigmoid"]
+# the optimizers of the layered sweep: plain, momentum, adam, rmsprop, and schedules
+LAYERED_OPTIMIZERS = [o for o in OPTIMIZERS if o[0] in ("sgd", "adam", "rmsprop")]
+
+
+@dataclass(frozen=True)
+class LayeredConfig:
+    spec: str
+    shape: tuple[int, ...]  # per sample: (C, H, W) images or (D,) features
+    loss: str  # "ce" or "mse"
+    dtype: str
+    n: int
+    input_scale: float
+    lr: float
+    seed: int
+    train: bool
+    optimizer: tuple = ("sgd", ())
+    batch_size: int | None = None
+
+    @property
+    def outputs(self) -> int:
+        return int(self.spec.rsplit("affine", 1)[1])
+
+    def data(self) -> tuple[np.ndarray, np.ndarray]:
+        rng = np.random.default_rng(self.seed)
+        X = self.input_scale * rng.standard_normal((self.n, *self.shape))
+        if self.loss == "ce":
+            y = rng.integers(0, self.outputs, self.n)
+        else:
+            y = rng.standard_normal((self.n, self.outputs))
+        return X.astype(self.dtype), y
+
+    @property
+    def optimizer_spec(self) -> dict:
+        name, options = self.optimizer
+        return {"name": name, **dict(options)}
+
+
+@st.composite
+def _image_layers(draw, shape) -> tuple[list[str], int]:
+    """1-2 blocks of conv (kxk, stride, padding), an activation or not, bn or not, a pool
+    or not, then flatten: the tokens and the flattened width."""
+    c, h, w = shape
+    tokens: list[str] = []
+    for _ in range(draw(st.integers(1, 2))):
+        f, k = draw(st.integers(1, 4)), draw(st.integers(1, min(3, h + 2)))
+        pad = draw(st.integers(0, 1 if k > 1 else 0))
+        s = draw(st.integers(1, 2))
+        if k > min(h, w) + 2 * pad:
+            break
+        tokens.append(f"conv{f}x{k}" + (f"s{s}" if s > 1 else "") + (f"p{pad}" if pad else ""))
+        c, h, w = f, (h + 2 * pad - k) // s + 1, (w + 2 * pad - k) // s + 1
+        if draw(st.booleans()):
+            tokens.append("bn")
+        if draw(st.booleans()):
+            tokens.append(draw(st.sampled_from(LAYERED_ACTS)))
+        if min(h, w) >= 2 and draw(st.booleans()):
+            tokens.append("pool2")
+            h, w = h // 2, w // 2
+    if not tokens:
+        tokens, c = ["conv2x1"], 2
+    return [*tokens, "flatten"], c * h * w
+
+
+@st.composite
+def layered_configs(draw, dtypes=("float64", "float32")) -> LayeredConfig:
+    """A network of gallery layers: small images (1-3 channels, 4-8 px) through convs, or flat
+    features; then affine blocks (ln, bn, dropout, activations) and the output affine; ce or
+    mse; sgd, momentum, adam, rmsprop, schedules; float64 or float32; train or eval; batches."""
+    if draw(st.booleans()):
+        side = draw(st.integers(4, 8))
+        shape: tuple[int, ...] = (draw(st.integers(1, 3)), side, side)
+        tokens, _ = draw(_image_layers(shape))
+    else:
+        shape, tokens = (draw(st.integers(2, 8)),), []
+    for _ in range(draw(st.integers(0, 2))):
+        tokens.append(f"affine{draw(st.integers(1, 8))}")
+        tokens += draw(st.lists(st.sampled_from(["ln", "bn", *LAYERED_ACTS]), max_size=2))
+        if draw(st.booleans()):
+            tokens.append(draw(st.sampled_from(["dropout0.2", "dropout0.5"])))
+    loss = draw(st.sampled_from(["ce", "mse"]))
+    tokens.append(f"affine{draw(st.integers(2, 5) if loss == 'ce' else st.integers(1, 3))}")
+    train = draw(st.booleans())
+    n = draw(st.integers(2, 32))
+    batch = draw(st.one_of(st.none(), st.integers(2, n)))
+    if batch is not None and n % batch == 1:  # a last batch of one: batchnorm cannot train on it
+        batch = None
+    return LayeredConfig(
+        spec=",".join(tokens), shape=shape, loss=loss, dtype=draw(st.sampled_from(dtypes)),
+        n=n, input_scale=draw(st.sampled_from([0.1, 1.0, 4.0])),
+        lr=draw(st.sampled_from([1e-3, 0.05, 0.3])), seed=draw(st.integers(0, 2**32 - 1)),
+        train=train, optimizer=draw(st.sampled_from(LAYERED_OPTIMIZERS)), batch_size=batch,
+    )  # fmt: skip

@@ -12,10 +12,15 @@ from __future__ import annotations
 
 import pytest
 from hypothesis import assume, given, settings
+from hypothesis import strategies as st
 from nn_parity import scratch
+from nn_parity.scratch import sequential as sq
 from nn_parity.torch_ref import TorchMLP, lockstep
 
-from parity_tests.strategies import NetConfig, net_configs
+from parity_tests.strategies import LayeredConfig, NetConfig, layered_configs, net_configs
+
+# networks of both kinds: the built-in MLP and networks of gallery layers
+any_configs = st.one_of(net_configs(), layered_configs())
 
 STEPS = 15
 
@@ -27,13 +32,25 @@ def blew_up_on_both_sides(result) -> bool:
     return div is not None and div.nonfinite == "both"
 
 
-def run(cfg: NetConfig):
+def run(cfg: NetConfig | LayeredConfig):
+    if isinstance(cfg, LayeredConfig):
+        return run_layered(cfg)
     loss = scratch.get_loss(cfg.loss, **cfg.loss_options)
     acts = [*cfg.hidden, cfg.output or loss.output_activation]
     net = scratch.MLP(cfg.sizes, acts, bias=cfg.bias, dtype=cfg.dtype, init=cfg.init, rng=cfg.seed)
     X, y = cfg.data()
     return lockstep(
         net, TorchMLP.from_scratch(net), X, y, steps=STEPS, lr=cfg.lr, loss=loss,
+        optimizer=cfg.optimizer_spec, batch_size=cfg.batch_size,
+        epochs=STEPS if cfg.batch_size else None, seed=cfg.seed,
+    )  # fmt: skip
+
+
+def run_layered(cfg: LayeredConfig):
+    net = sq.from_spec(cfg.spec, cfg.shape, dtype=cfg.dtype, rng=cfg.seed % 2**31)
+    X, y = cfg.data()
+    return lockstep(
+        net.train(cfg.train), None, X, y, steps=STEPS, lr=cfg.lr, loss=cfg.loss,
         optimizer=cfg.optimizer_spec, batch_size=cfg.batch_size,
         epochs=STEPS if cfg.batch_size else None, seed=cfg.seed,
     )  # fmt: skip
@@ -62,7 +79,7 @@ def test_configurations_the_sweep_found(cfg):
     assert result.passed, f"{cfg}\n{result.first_divergence}"
 
 
-@given(net_configs())
+@given(any_configs)
 def test_unmutated_pair_never_diverges(cfg):
     result = run(cfg)
     assume(not blew_up_on_both_sides(result))
@@ -72,7 +89,7 @@ def test_unmutated_pair_never_diverges(cfg):
 @pytest.mark.slow
 @pytest.mark.parametrize("shard", range(4))  # four test items, so pytest-xdist can spread them
 @settings(max_examples=250)
-@given(cfg=net_configs())
+@given(cfg=any_configs)
 def test_unmutated_pair_never_diverges_sweep(shard, cfg):
     result = run(cfg)
     assume(not blew_up_on_both_sides(result))

@@ -32,6 +32,13 @@ from nn_parity.torch_ref.engine.comparer import _np
 from nn_parity.torch_ref.engine.recheck import _DOT_ULPS
 
 _KINKED = ("relu", "leaky_relu")
+# f' written from the output a (ops.activation_forward), and how far it moves when a moves by
+# a few ulps of itself: |d f'/da| |a|. Near saturation (a within rounding of 1, or of 0 for
+# sigmoid) f' is itself a few ulps, so one ulp of a is a large relative change in dx.
+_FROM_OUTPUT = {
+    "tanh": lambda a: 2 * a * a,  # f' = 1 - a^2
+    "sigmoid": lambda a: np.abs(1 - 2 * a) * a,  # f' = a (1 - a)
+}
 
 
 def _key(it) -> tuple:
@@ -157,10 +164,11 @@ def _backward_stage(net, p: _Pass, items, theirs, dtype, inputs, caches, douts) 
 def _backward_slack(layer, l: int, p: _Pass, dout, x, cache) -> tuple:
     """(for dx, for the parameter gradients by key): _DOT_ULPS eps times the magnitudes each
     sum adds up (docs/tolerances.md). Affine and conv: the same backward on |dout|, |x|, |W|
-    (dx = sum |dout| |W|, dW = sum |dout| |x|, db = sum |dout|); a norm: dgamma = sum |dout|
-    |xhat|, dbeta = sum |dout|, and dx = gamma / sigma (dout - mean dout - xhat mean(dout
-    xhat)) with xhat itself carrying (|x| + |mu|) / sigma of rounding from the centring.
-    Elementwise layers, pooling, flatten, dropout: none (their dx is a product or a move)."""
+    (dx = sum |dout| |W|, dW = sum |dout| |x|, db = sum |dout|); a norm: xhat itself carries
+    (|x| + |mu|) / sigma of rounding from the centring, so dgamma = sum |dout| (|xhat| + that),
+    dbeta = sum |dout|, and dx = gamma / sigma (dout - mean dout - xhat mean(dout xhat)) term
+    by term with xhat's rounding; tanh and sigmoid, f' from a within a few ulps of a
+    (_FROM_OUTPUT). relu, pooling, flatten, dropout: none (their dx is a product or a move)."""
     eps = _DOT_ULPS * float(np.finfo(dout.dtype).eps)
     d, ax = np.abs(dout), np.abs(x)
     w = p.params.get(f"{l}.weight")
@@ -173,6 +181,8 @@ def _backward_slack(layer, l: int, p: _Pass, dout, x, cache) -> tuple:
         dx, *mags = ops.conv2d_backward(d, cache_abs)
     elif isinstance(layer, (sq.BatchNorm, sq.LayerNorm)):
         dx, mags = _norm_backward_magnitude(layer, l, p, d, x, cache)
+    elif isinstance(layer, sq.Act) and layer.kind in _FROM_OUTPUT:
+        return eps * d * _FROM_OUTPUT[layer.kind](np.abs(cache[2])), {}
     else:
         return 0.0, {}
     return eps * dx, {("grad", l, n, None): eps * m for n, m in zip(("weight", "bias"), mags)}
@@ -189,7 +199,7 @@ def _norm_backward_magnitude(layer, l: int, p: _Pass, d, x, cache) -> tuple:
     md, mdx = d.mean(within, keepdims=True), (d * xhat).mean(within, keepdims=True)
     scale = np.abs(p.params[f"{l}.weight"].reshape(shape)) / sigma
     dx = scale * (d + md + xhat * mdx + centring * (mdx + xhat * md))
-    return dx, ((d * xhat).sum(axes), d.sum(axes))
+    return dx, ((d * (xhat + centring)).sum(axes), d.sum(axes))
 
 
 def _norm_stats(layer, x, buffers, l: int, train: bool) -> tuple:
