@@ -241,3 +241,27 @@ def test_a_backward_bug_on_a_drifting_step_is_not_excused(kind):
     d = r.first_divergence
     assert not r.passed and DRIFT_STEP not in r.drift_steps
     assert (d.step, d.quantity, d.layer) == (DRIFT_STEP, "grad", 0), d
+
+
+# --- finite differences through the layers ------------------------------------------------
+
+
+@pytest.mark.parametrize("train", [True, False], ids=["train", "eval"])
+@pytest.mark.parametrize("layer", [0, 3, 7])  # conv, batchnorm, affine
+def test_finite_differences_side_with_torch_against_a_backward_bug(layer, train):
+    spec = "conv3x3p1,relu,pool2,bn,tanh,flatten,dropout0.3,affine3"
+    rng = np.random.default_rng(0)
+    net = sq.from_spec(spec, (2, 6, 6), rng=0).train(train)
+    X, y = rng.standard_normal((10, 2, 6, 6)), rng.integers(0, 3, size=10)
+    plain = net.layers[layer].backward
+
+    def off_by_a_thousandth(dout, cache):
+        dx, grads = plain(dout, cache)
+        return dx, {k: g * 1.001 for k, g in grads.items()}
+
+    net.layers[layer].backward = off_by_a_thousandth
+    r = lockstep(net, None, X, y, steps=2, lr=0.1, loss="ce", batch_size=5)
+    d = r.first_divergence
+    assert (d.step, d.quantity, d.layer) == (0, "grad", layer), d
+    assert d.fd_agrees_with == "torch", (d.fd, d.scratch, d.torch)
+    assert abs(d.fd - d.torch) < 1e-6 * max(abs(d.torch), 1e-3)

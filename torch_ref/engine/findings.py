@@ -15,6 +15,8 @@ from nn_parity.torch_ref.compare import (
 )
 from nn_parity.torch_ref.engine.comparer import _np
 from nn_parity.torch_ref.engine.diagnosis import Context, diagnose
+from nn_parity.torch_ref.engine.layered_fd import layered_fd_verdict
+from nn_parity.torch_ref.engine.layered_side import LayeredSide
 from nn_parity.torch_ref.engine.opt_causes import state_cause
 from nn_parity.torch_ref.engine.setup import _opt_of
 from nn_parity.torch_ref.evidence import agreement
@@ -98,6 +100,8 @@ def _divergence(step, items, k, svals, tvals, sside, tside, slack) -> Divergence
     )
     if getattr(sside, "layered", False):  # located by layer; the diagnoses read MLPs only
         div.diagnosis = {"cause": f"layer {it.layer}", "explanation": f"first part at {it.label}"}
+        if it.quantity == "grad" and isinstance(sside, LayeredSide):  # engine/layered_fd.py
+            div.fd, div.fd_agrees_with = layered_fd_verdict(sside, it, m)
         return div
     desc, params_before, cache = sside.oracle()
     if it.quantity == "grad":
