@@ -265,3 +265,18 @@ def test_finite_differences_side_with_torch_against_a_backward_bug(layer, train)
     assert (d.step, d.quantity, d.layer) == (0, "grad", layer), d
     assert d.fd_agrees_with == "torch", (d.fd, d.scratch, d.torch)
     assert abs(d.fd - d.torch) < 1e-6 * max(abs(d.torch), 1e-3)
+
+
+def test_a_wrong_dx_is_refused_at_the_first_gradient_it_feeds():
+    # tanh's backward (no parameters) off by 1e-6: the re-check compares each layer's dx with
+    # torch's gradient at the layer below, so the allowance for a saturated tanh cannot hide it
+    spec = "conv3x3p1,relu,pool2,bn,tanh,flatten,affine3"
+    rng = np.random.default_rng(1)
+    net = sq.from_spec(spec, (2, 6, 6), rng=1)
+    X, y = rng.standard_normal((10, 2, 6, 6)), rng.integers(0, 3, size=10)
+    plain = net.layers[4].backward
+    net.layers[4].backward = lambda dout, cache: (plain(dout, cache)[0] * (1 + 1e-6), {})
+    r = lockstep(net, None, X, y, steps=2, lr=0.1, loss="ce")
+    d = r.first_divergence
+    assert not r.passed and r.drift_steps == r.kink_steps == []
+    assert (d.step, d.quantity, d.layer) == (0, "grad", 3), d
