@@ -24,6 +24,8 @@ what the loop, the ledger and the start check ask of a scratch side; the re-chec
                  built-in network): the stage-wise explanation of a mismatch
     rerunnable   the whole step can rerun from given parameters (user code): a coarser
                  explanation, "this step from torch's weights reproduces torch's"
+    recheck      a method: the side's own stage-wise re-check (a network of gallery layers,
+                 engine/layered_recheck.py), asked before the two above
     stateful     optimizer state can be read and set: compared and resynchronised
     recovered    gradients are recovered from a fused update, (before - after) / lr, and carry
                  that recovery's rounding, allowed for explicitly
