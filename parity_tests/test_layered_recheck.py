@@ -280,3 +280,19 @@ def test_a_wrong_dx_is_refused_at_the_first_gradient_it_feeds():
     d = r.first_divergence
     assert not r.passed and r.drift_steps == r.kink_steps == []
     assert (d.step, d.quantity, d.layer) == (0, "grad", 3), d
+
+
+@pytest.mark.parametrize("train", [True, False], ids=["train", "eval"])
+def test_running_statistics_set_apart_before_step_0_are_not_excused(train):
+    # no step produced this difference: the re-check from torch's statistics would reproduce
+    # torch, so the statistics must be carried in as the compared steps left them
+    net = sq.from_spec("conv2x3,bn,flatten,affine3", (1, 5, 5), rng=0).train(train)
+    ref = TorchSequential(net)
+    with torch.no_grad():
+        ref[1].running_mean[0] += 1e-6
+    rng = np.random.default_rng(0)
+    X, y = rng.standard_normal((8, 1, 5, 5)), rng.integers(0, 3, size=8)
+    r = lockstep(net, ref, X, y, steps=2, lr=0.1, loss="ce")
+    d = r.first_divergence
+    assert not r.passed and r.drift_steps == r.kink_steps == []
+    assert d.step == 0 and d.quantity in ("out", "stat"), d
