@@ -38,6 +38,7 @@ from nn_parity.torch_ref.engine.side import Key, _state_values, active_state
 from nn_parity.torch_ref.mirror.sequential import TorchSequential
 from nn_parity.torch_ref.user.access import is_scalar
 from nn_parity.torch_ref.user.layered import UserLayeredNetwork
+from nn_parity.torch_ref.user.layered_masks import read_masks, same_masks
 from nn_parity.torch_ref.user.network import UserCodeError
 from torch import nn
 
@@ -74,7 +75,10 @@ class UserLayeredSide:
         # The coarse re-check (recheck.py): the whole step again from torch's parameters (and
         # nn-parity's optimizer state). A fused step with state of the user's own cannot be
         # set back, and is never rerun.
-        self.rerunnable = net.form == "grads" or plain
+        self.rerunnable = (net.form == "grads" or plain) and not net.dropout
+        # dropout of the user's own: the masks their code drew this step, by layer, for torch
+        # to apply. A rerun would draw new ones, so such a step is never rerun.
+        self.masks: dict[int, np.ndarray] = {}
         self.grads_seen = net.form == "grads" or self.recovered
         self.state_names: tuple[str, ...] = ()
         self.stateful = False
@@ -103,11 +107,14 @@ class UserLayeredSide:
         self.before = net.get_params()
         self.state_before = self.opt.state_dict() if self.opt is not None else {}
         outs: dict[int, np.ndarray] = {}
-        prob = None
+        prob, drawn = None, None
         if net.forward is not None:
             out, outs = net.call_forward(Xu)
             prob = np.asarray(self.loss.probabilities(out.astype(self.dtype, copy=False)))
+            drawn = read_masks(net, len(Xu)) if net.dropout else None
         loss_value, grads, after = self._update(Xu, yu)
+        if net.dropout:
+            self.masks = self._step_masks(drawn, len(Xu))
         if all(np.array_equal(self.before[k], after[k]) for k in after):
             raise UserCodeError(
                 f"{net.names['fn']} changed no parameter: it must update them in place "
@@ -129,6 +136,20 @@ class UserLayeredSide:
             vals += _state_values(self.opt.state_dict(), self.order, self.state_names)
         self.after = {k: np.array(after[k]) for k in self.order}
         return vals + [self.after[k] for k in self.order]
+
+    def _step_masks(self, drawn, n: int) -> dict[int, np.ndarray]:
+        """This step's dropout masks (keep-patterns, torch's layout), read after the step; the
+        forward's, when it was called, must be the same (one forward per step is compared)."""
+        masks = read_masks(self.net, n)
+        l = None if drawn is None else same_masks(drawn, masks)
+        if l is not None:
+            names = self.net.names
+            raise UserCodeError(
+                f"{names['fn']} drew a new mask for dropout layer {l} after {names['forward']} "
+                "had drawn one: nn-parity compares one forward per step; have it reuse the "
+                "forward's pass (its backward on the forward's cache), or leave forward out"
+            )
+        return masks
 
     def _update(self, Xu, yu) -> tuple[float | None, dict, dict]:
         """(the loss the user's code returned, the gradients, the parameters after the step)."""
@@ -217,9 +238,21 @@ class UserLayeredTorchSide(LayeredTorchSide):
 
     def __init__(self, ref: nn.Sequential, sside: UserLayeredSide):
         shim = SimpleNamespace(order=sside.order, loss=sside.loss, dtype=sside.dtype,
-                               opt=sside.opt_desc, net=sside.seq, bank=None)  # fmt: skip
+                               opt=sside.opt_desc, net=sside.seq, bank=self)  # fmt: skip
         super().__init__(ref, shim)  # type: ignore[arg-type]
         self.nhwc = sside.net.layout == "NHWC"
+        self.masks: dict[int, np.ndarray] = {}
+
+    def use_masks(self, masks: dict[int, np.ndarray]) -> None:
+        """The dropout masks the user's code drew for the coming step, by layer (keep-patterns
+        in torch's layout), as `TorchSide.use_masks` takes the dense path's."""
+        self.masks = masks
+
+    def take(self, side: str, l: int, shape) -> np.ndarray:
+        """As `MaskBank.take`, for the `GivenMask` of layer l: the user's mask of this step."""
+        if l not in self.masks:
+            raise RuntimeError(f"no dropout mask given for layer {l} this step")
+        return self.masks[l]
 
     def step(self, Xt: torch.Tensor, Yt: torch.Tensor) -> list:
         vals = super().step(Xt, Yt)
