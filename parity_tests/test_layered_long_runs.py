@@ -36,12 +36,13 @@ def mlp_wiring(style: str, dtype) -> object:
     if style == "cs231n":
         model = cb.BNDropoutNet(dtype=dtype)
         return adapt_layers(model.params, MLP, (64,), grads=lambda X, y: model.loss(X, y),
-                            dropout={3: lambda: model.caches["dropout1"][1]})  # fmt: skip
+                            dropout={3: lambda: model.caches["dropout1"][1]},
+                            stats={1: lambda: model.bn_params[0]})  # fmt: skip
     net = lm.bn_dropout_mlp(dtype=dtype)
     return adapt_layers(net, MLP, (64,), names=lm.NAMES,
                         grads=lambda X, y: (net.backward_loss(y), net.gradients()),
                         forward=lambda X: (net.forward(X), net.outputs),
-                        dropout={3: "layers[3].mask"})  # fmt: skip
+                        dropout={3: "layers[3].mask"}, stats={1: "layers[1]"})  # fmt: skip
 
 
 def network(kind: str, style: str, dtype):
@@ -90,6 +91,13 @@ def test_a_200_step_run_passes(kind, style, dtype, data):  # fmt: skip
     assert r.loss_torch[-20:].mean() < r.loss_torch[:20].mean()  # it trains
 
 
+# Known, kept as it is (measured 2026-12-05, torch 2.13.0 CPU): conv-f32-digits-builtin
+# first diverges at step 211 (epoch 3, batch 40), grad layers.0.weight, rel 0.043. Cause: a
+# max-pool near-tie flipped by carried-in rounding: sample 15 of that batch, channel 0,
+# window (0, 2) holds 0.8957083 and 0.8957084 one ulp apart; torch's parameters, 2.4e-7 off
+# scratch's after 211 steps, order the two the other way, so the pool routes the gradient
+# to another pixel. A rounding event the layered re-check (another branch) is to excuse; the
+# test stays as it is, tolerances untouched, until it does.
 @pytest.mark.slow
 @pytest.mark.parametrize("style", STYLES)
 @pytest.mark.parametrize("data", ["digits", "synthetic"])

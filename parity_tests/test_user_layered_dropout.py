@@ -1,7 +1,8 @@
 """Dropout in the user's own layered network (`adapt_layers(..., dropout={3: ...})`): the mask
 their code drew this step, read where it keeps it (a layer object's `self.mask`, or a function
 returning CS231n's cached mask), applied by torch's `GivenMask`; planted dropout bugs caught and
-located in the user's names; a mask that is not the one the code used is not excused."""
+located in the user's names; a mask that is not the one the code used is not excused.
+Batchnorm's running statistics (`stats={1: ...}`), compared with torch's buffers every step."""
 
 from __future__ import annotations
 
@@ -26,7 +27,7 @@ def digits(n=None):
     return (X, y) if n is None else (X[:n], y[:n])
 
 
-def wire_layer_list(net, mask=None):
+def wire_layer_list(net, mask=None, stats=True):
     """As the user's loop runs it: forward, then the backward on that forward's caches."""
 
     def grads(X, y):
@@ -34,13 +35,15 @@ def wire_layer_list(net, mask=None):
 
     return adapt_layers(net, SPEC, (64,), names=lm.NAMES, grads=grads,
                         forward=lambda X: (net.forward(X), net.outputs),
-                        dropout={3: mask or "layers[3].mask"})  # fmt: skip
+                        dropout={3: mask or "layers[3].mask"},
+                        stats={1: "layers[1]"} if stats else None)  # fmt: skip
 
 
-def wire_cs231n(model, mask=None):
+def wire_cs231n(model, mask=None, stats=True):
     """loss(X, y) is the whole step; the mask is the one its dropout cache holds."""
     return adapt_layers(model.params, SPEC, (64,), grads=lambda X, y: model.loss(X, y),
-                        dropout={3: mask or (lambda: model.caches["dropout1"][1])})  # fmt: skip
+                        dropout={3: mask or (lambda: model.caches["dropout1"][1])},
+                        stats={1: lambda: model.bn_params[0]} if stats else None)  # fmt: skip
 
 
 def build(style, dtype=np.float64, mask=None):
@@ -151,3 +154,42 @@ def test_an_nhwc_mask_is_given_to_torch_in_its_layout():
     X, y = digits(32)
     r = check(net, X.reshape(32, 8, 8, 1), y, lr=0.1, steps=20)
     assert r.passed, str(r.first_divergence)
+
+
+@pytest.mark.parametrize("style", ["layer_list", "cs231n"])
+def test_running_statistics_are_compared_when_named(style):
+    X, y = digits(64)
+    r = check(build(style), X, y, lr=0.1, batch_size=32, epochs=2)
+    assert r.passed, str(r.first_divergence)
+    assert {"stat layers.1.running_mean", "stat layers.1.running_var"} <= set(r.labels)
+    net = wire_cs231n(cb.BNDropoutNet(), stats=False)
+    r = check(net, X, y, lr=0.1, batch_size=32, epochs=1)
+    assert not any(label.startswith("stat ") for label in r.labels)
+    assert any("stats={1: ...}" in m for m in r.not_compared), r.not_compared
+
+
+def test_running_statistics_the_code_starts_from_are_given_to_torch():
+    """A network resumed mid-training: its running statistics, not torch's zeros and ones."""
+    net = lm.bn_dropout_mlp()
+    net.layers[1].running_mean += 0.5
+    net.layers[1].running_var *= 3.0
+    X, y = digits(64)
+    r = check(wire_layer_list(net), X, y, lr=0.1, batch_size=32, epochs=1)
+    assert r.passed, str(r.first_divergence)
+
+
+def test_momentum_the_wrong_way_round_is_caught_at_the_running_mean(monkeypatch):
+    monkeypatch.setattr(cb, "batchnorm_forward", cb.batchnorm_forward_momentum_swapped)
+    X, y = digits(64)
+    div = check(build("cs231n"), X, y, lr=0.1, batch_size=32, epochs=1).first_divergence
+    assert div is not None and (div.step, div.label) == (0, "stat layers.1.running_mean")
+
+
+@pytest.mark.parametrize("bug", list(lm.BN_BUGS))
+def test_layer_list_batchnorm_bugs_are_caught(bug):
+    method, fn, where = lm.BN_BUGS[bug]
+    net = lm.bn_dropout_mlp()
+    setattr(net.layers[1], method, types.MethodType(fn, net.layers[1]))
+    X, y = digits(64)
+    div = check(wire_layer_list(net), X, y, lr=0.1, batch_size=32, epochs=1).first_divergence
+    assert div is not None and (div.step, div.label) == (0, where), str(div)

@@ -152,3 +152,20 @@ def dropout_forward_unscaled(x, dropout_param):
     else:
         out = x
     return out, (dropout_param, mask)
+
+
+def batchnorm_forward_momentum_swapped(x, gamma, beta, bn_param):
+    momentum = bn_param.get("momentum", 0.9)
+    N, D = x.shape
+    running_mean = bn_param.get("running_mean", np.zeros(D, dtype=x.dtype))
+    running_var = bn_param.get("running_var", np.ones(D, dtype=x.dtype))
+    if bn_param["mode"] != "train":
+        out = gamma * (x - running_mean) / np.sqrt(running_var + 1e-5) + beta
+        return out, None
+    sample_mean, sample_var = x.mean(axis=0), x.var(axis=0)
+    std = np.sqrt(sample_var + 1e-5)
+    x_hat = (x - sample_mean) / std
+    running_mean = (1 - momentum) * running_mean + momentum * sample_mean  # BUG: swapped
+    running_var = (1 - momentum) * running_var + momentum * sample_var * N / (N - 1)  # BUG
+    bn_param["running_mean"], bn_param["running_var"] = running_mean, running_var
+    return gamma * x_hat + beta, (x_hat, gamma, std)

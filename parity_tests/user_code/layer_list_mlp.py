@@ -168,7 +168,21 @@ def dropout_forward_unscaled(self, x, training=True):
     return x * self.mask
 
 
+def batchnorm_forward_biased_running_var(self, x, training=True):
+    mean, var = x.mean(axis=0), x.var(axis=0)
+    self.std = np.sqrt(var + self.eps)
+    self.xhat = (x - mean) / self.std
+    m = self.momentum
+    self.running_mean = (1 - m) * self.running_mean + m * mean
+    self.running_var = (1 - m) * self.running_var + m * var  # BUG: biased, not torch's n/(n-1)
+    return self.gamma * self.xhat + self.beta
+
+
 BUGS = {  # name: (the Dropout method replaced, the function, where it first shows)
     "mask-redrawn-in-backward": ("backward", dropout_backward_redrawn, "grad layers[1].gamma"),
     "mask-not-rescaled": ("forward", dropout_forward_unscaled, "out[3]"),
 }
+BN_BUGS = {  # name: (the BatchNorm method replaced, the function, where it first shows)
+    "running-var-biased": ("forward", batchnorm_forward_biased_running_var,
+                           "stat layers.1.running_var"),
+}  # fmt: skip

@@ -38,7 +38,7 @@ from nn_parity.torch_ref.engine.side import Key, _state_values, active_state
 from nn_parity.torch_ref.mirror.sequential import TorchSequential
 from nn_parity.torch_ref.user.access import is_scalar
 from nn_parity.torch_ref.user.layered import UserLayeredNetwork
-from nn_parity.torch_ref.user.layered_masks import read_masks, same_masks
+from nn_parity.torch_ref.user.layered_state import STATS, read_masks, read_stats, same_masks
 from nn_parity.torch_ref.user.network import UserCodeError
 from torch import nn
 
@@ -65,6 +65,10 @@ class UserLayeredSide:
         self.canon = net.get_params()
         for k, v in self.canon.items():  # the mirror's pattern at the user's weights
             np.copyto(self.seq.params[k.removeprefix("layers.")], v)
+        for l in net.stats:  # and at the user's running statistics, if kept before a step
+            mean_var = read_stats(net, l, missing_ok=True)
+            for b, v in zip(STATS, mean_var or (), strict=False):
+                np.copyto(self.seq.buffers[f"{l}.{b}"], v)
         self.opt_desc = opt_factory({k: v.copy() for k, v in self.canon.items()})
         self.opt = opt_factory(self.canon) if net.form == "grads" else None
         hyper = self.opt_desc.hyper
@@ -123,12 +127,14 @@ class UserLayeredSide:
         self.loss_value = math.nan if loss_value is None else loss_value
         if not self.keys:
             self._set_keys(set(outs), prob is not None, loss_value is not None)
-        found: dict[tuple[str, int | None], np.ndarray | None] = {
-            ("out", l): v for l, v in outs.items()
-        }
-        found[("prob", len(self.seq.layers) - 1)] = prob
-        found[("loss", None)] = np.asarray(self.loss_value, self.dtype)
-        vals: list = [found[(q, l)] for q, l, _, _ in self.keys if q in ("out", "prob", "loss")]
+        found: dict[tuple, np.ndarray | None] = {("out", l, None): v for l, v in outs.items()}
+        for l in net.stats:  # the running statistics the step left, as torch's buffers
+            mean_var = read_stats(net, l)
+            assert mean_var is not None
+            found.update({("stat", l, b): v for b, v in zip(STATS, mean_var, strict=True)})
+        found[("prob", len(self.seq.layers) - 1, None)] = prob
+        found[("loss", None, None)] = np.asarray(self.loss_value, self.dtype)
+        vals: list = [found[k[:3]] for k in self.keys if k[0] in ("out", "stat", "prob", "loss")]
         if self.grads_seen:
             vals += [np.asarray(grads[k], self.dtype) for k in self.order]
         if self.stateful:
@@ -179,7 +185,8 @@ class UserLayeredSide:
             self.stateful = bool(self.state_names)
         full = layered_keys(self.seq, self.order, self.state_names)
         wanted = {"out": lambda l: l in outs, "prob": lambda l: prob, "loss": lambda l: loss,
-                  "stat": lambda l: False, "grad": lambda l: self.grads_seen}  # fmt: skip
+                  "stat": lambda l: l in self.net.stats,
+                  "grad": lambda l: self.grads_seen}  # fmt: skip
         self.keys = [k for k in full if wanted.get(k[0], lambda l: True)(k[1])]
 
     def recovery_slack(self) -> dict[str, float]:

@@ -32,7 +32,7 @@ import numpy as np
 from nn_parity import scratch
 from nn_parity.scratch import sequential as sq
 from nn_parity.torch_ref.user.access import _Access, _flatten, is_scalar
-from nn_parity.torch_ref.user.layered_masks import check_dropout
+from nn_parity.torch_ref.user.layered_state import check_dropout, check_stats
 from nn_parity.torch_ref.user.layout import ParamMap, Slot
 from nn_parity.torch_ref.user.network import UserCodeError, _fn_name
 
@@ -94,6 +94,7 @@ class UserLayeredNetwork:
     pmap: ParamMap
     names: dict[str, str] = field(default_factory=dict)  # fn name per role, for messages
     dropout: dict[int, Any] = field(default_factory=dict)  # layer -> its mask's path or function
+    stats: dict[int, Any] = field(default_factory=dict)  # batchnorm layer -> its running stats
     last_raw_grads: Any = None
 
     @property
@@ -220,6 +221,7 @@ def adapt_layers(
     layout: str = "NCHW",
     weights: Mapping[str, str] | None = None,
     dropout: Mapping[int, str | Callable] | None = None,
+    stats: Mapping[int, str | Callable] | None = None,
 ) -> UserLayeredNetwork:
     """Adapt a hand-written NumPy network of layers (conv, pool, affine, norms, activations) for
     the lockstep, without subclassing anything.
@@ -243,7 +245,10 @@ def adapt_layers(
                  "KH,KW,C,F"}
     dropout      for each dropout layer of the spec, by index, where your code keeps the mask
                  it drew this step: a path ("layers[3].mask") or a function `() -> mask`
-                 (user/layered_masks.py); torch applies the same mask
+                 (user/layered_state.py); torch applies the same mask
+    stats        for each batchnorm layer whose running statistics your code keeps, where:
+                 a path ("layers[1]") or a function (`lambda: model.bn_params[0]`) to a dict
+                 or object with running_mean and running_var; compared with torch's each step
 
     Divergences are reported in your names and layout: `grad W1[2, 1, 0, 3]` indexes W1 as
     you store it.
@@ -269,7 +274,7 @@ def adapt_layers(
             f"{err} (your input_shape {tuple(input_shape)} read as (H, W, C) for layout NHWC, "
             f"shapes here (C, H, W))"
         ) from None
-    masks = check_dropout(dropout, seq, spec)
+    masks, kept = check_dropout(dropout, seq, spec), check_stats(stats, seq, spec)
     slots = match_params(arrays, seq, spec, dict(weights or {}))
     fn = grads if grads is not None else step
     assert fn is not None
@@ -279,7 +284,7 @@ def adapt_layers(
         forward=forward, dtype=dtype, names={"fn": _fn_name(fn), "forward":
         _fn_name(forward) if forward else ""},
         pmap=ParamMap(slots, [math.prod(s) for s in seq.shapes], True,
-                      "declared" if weights else "shapes"), dropout=masks,
+                      "declared" if weights else "shapes"), dropout=masks, stats=kept,
     )  # fmt: skip
     return net
 

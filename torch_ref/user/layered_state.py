@@ -1,5 +1,8 @@
-"""Dropout in the user's own layered network: where each dropout layer's mask is read, and the
-mask checked and turned into the keep-pattern torch's `GivenMask` applies.
+"""What the user's own layered network keeps besides its parameters: dropout masks and
+batchnorm running statistics, where each is read and how it is checked.
+
+Dropout: each dropout layer's mask, checked and turned into the keep-pattern torch's
+`GivenMask` applies.
 
 `adapt_layers(..., dropout={3: "layers[3].mask"})` names, for each dropout layer of the spec
 (by its index), where the user's code keeps the mask it drew this step:
@@ -15,6 +18,13 @@ NHWC), and holds 0 and one other value: 1 (a keep-pattern; the code scales elsew
 1 / (1 - p) for the spec's p (inverted dropout's scaled mask, as CS231n's `(rand < keep) /
 keep`). It is read after the user's forward (if given) and again after their step, and must be
 the same mask: nn-parity compares one forward per step, the one torch runs with this mask.
+
+Running statistics: `adapt_layers(..., stats={1: "layers[1]"})` names, for a batchnorm layer,
+where the code keeps its running mean and variance: a path or a function `() -> holder`, the
+holder a dict with "running_mean" and "running_var" (CS231n's `bn_param`), an object with those
+attributes, or a pair (mean, var). Read after each step and compared with torch's buffers,
+which start from the user's values when the code has them before the first step (else from
+torch's zeros and ones, as CS231n's lazily created ones do).
 """
 
 from __future__ import annotations
@@ -123,4 +133,65 @@ def same_masks(a: Mapping[int, np.ndarray], b: Mapping[int, np.ndarray]) -> int 
     return next((l for l in a if not np.array_equal(a[l], b[l])), None)
 
 
-__all__ = ["check_dropout", "keep_pattern", "read_masks", "same_masks"]
+STATS = ("running_mean", "running_var")
+
+
+def check_stats(stats: Any, seq: sq.Sequential, spec: str) -> dict[int, str | Callable]:
+    """`stats=` checked against the spec: batchnorm layers only, a path or a function each."""
+    layers = [l for l, layer in enumerate(seq.layers) if isinstance(layer, sq.BatchNorm)]
+    if stats is None:
+        return {}
+    if not isinstance(stats, Mapping):
+        raise TypeError(
+            f"stats must map a batchnorm layer's index to where its running statistics are "
+            f"kept, e.g. stats={{1: 'layers[1]'}}; got {stats!r}"
+        )
+    tokens = [t.strip() for t in spec.split(",")]
+    for key, source in stats.items():
+        if not isinstance(key, (int, np.integer)) or key not in layers:
+            where = ", ".join(f"{l} ({tokens[l]!r})" for l in layers) or "none"
+            raise ValueError(
+                f"stats names layer {key!r}, not a batchnorm layer of the spec {spec!r} "
+                f"(batchnorm layers: {where})"
+            )
+        if not (isinstance(source, str) or callable(source)):
+            raise TypeError(
+                f"stats[{key}] must be a path ('layers[{key}]') or a function returning the "
+                f"running statistics, got {type(source).__name__} {source!r}"
+            )
+    return {int(k): v for k, v in stats.items()}
+
+
+def read_stats(net: Any, l: int, *, missing_ok: bool = False) -> tuple | None:
+    """(running_mean, running_var) of batchnorm layer l as (C,) arrays in the network's dtype;
+    None if the code has none yet and `missing_ok`."""
+    source = net.stats[l]
+    try:
+        holder = source() if callable(source) else net.access.get(source)
+        if isinstance(holder, (tuple, list)) and len(holder) == 2:
+            pair = holder
+        elif isinstance(holder, Mapping):
+            pair = tuple(holder[b] for b in STATS)
+        else:
+            pair = tuple(getattr(holder, b) for b in STATS)
+    except (KeyError, AttributeError, ValueError, IndexError, TypeError) as err:
+        if missing_ok:
+            return None
+        raise UserCodeError(
+            f"found no running statistics of batchnorm layer {l} at "
+            f"{repr(source) if isinstance(source, str) else 'your function'}: "
+            f"{type(err).__name__} {err}; expected running_mean and running_var"
+        ) from None
+    c = net.seq.layers[l].c
+    out = tuple(np.asarray(v) for v in pair)
+    for b, v in zip(STATS, out, strict=True):
+        if v.size != c:
+            raise UserCodeError(
+                f"the running statistics of batchnorm layer {l}: {b} has shape {v.shape}; "
+                f"expected ({c},)"
+            )
+    return tuple(np.array(v.reshape(c), dtype=net.dtype) for v in out)
+
+
+__all__ = ["check_dropout", "check_stats", "keep_pattern", "read_masks", "read_stats",
+           "same_masks"]  # fmt: skip
