@@ -27,15 +27,15 @@ def digits(n=None):
     return (X, y) if n is None else (X[:n], y[:n])
 
 
-def wire_layer_list(net, mask=None, stats=True):
+def wire_layer_list(net, mask=None, stats=True, training=True):
     """As the user's loop runs it: forward, then the backward on that forward's caches."""
 
     def grads(X, y):
         return net.backward_loss(y), net.gradients()
 
     return adapt_layers(net, SPEC, (64,), names=lm.NAMES, grads=grads,
-                        forward=lambda X: (net.forward(X), net.outputs),
-                        dropout={3: mask or "layers[3].mask"},
+                        forward=lambda X: (net.forward(X, training), net.outputs),
+                        dropout={3: mask or "layers[3].mask"}, training=training,
                         stats={1: "layers[1]"} if stats else None)  # fmt: skip
 
 
@@ -185,11 +185,49 @@ def test_momentum_the_wrong_way_round_is_caught_at_the_running_mean(monkeypatch)
     assert div is not None and (div.step, div.label) == (0, "stat layers.1.running_mean")
 
 
+def _trained_a_little(steps=3):
+    """The layer-list network after a few steps of its own training loop: running statistics
+    away from zeros and ones."""
+    net = lm.bn_dropout_mlp()
+    X, y = digits(96)
+    for b in range(steps):
+        net.forward(X[32 * b : 32 * (b + 1)])
+        net.backward_loss(y[32 * b : 32 * (b + 1)])
+        net.sgd(0.1)
+    return net
+
+
+def test_eval_mode_passes_and_compares_the_running_statistics_left_alone():
+    """training=False: batchnorm by the running statistics, dropout off, torch's mirror in eval
+    mode; the statistics compared (they must not move)."""
+    net = _trained_a_little()
+    start = net.layers[1].running_mean.copy()
+    X, y = digits(128)
+    r = check(wire_layer_list(net, training=False), X, y, lr=0.1, batch_size=32, epochs=3)
+    assert r.passed, str(r.first_divergence)
+    assert "stat layers.1.running_mean" in r.labels and "out[3]" in r.labels
+    assert np.array_equal(net.layers[1].running_mean, start)
+
+
+def test_eval_mode_refuses_a_network_run_in_training_mode():
+    """Declared eval, run in training mode: batch statistics and masks where torch uses none."""
+    net = _trained_a_little()
+    ad = adapt_layers(net, SPEC, (64,), names=lm.NAMES, training=False,
+                      grads=lambda X, y: (net.backward_loss(y), net.gradients()),
+                      forward=lambda X: (net.forward(X, True), net.outputs))  # fmt: skip
+    X, y = digits(64)
+    r = check(ad, X, y, lr=0.1, batch_size=32, epochs=1)
+    div = r.first_divergence
+    assert div is not None and (div.step, div.quantity) == (0, "out"), str(div)
+    assert not r.worst()["out[1]"]["passed"]  # the batchnorm layer's output already parts
+
+
 @pytest.mark.parametrize("bug", list(lm.BN_BUGS))
 def test_layer_list_batchnorm_bugs_are_caught(bug):
     method, fn, where = lm.BN_BUGS[bug]
-    net = lm.bn_dropout_mlp()
+    net = _trained_a_little()
     setattr(net.layers[1], method, types.MethodType(fn, net.layers[1]))
     X, y = digits(64)
-    div = check(wire_layer_list(net), X, y, lr=0.1, batch_size=32, epochs=1).first_divergence
+    ad = wire_layer_list(net, training="eval" not in bug)
+    div = check(ad, X, y, lr=0.1, batch_size=32, epochs=1).first_divergence
     assert div is not None and (div.step, div.label) == (0, where), str(div)

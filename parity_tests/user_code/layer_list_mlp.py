@@ -45,10 +45,11 @@ class BatchNorm:
         self.momentum, self.eps = momentum, eps
 
     def forward(self, x, training=True):
-        if not training:
-            return (x - self.running_mean) / np.sqrt(
-                self.running_var + self.eps
-            ) * self.gamma + self.beta
+        self.training = training
+        if not training:  # normalised by the running statistics, which stay as they are
+            self.std = np.sqrt(self.running_var + self.eps)
+            self.xhat = (x - self.running_mean) / self.std
+            return self.gamma * self.xhat + self.beta
         mean, var = x.mean(axis=0), x.var(axis=0)
         self.xhat = (x - mean) / np.sqrt(var + self.eps)
         self.std = np.sqrt(var + self.eps)
@@ -60,6 +61,8 @@ class BatchNorm:
     def backward(self, grad):
         self.d_gamma = (grad * self.xhat).sum(axis=0)
         self.d_beta = grad.sum(axis=0)
+        if not self.training:  # the statistics are constants here
+            return grad * self.gamma / self.std
         dxhat = grad * self.gamma
         n = len(grad)
         return (n * dxhat - dxhat.sum(axis=0) - self.xhat * (dxhat * self.xhat).sum(axis=0)) / (
@@ -87,6 +90,7 @@ class Dropout:
         self.rate, self.rng, self.mask = rate, rng, None
 
     def forward(self, x, training=True):
+        self.training = training
         if not training:
             return x
         keep = 1 - self.rate
@@ -94,7 +98,7 @@ class Dropout:
         return x * self.mask
 
     def backward(self, grad):
-        return grad * self.mask
+        return grad * self.mask if self.training else grad
 
     def params_and_grads(self):
         return []
@@ -155,12 +159,27 @@ NAMES = ["layers[0].weights", "layers[0].biases", "layers[1].gamma", "layers[1].
 # --- the bugs: each a replacement method, `# BUG` on the line that is wrong ----------------
 
 
+def batchnorm_forward_updating_in_eval(self, x, training=True):
+    self.training = training
+    mean, var, m, n = x.mean(axis=0), x.var(axis=0), self.momentum, len(x)
+    if training:
+        self.std = np.sqrt(var + self.eps)
+        self.xhat = (x - mean) / self.std
+    else:
+        self.std = np.sqrt(self.running_var + self.eps)
+        self.xhat = (x - self.running_mean) / self.std
+    self.running_mean = (1 - m) * self.running_mean + m * mean  # BUG: in eval mode too
+    self.running_var = (1 - m) * self.running_var + m * var * n / (n - 1)
+    return self.gamma * self.xhat + self.beta
+
+
 def dropout_backward_redrawn(self, grad):
     keep = 1 - self.rate
     return grad * ((self.rng.random(grad.shape) < keep) / keep)  # BUG: a new mask
 
 
 def dropout_forward_unscaled(self, x, training=True):
+    self.training = training
     if not training:
         return x
     keep = 1 - self.rate
@@ -169,6 +188,7 @@ def dropout_forward_unscaled(self, x, training=True):
 
 
 def batchnorm_forward_biased_running_var(self, x, training=True):
+    self.training = training
     mean, var = x.mean(axis=0), x.var(axis=0)
     self.std = np.sqrt(var + self.eps)
     self.xhat = (x - mean) / self.std
@@ -185,4 +205,6 @@ BUGS = {  # name: (the Dropout method replaced, the function, where it first sho
 BN_BUGS = {  # name: (the BatchNorm method replaced, the function, where it first shows)
     "running-var-biased": ("forward", batchnorm_forward_biased_running_var,
                            "stat layers.1.running_var"),
+    "running-stats-updated-in-eval": ("forward", batchnorm_forward_updating_in_eval,
+                                      "stat layers.1.running_mean"),
 }  # fmt: skip

@@ -95,6 +95,7 @@ class UserLayeredNetwork:
     names: dict[str, str] = field(default_factory=dict)  # fn name per role, for messages
     dropout: dict[int, Any] = field(default_factory=dict)  # layer -> its mask's path or function
     stats: dict[int, Any] = field(default_factory=dict)  # batchnorm layer -> its running stats
+    training: bool = True  # False: the user's code runs in eval (test) mode, torch's mirror too
     last_raw_grads: Any = None
 
     @property
@@ -222,6 +223,7 @@ def adapt_layers(
     weights: Mapping[str, str] | None = None,
     dropout: Mapping[int, str | Callable] | None = None,
     stats: Mapping[int, str | Callable] | None = None,
+    training: bool = True,
 ) -> UserLayeredNetwork:
     """Adapt a hand-written NumPy network of layers (conv, pool, affine, norms, activations) for
     the lockstep, without subclassing anything.
@@ -249,6 +251,9 @@ def adapt_layers(
     stats        for each batchnorm layer whose running statistics your code keeps, where:
                  a path ("layers[1]") or a function (`lambda: model.bn_params[0]`) to a dict
                  or object with running_mean and running_var; compared with torch's each step
+    training     False when your functions run the network in eval (test) mode: batchnorm
+                 normalising by the running statistics (which must stay as they are), dropout
+                 off (no masks read); torch's mirror in eval mode too
 
     Divergences are reported in your names and layout: `grad W1[2, 1, 0, 3]` indexes W1 as
     you store it.
@@ -274,7 +279,11 @@ def adapt_layers(
             f"{err} (your input_shape {tuple(input_shape)} read as (H, W, C) for layout NHWC, "
             f"shapes here (C, H, W))"
         ) from None
-    masks, kept = check_dropout(dropout, seq, spec), check_stats(stats, seq, spec)
+    if not isinstance(training, bool):
+        raise TypeError(f"training must be True or False, got {training!r}")
+    seq.train(training)
+    masks = check_dropout(dropout, seq, spec) if training else {}
+    kept = check_stats(stats, seq, spec)
     slots = match_params(arrays, seq, spec, dict(weights or {}))
     fn = grads if grads is not None else step
     assert fn is not None
@@ -285,6 +294,7 @@ def adapt_layers(
         _fn_name(forward) if forward else ""},
         pmap=ParamMap(slots, [math.prod(s) for s in seq.shapes], True,
                       "declared" if weights else "shapes"), dropout=masks, stats=kept,
+        training=training,
     )  # fmt: skip
     return net
 
