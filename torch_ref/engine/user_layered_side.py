@@ -34,7 +34,7 @@ from nn_parity.torch_ref.engine.layered_side import (
     layered_keys,
     layered_order,
 )
-from nn_parity.torch_ref.engine.side import Key, _state_values, active_state
+from nn_parity.torch_ref.engine.side import LR_KEY, Key, _state_values, active_state
 from nn_parity.torch_ref.mirror.sequential import TorchSequential
 from nn_parity.torch_ref.user.access import is_scalar
 from nn_parity.torch_ref.user.layered import UserLayeredNetwork
@@ -83,6 +83,9 @@ class UserLayeredSide:
         # dropout of the user's own: the masks their code drew this step, by layer, for torch
         # to apply. A rerun would draw new ones, so such a step is never rerun.
         self.masks: dict[int, np.ndarray] = {}
+        # nn-parity's update with a schedule: the step's rate compared per step, as user_side
+        self.scheduled = self.opt is not None and self.opt.schedule is not None
+        self.t = 0  # steps taken: the schedule's step
         self.grads_seen = net.form == "grads" or self.recovered
         self.state_names: tuple[str, ...] = ()
         self.stateful = False
@@ -137,10 +140,14 @@ class UserLayeredSide:
         vals: list = [found[k[:3]] for k in self.keys if k[0] in ("out", "stat", "prob", "loss")]
         if self.grads_seen:
             vals += [np.asarray(grads[k], self.dtype) for k in self.order]
+        if self.scheduled:
+            assert self.opt is not None
+            vals.append(np.asarray(self.opt.lr, self.dtype))
         if self.stateful:
             assert self.opt is not None
             vals += _state_values(self.opt.state_dict(), self.order, self.state_names)
         self.after = {k: np.array(after[k]) for k in self.order}
+        self.t += 1
         return vals + [self.after[k] for k in self.order]
 
     def _step_masks(self, drawn, n: int) -> dict[int, np.ndarray]:
@@ -171,6 +178,7 @@ class UserLayeredSide:
                     "gradients must leave the parameters alone (give the whole step as step=)"
                 )
             assert self.opt is not None
+            self.opt.schedule_to(self.t)  # torch's scheduler.step() after each earlier step
             self.opt.step({k: np.ascontiguousarray(g, self.dtype) for k, g in grads.items()})
             net.set_params(self.canon)
             return returned, grads, self.canon
@@ -188,6 +196,9 @@ class UserLayeredSide:
                   "stat": lambda l: l in self.net.stats,
                   "grad": lambda l: self.grads_seen}  # fmt: skip
         self.keys = [k for k in full if wanted.get(k[0], lambda l: True)(k[1])]
+        if self.scheduled and LR_KEY not in self.keys:  # the rate after the gradients
+            at = next(i for i, k in enumerate(self.keys) if k[0] in ("state", "param"))
+            self.keys.insert(at, LR_KEY)
 
     def recovery_slack(self) -> dict[str, float]:
         """As `UserSide`'s: the rounding of (before - after) / lr, per parameter."""
@@ -202,6 +213,7 @@ class UserLayeredSide:
     def rerun(self, params: Mapping[str, np.ndarray], X, Y, rows, state=None) -> list:
         """The step again, from `params` (and optimizer `state`), without keeping its result."""
         self.set_params(params)
+        self.t -= 1  # the same step again: the same rate
         if self.opt is not None and state is not None:
             if _same_state(state, self.opt.state_dict()):
                 # the state after the step, as the re-check keeps it: the step's own rerun
@@ -287,10 +299,12 @@ def user_layered_scratch_side(net: UserLayeredNetwork, loss, opt_factory, lr, X,
         )
     if Xa.dtype.kind not in "fiu" or not np.isfinite(Xa).all():
         raise ValueError("X must hold finite numbers")
-    if getattr(opt_factory({"probe": np.zeros(1)}), "schedule", None) is not None:
+    if getattr(opt_factory({"probe": np.zeros(1)}), "schedule", None) is not None and (
+        net.form == "step"
+    ):
         raise ValueError(
-            "a learning-rate schedule is not supported with adapt_layers: torch's layered "
-            "mirror takes a constant rate; leave the schedule out"
+            "a learning-rate schedule with a fused step=: your step takes one rate; give "
+            "grads= and nn-parity's update follows the schedule"
         )
     width = net.seq.shapes[-1]
     if len(width) != 1:
@@ -309,7 +323,13 @@ def user_layered_torch_side(ref, sside: UserLayeredSide) -> UserLayeredTorchSide
             for i, layer in enumerate(sside.seq.layers):
                 if isinstance(layer, sq.Flatten):
                     ref[i] = FlattenNHWC()
-    return UserLayeredTorchSide(ref, sside)
+    tside = UserLayeredTorchSide(ref, sside)
+    if sside.scheduled and getattr(tside, "scheduler", None) is None:
+        raise ValueError(
+            "a learning-rate schedule is not supported with adapt_layers: torch's layered "
+            "mirror takes a constant rate; leave the schedule out"
+        )
+    return tside
 
 
 __all__ = [
