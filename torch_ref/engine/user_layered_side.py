@@ -10,11 +10,15 @@ and reported at the user's index (`W1[2, 0, 1, 1]` as the user indexes it).
 
 Each step reports, as `LayeredSide` does: the layer outputs the user's forward returned, the
 output probabilities and the loss (when the user's code gives them), every gradient (returned,
-or recovered from a fused plain-SGD step), nn-parity's optimizer state, every parameter.
+or recovered from a fused plain-SGD step), nn-parity's optimizer state, every parameter; the
+running statistics of the batchnorm layers `stats=` names, and the step's rate under a schedule.
+Dropout of the user's own: the masks their code drew this step (user/layered_state.py) are
+handed to torch's `GivenMask` through `use_masks`, as the dense path's are (loop.py `_masked`).
 A mismatch is re-checked coarsely, as for `adapt`'s user code (recheck.py, `rerunnable`): the
 step must repeat itself bit for bit, and the whole step from torch's parameters (and optimizer
 state) must give torch's values within tolerance; only then is it drift (or saturation), and the
-run resynchronises. A fused step with an optimizer of the user's own is never rerun.
+run resynchronises. A fused step with an optimizer of the user's own is never rerun, nor is a
+step with the user's dropout masks (a rerun would draw new ones).
 """
 
 from __future__ import annotations
