@@ -231,3 +231,21 @@ def test_layer_list_batchnorm_bugs_are_caught(bug):
     ad = wire_layer_list(net, training="eval" not in bug)
     div = check(ad, X, y, lr=0.1, batch_size=32, epochs=1).first_divergence
     assert div is not None and (div.step, div.label) == (0, where), str(div)
+
+
+def test_a_rerun_sets_the_running_statistics_back_before_it_steps():
+    """The coarse re-check reruns a step: the user's forward would advance their running
+    statistics a second time; the rerun starts from the ones the step found."""
+    from nn_parity.torch_ref.engine.setup import _optimizer_factory
+    from nn_parity.torch_ref.engine.user_layered_side import user_layered_scratch_side
+
+    net = _trained_a_little()
+    X, y = digits(32)
+    opt = _optimizer_factory("sgd", 0.1)
+    side, Xc, Y = user_layered_scratch_side(wire_layer_list(net), None, opt, 0.1, X, y)
+    start = side.get_params()
+    side.step(Xc, Y)
+    once = net.layers[1].running_mean.copy(), net.layers[1].running_var.copy()
+    side.rerun(start, Xc, Y, None)
+    assert np.array_equal(net.layers[1].running_mean, once[0])
+    assert np.array_equal(net.layers[1].running_var, once[1])

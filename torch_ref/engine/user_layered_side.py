@@ -42,7 +42,13 @@ from nn_parity.torch_ref.engine.side import LR_KEY, Key, _state_values, active_s
 from nn_parity.torch_ref.mirror.sequential import TorchSequential
 from nn_parity.torch_ref.user.access import is_scalar
 from nn_parity.torch_ref.user.layered import UserLayeredNetwork
-from nn_parity.torch_ref.user.layered_state import STATS, read_masks, read_stats, same_masks
+from nn_parity.torch_ref.user.layered_state import (
+    STATS,
+    read_masks,
+    read_stats,
+    restore_stats,
+    same_masks,
+)
 from nn_parity.torch_ref.user.network import UserCodeError
 from torch import nn
 
@@ -97,6 +103,7 @@ class UserLayeredSide:
         self.before: dict[str, np.ndarray] = {}
         self.after: dict[str, np.ndarray] = {}
         self.state_before: dict[str, dict[str, np.ndarray]] = {}
+        self.stats_before: dict[int, tuple | None] = {}
 
     @property
     def params_before(self) -> dict[str, np.ndarray]:
@@ -117,6 +124,7 @@ class UserLayeredSide:
         yu = self.y_user if rows is None else self.y_user[rows]
         self.before = net.get_params()
         self.state_before = self.opt.state_dict() if self.opt is not None else {}
+        self.stats_before = {l: read_stats(net, l, missing_ok=True) for l in net.stats}
         outs: dict[int, np.ndarray] = {}
         prob, drawn = None, None
         if net.forward is not None:
@@ -217,6 +225,7 @@ class UserLayeredSide:
     def rerun(self, params: Mapping[str, np.ndarray], X, Y, rows, state=None) -> list:
         """The step again, from `params` (and optimizer `state`), without keeping its result."""
         self.set_params(params)
+        restore_stats(self.net, self.stats_before)  # the user's code advances them in forward
         self.t -= 1  # the same step again: the same rate
         if self.opt is not None and state is not None:
             if _same_state(state, self.opt.state_dict()):

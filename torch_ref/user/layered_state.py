@@ -165,6 +165,24 @@ def check_stats(stats: Any, seq: sq.Sequential, spec: str) -> dict[int, str | Ca
 def read_stats(net: Any, l: int, *, missing_ok: bool = False) -> tuple | None:
     """(running_mean, running_var) of batchnorm layer l as (C,) arrays in the network's dtype;
     None if the code has none yet and `missing_ok`."""
+    live = live_stats(net, l, missing_ok=missing_ok)
+    if live is None:
+        return None
+    c = net.seq.layers[l].c
+    return tuple(np.array(v.reshape(c), dtype=net.dtype) for v in live)
+
+
+def restore_stats(net: Any, saved: Mapping[int, tuple | None]) -> None:
+    """The running statistics set back to `saved` (as `read_stats` gave them), in the user's
+    own arrays: a rerun of the step must not advance them twice."""
+    for l, values in saved.items():
+        live = live_stats(net, l, missing_ok=True)
+        for a, v in zip(live or (), values or (), strict=False):
+            np.copyto(a, v.reshape(a.shape), casting="unsafe")
+
+
+def live_stats(net: Any, l: int, *, missing_ok: bool = False) -> tuple | None:
+    """The user's own (running_mean, running_var) arrays of batchnorm layer l, checked."""
     source = net.stats[l]
     try:
         holder = source() if callable(source) else net.access.get(source)
@@ -190,8 +208,8 @@ def read_stats(net: Any, l: int, *, missing_ok: bool = False) -> tuple | None:
                 f"the running statistics of batchnorm layer {l}: {b} has shape {v.shape}; "
                 f"expected ({c},)"
             )
-    return tuple(np.array(v.reshape(c), dtype=net.dtype) for v in out)
+    return out
 
 
-__all__ = ["check_dropout", "check_stats", "keep_pattern", "read_masks", "read_stats",
-           "same_masks"]  # fmt: skip
+__all__ = ["check_dropout", "check_stats", "keep_pattern", "live_stats", "read_masks",
+           "read_stats", "restore_stats", "same_masks"]  # fmt: skip
