@@ -49,6 +49,8 @@ def _missing_reason(key, sside) -> str:
         )
     if q == "prob":
         return "no forward given"
+    if q == "stat":
+        return f"your code's running statistics not named: stats={{{key[1]}: ...}}"
     if q == "loss":
         return "no loss returned by your gradient function, and no loss_fn"
     if q == "state":

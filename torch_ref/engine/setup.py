@@ -296,9 +296,10 @@ def prepare(net, ref, X, y, *, steps, lr, loss, optimizer, batch_size, epochs, s
     }
     plan = _batches(n, batch_size, epochs or 1, seed, shuffle, drop_last)
     kinks = [l for l, a in enumerate(desc.activations) if a.name.partition(":")[0] in _KINKED]
-    masked = isinstance(sside, UserSide) and bool(sside.net.dropout)
+    masked = isinstance(sside, (UserSide, UserLayeredSide)) and bool(sside.net.dropout)
     if masked:
-        config["dropout"] = dict(sside.net.dropout)
+        config["dropout"] = {str(k): v if isinstance(v, str) else "a mask function"
+                             for k, v in sside.net.dropout.items()}  # fmt: skip
     return Run(sside, tside, X, Y, steps, plan, config, batch_size is not None, kinks, masked)
 
 

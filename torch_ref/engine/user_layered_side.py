@@ -10,11 +10,15 @@ and reported at the user's index (`W1[2, 0, 1, 1]` as the user indexes it).
 
 Each step reports, as `LayeredSide` does: the layer outputs the user's forward returned, the
 output probabilities and the loss (when the user's code gives them), every gradient (returned,
-or recovered from a fused plain-SGD step), nn-parity's optimizer state, every parameter.
+or recovered from a fused plain-SGD step), nn-parity's optimizer state, every parameter; the
+running statistics of the batchnorm layers `stats=` names, and the step's rate under a schedule.
+Dropout of the user's own: the masks their code drew this step (user/layered_state.py) are
+handed to torch's `GivenMask` through `use_masks`, as the dense path's are (loop.py `_masked`).
 A mismatch is re-checked coarsely, as for `adapt`'s user code (recheck.py, `rerunnable`): the
 step must repeat itself bit for bit, and the whole step from torch's parameters (and optimizer
 state) must give torch's values within tolerance; only then is it drift (or saturation), and the
-run resynchronises. A fused step with an optimizer of the user's own is never rerun.
+run resynchronises. A fused step with an optimizer of the user's own is never rerun, nor is a
+step with the user's dropout masks (a rerun would draw new ones).
 """
 
 from __future__ import annotations
@@ -34,10 +38,17 @@ from nn_parity.torch_ref.engine.layered_side import (
     layered_keys,
     layered_order,
 )
-from nn_parity.torch_ref.engine.side import Key, _state_values, active_state
+from nn_parity.torch_ref.engine.side import LR_KEY, Key, _state_values, active_state
 from nn_parity.torch_ref.mirror.sequential import TorchSequential
 from nn_parity.torch_ref.user.access import is_scalar
 from nn_parity.torch_ref.user.layered import UserLayeredNetwork
+from nn_parity.torch_ref.user.layered_state import (
+    STATS,
+    read_masks,
+    read_stats,
+    restore_stats,
+    same_masks,
+)
 from nn_parity.torch_ref.user.network import UserCodeError
 from torch import nn
 
@@ -64,6 +75,10 @@ class UserLayeredSide:
         self.canon = net.get_params()
         for k, v in self.canon.items():  # the mirror's pattern at the user's weights
             np.copyto(self.seq.params[k.removeprefix("layers.")], v)
+        for l in net.stats:  # and at the user's running statistics, if kept before a step
+            mean_var = read_stats(net, l, missing_ok=True)
+            for b, v in zip(STATS, mean_var or (), strict=False):
+                np.copyto(self.seq.buffers[f"{l}.{b}"], v)
         self.opt_desc = opt_factory({k: v.copy() for k, v in self.canon.items()})
         self.opt = opt_factory(self.canon) if net.form == "grads" else None
         hyper = self.opt_desc.hyper
@@ -74,7 +89,13 @@ class UserLayeredSide:
         # The coarse re-check (recheck.py): the whole step again from torch's parameters (and
         # nn-parity's optimizer state). A fused step with state of the user's own cannot be
         # set back, and is never rerun.
-        self.rerunnable = net.form == "grads" or plain
+        self.rerunnable = (net.form == "grads" or plain) and not net.dropout
+        # dropout of the user's own: the masks their code drew this step, by layer, for torch
+        # to apply. A rerun would draw new ones, so such a step is never rerun.
+        self.masks: dict[int, np.ndarray] = {}
+        # nn-parity's update with a schedule: the step's rate compared per step, as user_side
+        self.scheduled = self.opt is not None and self.opt.schedule is not None
+        self.t = 0  # steps taken: the schedule's step
         self.grads_seen = net.form == "grads" or self.recovered
         self.state_names: tuple[str, ...] = ()
         self.stateful = False
@@ -82,6 +103,7 @@ class UserLayeredSide:
         self.before: dict[str, np.ndarray] = {}
         self.after: dict[str, np.ndarray] = {}
         self.state_before: dict[str, dict[str, np.ndarray]] = {}
+        self.stats_before: dict[int, tuple | None] = {}
 
     @property
     def params_before(self) -> dict[str, np.ndarray]:
@@ -102,12 +124,16 @@ class UserLayeredSide:
         yu = self.y_user if rows is None else self.y_user[rows]
         self.before = net.get_params()
         self.state_before = self.opt.state_dict() if self.opt is not None else {}
+        self.stats_before = {l: read_stats(net, l, missing_ok=True) for l in net.stats}
         outs: dict[int, np.ndarray] = {}
-        prob = None
+        prob, drawn = None, None
         if net.forward is not None:
             out, outs = net.call_forward(Xu)
             prob = np.asarray(self.loss.probabilities(out.astype(self.dtype, copy=False)))
+            drawn = read_masks(net, len(Xu)) if net.dropout else None
         loss_value, grads, after = self._update(Xu, yu)
+        if net.dropout:
+            self.masks = self._step_masks(drawn, len(Xu))
         if all(np.array_equal(self.before[k], after[k]) for k in after):
             raise UserCodeError(
                 f"{net.names['fn']} changed no parameter: it must update them in place "
@@ -116,19 +142,39 @@ class UserLayeredSide:
         self.loss_value = math.nan if loss_value is None else loss_value
         if not self.keys:
             self._set_keys(set(outs), prob is not None, loss_value is not None)
-        found: dict[tuple[str, int | None], np.ndarray | None] = {
-            ("out", l): v for l, v in outs.items()
-        }
-        found[("prob", len(self.seq.layers) - 1)] = prob
-        found[("loss", None)] = np.asarray(self.loss_value, self.dtype)
-        vals: list = [found[(q, l)] for q, l, _, _ in self.keys if q in ("out", "prob", "loss")]
+        found: dict[tuple, np.ndarray | None] = {("out", l, None): v for l, v in outs.items()}
+        for l in net.stats:  # the running statistics the step left, as torch's buffers
+            mean_var = read_stats(net, l)
+            assert mean_var is not None
+            found.update({("stat", l, b): v for b, v in zip(STATS, mean_var, strict=True)})
+        found[("prob", len(self.seq.layers) - 1, None)] = prob
+        found[("loss", None, None)] = np.asarray(self.loss_value, self.dtype)
+        vals: list = [found[k[:3]] for k in self.keys if k[0] in ("out", "stat", "prob", "loss")]
         if self.grads_seen:
             vals += [np.asarray(grads[k], self.dtype) for k in self.order]
+        if self.scheduled:
+            assert self.opt is not None
+            vals.append(np.asarray(self.opt.lr, self.dtype))
         if self.stateful:
             assert self.opt is not None
             vals += _state_values(self.opt.state_dict(), self.order, self.state_names)
         self.after = {k: np.array(after[k]) for k in self.order}
+        self.t += 1
         return vals + [self.after[k] for k in self.order]
+
+    def _step_masks(self, drawn, n: int) -> dict[int, np.ndarray]:
+        """This step's dropout masks (keep-patterns, torch's layout), read after the step; the
+        forward's, when it was called, must be the same (one forward per step is compared)."""
+        masks = read_masks(self.net, n)
+        l = None if drawn is None else same_masks(drawn, masks)
+        if l is not None:
+            names = self.net.names
+            raise UserCodeError(
+                f"{names['fn']} drew a new mask for dropout layer {l} after {names['forward']} "
+                "had drawn one: nn-parity compares one forward per step; have it reuse the "
+                "forward's pass (its backward on the forward's cache), or leave forward out"
+            )
+        return masks
 
     def _update(self, Xu, yu) -> tuple[float | None, dict, dict]:
         """(the loss the user's code returned, the gradients, the parameters after the step)."""
@@ -144,6 +190,7 @@ class UserLayeredSide:
                     "gradients must leave the parameters alone (give the whole step as step=)"
                 )
             assert self.opt is not None
+            self.opt.schedule_to(self.t)  # torch's scheduler.step() after each earlier step
             self.opt.step({k: np.ascontiguousarray(g, self.dtype) for k, g in grads.items()})
             net.set_params(self.canon)
             return returned, grads, self.canon
@@ -158,8 +205,12 @@ class UserLayeredSide:
             self.stateful = bool(self.state_names)
         full = layered_keys(self.seq, self.order, self.state_names)
         wanted = {"out": lambda l: l in outs, "prob": lambda l: prob, "loss": lambda l: loss,
-                  "stat": lambda l: False, "grad": lambda l: self.grads_seen}  # fmt: skip
+                  "stat": lambda l: l in self.net.stats,
+                  "grad": lambda l: self.grads_seen}  # fmt: skip
         self.keys = [k for k in full if wanted.get(k[0], lambda l: True)(k[1])]
+        if self.scheduled and LR_KEY not in self.keys:  # the rate after the gradients
+            at = next(i for i, k in enumerate(self.keys) if k[0] in ("state", "param"))
+            self.keys.insert(at, LR_KEY)
 
     def recovery_slack(self) -> dict[str, float]:
         """As `UserSide`'s: the rounding of (before - after) / lr, per parameter."""
@@ -174,6 +225,8 @@ class UserLayeredSide:
     def rerun(self, params: Mapping[str, np.ndarray], X, Y, rows, state=None) -> list:
         """The step again, from `params` (and optimizer `state`), without keeping its result."""
         self.set_params(params)
+        restore_stats(self.net, self.stats_before)  # the user's code advances them in forward
+        self.t -= 1  # the same step again: the same rate
         if self.opt is not None and state is not None:
             if _same_state(state, self.opt.state_dict()):
                 # the state after the step, as the re-check keeps it: the step's own rerun
@@ -217,9 +270,21 @@ class UserLayeredTorchSide(LayeredTorchSide):
 
     def __init__(self, ref: nn.Sequential, sside: UserLayeredSide):
         shim = SimpleNamespace(order=sside.order, loss=sside.loss, dtype=sside.dtype,
-                               opt=sside.opt_desc, net=sside.seq, bank=None)  # fmt: skip
+                               opt=sside.opt_desc, net=sside.seq, bank=self)  # fmt: skip
         super().__init__(ref, shim)  # type: ignore[arg-type]
         self.nhwc = sside.net.layout == "NHWC"
+        self.masks: dict[int, np.ndarray] = {}
+
+    def use_masks(self, masks: dict[int, np.ndarray]) -> None:
+        """The dropout masks the user's code drew for the coming step, by layer (keep-patterns
+        in torch's layout), as `TorchSide.use_masks` takes the dense path's."""
+        self.masks = masks
+
+    def take(self, side: str, l: int, shape) -> np.ndarray:
+        """As `MaskBank.take`, for the `GivenMask` of layer l: the user's mask of this step."""
+        if l not in self.masks:
+            raise RuntimeError(f"no dropout mask given for layer {l} this step")
+        return self.masks[l]
 
     def step(self, Xt: torch.Tensor, Yt: torch.Tensor) -> list:
         vals = super().step(Xt, Yt)
@@ -247,10 +312,12 @@ def user_layered_scratch_side(net: UserLayeredNetwork, loss, opt_factory, lr, X,
         )
     if Xa.dtype.kind not in "fiu" or not np.isfinite(Xa).all():
         raise ValueError("X must hold finite numbers")
-    if getattr(opt_factory({"probe": np.zeros(1)}), "schedule", None) is not None:
+    if getattr(opt_factory({"probe": np.zeros(1)}), "schedule", None) is not None and (
+        net.form == "step"
+    ):
         raise ValueError(
-            "a learning-rate schedule is not supported with adapt_layers: torch's layered "
-            "mirror takes a constant rate; leave the schedule out"
+            "a learning-rate schedule with a fused step=: your step takes one rate; give "
+            "grads= and nn-parity's update follows the schedule"
         )
     width = net.seq.shapes[-1]
     if len(width) != 1:

@@ -32,6 +32,7 @@ import numpy as np
 from nn_parity import scratch
 from nn_parity.scratch import sequential as sq
 from nn_parity.torch_ref.user.access import _Access, _flatten, is_scalar
+from nn_parity.torch_ref.user.layered_state import check_dropout, check_stats
 from nn_parity.torch_ref.user.layout import ParamMap, Slot
 from nn_parity.torch_ref.user.network import UserCodeError, _fn_name
 
@@ -92,6 +93,9 @@ class UserLayeredNetwork:
     dtype: np.dtype
     pmap: ParamMap
     names: dict[str, str] = field(default_factory=dict)  # fn name per role, for messages
+    dropout: dict[int, Any] = field(default_factory=dict)  # layer -> its mask's path or function
+    stats: dict[int, Any] = field(default_factory=dict)  # batchnorm layer -> its running stats
+    training: bool = True  # False: the user's code runs in eval (test) mode, torch's mirror too
     last_raw_grads: Any = None
 
     @property
@@ -217,6 +221,9 @@ def adapt_layers(
     names: Sequence[str] | None = None,
     layout: str = "NCHW",
     weights: Mapping[str, str] | None = None,
+    dropout: Mapping[int, str | Callable] | None = None,
+    stats: Mapping[int, str | Callable] | None = None,
+    training: bool = True,
 ) -> UserLayeredNetwork:
     """Adapt a hand-written NumPy network of layers (conv, pool, affine, norms, activations) for
     the lockstep, without subclassing anything.
@@ -238,9 +245,18 @@ def adapt_layers(
     layout       "NCHW" or "NHWC": how X and the images between layers are held
     weights      where a shape cannot tell: {"W2": "in,out" | "out,in" | "F,C,KH,KW" |
                  "KH,KW,C,F"}
+    dropout      for each dropout layer of the spec, by index, where your code keeps the mask
+                 it drew this step: a path ("layers[3].mask") or a function `() -> mask`
+                 (user/layered_state.py); torch applies the same mask
+    stats        for each batchnorm layer whose running statistics your code keeps, where:
+                 a path ("layers[1]") or a function (`lambda: model.bn_params[0]`) to a dict
+                 or object with running_mean and running_var; compared with torch's each step
+    training     False when your functions run the network in eval (test) mode: batchnorm
+                 normalising by the running statistics (which must stay as they are), dropout
+                 off (no masks read); torch's mirror in eval mode too
 
     Divergences are reported in your names and layout: `grad W1[2, 1, 0, 3]` indexes W1 as
-    you store it. Dropout in your own code is not supported here (use `adapt` for an MLP).
+    you store it.
     """
     if (grads is None) == (step is None):
         raise ValueError("give exactly one of grads=(X, y) -> grads and step=(X, y, lr)")
@@ -263,11 +279,11 @@ def adapt_layers(
             f"{err} (your input_shape {tuple(input_shape)} read as (H, W, C) for layout NHWC, "
             f"shapes here (C, H, W))"
         ) from None
-    if any(isinstance(layer, sq.Dropout) for layer in seq.layers):
-        raise ValueError(
-            "dropout in your own layered network is not supported: leave it out of the spec "
-            "(and off in your code) to check the rest"
-        )
+    if not isinstance(training, bool):
+        raise TypeError(f"training must be True or False, got {training!r}")
+    seq.train(training)
+    masks = check_dropout(dropout, seq, spec) if training else {}
+    kept = check_stats(stats, seq, spec)
     slots = match_params(arrays, seq, spec, dict(weights or {}))
     fn = grads if grads is not None else step
     assert fn is not None
@@ -277,7 +293,8 @@ def adapt_layers(
         forward=forward, dtype=dtype, names={"fn": _fn_name(fn), "forward":
         _fn_name(forward) if forward else ""},
         pmap=ParamMap(slots, [math.prod(s) for s in seq.shapes], True,
-                      "declared" if weights else "shapes"),
+                      "declared" if weights else "shapes"), dropout=masks, stats=kept,
+        training=training,
     )  # fmt: skip
     return net
 
