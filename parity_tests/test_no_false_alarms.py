@@ -51,12 +51,21 @@ FOUND = [
     NetConfig((4, 2, 2, 3, 1), ("identity", "identity", "identity"), "bce", False, "float64", 3,
               4.0, 0.3, "xavier_uniform", 0),
     NetConfig((1, 1, 1), ("relu",), "bce", False, "float32", 10, 4.0, 0.3, "he_normal", 3),
+    # a saturated tanh's 1 - a a rounds at an ulp of 1 and the batch sum of dW cancels: the
+    # backward stage allows the chain's rounding (engine/rounding.py, test_rounding_recheck.py)
+    NetConfig((8, 16, 1), ("tanh",), "mse", True, "float64", 44, 4.0, 0.3, "torch_default",
+              3257, ("sgd", ()), 11, (("reduction", "sum"), ("scale", 2.0))),
+    NetConfig((3, 13, 3, 13, 1), ("leaky_relu", "tanh", "tanh"), "mse", False, "float64", 2,
+              1.0, 0.3, "he_normal", 3, ("sgd", ()), None, (("scale", 2.0),)),
 ]  # fmt: skip
 
 
 @pytest.mark.parametrize(
-    "cfg", FOUND, ids=["once-drifted-f64", "once-saturated-f64", "once-saturated-f32"]
-)
+    "cfg",
+    FOUND,
+    ids=["once-drifted-f64", "once-saturated-f64", "once-saturated-f32", "tanh-1-a2-sum",
+         "tanh-1-a2-deep"],
+)  # fmt: skip
 def test_configurations_the_sweep_found(cfg):
     result = run(cfg)
     assert result.passed, f"{cfg}\n{result.first_divergence}"

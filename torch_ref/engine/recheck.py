@@ -20,12 +20,12 @@ How finely the step can be redone depends on the side's capabilities:
 from __future__ import annotations
 
 import numpy as np
-from nn_parity import scratch
 from nn_parity.torch_ref.compare import (
     first_mismatch,
     tolerance,
 )
 from nn_parity.torch_ref.engine.comparer import _np
+from nn_parity.torch_ref.engine.rounding import backward_slack, forward_slack
 from nn_parity.torch_ref.engine.scratch_side import MLPSide
 
 
@@ -51,11 +51,6 @@ def _resync(sside, tside) -> None:
     sside.set_params(tside.params_now())
     if sside.stateful:
         sside.opt.load_state_dict(tside.state())
-
-
-# How many units of epsilon, times the sum of magnitudes sum_i |x_i w_i| + |b|, a dot product may
-# differ by between two libraries: worst case about D eps each, in practice about sqrt(D) eps.
-_DOT_ULPS = 32
 
 
 def explain(sside, tside, items, within: np.ndarray, svals: list, tvals: list, flips, batch):
@@ -166,21 +161,19 @@ def _staged(sside, tside, items, within, svals, tvals, flips):
                 return None, k  # 0.
         for name, before in zip(tside.order, tside.params_before):
             np.copyto(net.params[name], before)
-        out, cache = net.forward(sside.X)
-        forward = sside.forward_values(cache, out, 0.0)
-        slack = _forward_slack(net, items[:loss_k], [sside.X] + [a for _, a in cache_t[:-1]])
+        inputs_t = [sside.X] + [a for _, a in cache_t[:-1]]
+        cache = [layer.forward(x)[1] for layer, x in zip(net.layers, inputs_t)]
+        forward = sside.forward_values(cache, cache[-1][2], 0.0)  # each layer on torch's input
+        slack = forward_slack(net, items[:loss_k], inputs_t)
         if (bad := first_disagreeing(forward[:loss_k], 0, slack)) is not None:
             return None, bad  # 1.
         out_t = cache_t[-1][1]
         loss_t, lcache = loss.forward(out_t, sside.Y)
         if first_disagreeing([np.asarray(loss_t, dtype)], loss_k) is not None:
             return None, loss_k  # 2.
-        patched, x = [], sside.X
-        for z_t, a_t in cache_t:
-            patched.append((x, z_t, a_t))
-            x = a_t
-        net.backward(loss.backward(lcache), patched)
-        if (bad := first_disagreeing([net.grads[n] for n in sside.order], loss_k + 1)) is not None:
+        patched = [(x, z_t, a_t) for x, (z_t, a_t) in zip(inputs_t, cache_t)]
+        grads_now, bslack = _backward_stage(net, loss.backward(lcache), patched, sside.order)
+        if (bad := first_disagreeing(grads_now, loss_k + 1, bslack)) is not None:
             return None, bad  # 3.
         if "lr" in failing:  # 3b. the rate the update takes: a schedule that parts
             return None, kinds.index("lr")
@@ -197,6 +190,13 @@ def _staged(sside, tside, items, within, svals, tvals, flips):
         if state is not None:
             opt.load_state_dict(state)
     return _reason(sside, flips, out_t, failing), None
+
+
+def _backward_stage(net, dout, patched: list, order: list[str]) -> tuple[list, list]:
+    """Scratch's gradients through torch's z and a, and the rounding each may carry."""
+    net.backward(dout, patched)
+    carried = backward_slack(net, dout, patched)
+    return [net.grads[n] for n in order], [carried.get(n, 0.0) for n in order]
 
 
 def _update_repeats(sside, items, svals, grads: np.ndarray) -> int | None:
@@ -244,21 +244,6 @@ def _update_stage(sside, tside, items) -> int | None:
         if first_mismatch(np.asarray(v), np.asarray(e), tol.rtol, tol.atol) is not None:
             return k
     return None
-
-
-def _forward_slack(net: scratch.MLP, items, inputs: list[np.ndarray]) -> list:
-    """Per forward item, the rounding a dot product of its layer can carry: _DOT_ULPS * eps *
-    (|x| |W|^T + |b|), elementwise. A z near 0 that cancels large terms (raw, unscaled inputs)
-    differs between correct implementations by more than the table's fixed atol; a, prob
-    follow z through activations whose slope is at most 1."""
-    eps = float(np.finfo(net.dtype).eps)
-    magnitude = []
-    for l, x in enumerate(inputs):
-        m = np.abs(x) @ np.abs(net.params[f"layers.{l}.weight"]).T  # (N, H)
-        if net.bias:
-            m = m + np.abs(net.params[f"layers.{l}.bias"])
-        magnitude.append(_DOT_ULPS * eps * m)
-    return [magnitude[it.layer if it.layer is not None else -1] for it in items]
 
 
 def _rerun(sside) -> list[np.ndarray]:
