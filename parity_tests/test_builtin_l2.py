@@ -49,3 +49,63 @@ def test_an_l2_term_on_a_weight_of_several_elements_is_still_named():
     assert div is not None and div.label == "grad layers.0.weight", str(div)
     assert div.diagnosis["cause"] == "convention", div.diagnosis
     assert "an L2 term" in div.diagnosis["explanation"], div.diagnosis
+
+
+# --- the built-in network trains on the declared objective ----------------------------------
+
+L2_CASES = [
+    {"l2": 0.01},
+    {"l2": 0.01, "l2_form": "full"},
+    {"l2": 0.5, "l2_n": 16},
+    {"l2": 0.1, "l2_on": "all"},
+    {"l2": 0.1, "l2_on": ["layers.0.bias", "layers.1.weight"]},
+    {"l2": 0.05, "l2_form": "full", "l2_n": 4, "l2_on": "all"},
+]
+
+
+@pytest.mark.parametrize("opts", L2_CASES, ids=[str(o) for o in L2_CASES])
+def test_the_built_in_network_trains_on_its_l2_term(opts):
+    X, y = make_data(16, 3, seed=0)
+    net = scratch.MLP([3, 5, 1], ["tanh", "sigmoid"], rng=0)
+    plain = scratch.MLP([3, 5, 1], ["tanh", "sigmoid"], rng=0)
+    result = lockstep(net, None, X, y, steps=20, lr=0.5, loss=get_loss("bce", **opts))
+    assert result.passed, str(result.first_divergence)
+    assert np.nanmax(result.max_abs) < 1e-14  # float64, every quantity, every step
+    assert not result.drift_steps and not result.kink_steps
+    without = lockstep(plain, None, X, y, steps=20, lr=0.5, loss="bce")
+    assert not np.allclose(result.loss_torch, without.loss_torch)  # the term is in both
+
+
+def _scaled_penalty(monkeypatch, factor):
+    """scratch's L2 gradient times `factor` (its value left as it is)."""
+    penalty = scratch.Loss.penalty
+
+    def wrong(self, params):
+        value, grads = penalty(self, params)
+        return value, {n: g * g.dtype.type(factor) for n, g in grads.items()}
+
+    monkeypatch.setattr(scratch.Loss, "penalty", wrong)
+
+
+def test_an_l2_gradient_off_by_two_is_caught_and_its_declaration_named(monkeypatch):
+    _scaled_penalty(monkeypatch, 2.0)  # l2 * W where the half form's gradient is (l2 / 2) * 2 W
+    X, y = make_data(16, 3, seed=0)
+    net = scratch.MLP([3, 5, 1], ["tanh", "sigmoid"], rng=0)
+    div = lockstep(net, None, X, y, steps=5, lr=0.5, loss=get_loss("bce", l2=0.01)).first_divergence
+    assert div is not None and div.step == 0 and div.quantity == "grad", str(div)
+    assert div.param == "weight" and div.fd_agrees_with == "torch", str(div)
+    assert div.diagnosis["cause"] == "convention", div.diagnosis
+    assert "with l2=0.02, l2_n=1: declare it" in div.diagnosis["explanation"], div.diagnosis
+
+
+@pytest.mark.parametrize("activation", ["relu", "tanh"])
+def test_the_recheck_refuses_an_l2_difference(monkeypatch, activation):
+    # 1e-8 of the L2 gradient: past the gradients' tolerance, and no rounding of the stages;
+    # relu draws the kink check into the re-check as well
+    _scaled_penalty(monkeypatch, 1 + 1e-8)
+    X, y = make_data(16, 3, seed=0)
+    net = scratch.MLP([3, 5, 1], [activation, "sigmoid"], rng=0)
+    result = lockstep(net, None, X, y, steps=5, lr=0.5, loss=get_loss("bce", l2=0.3))
+    div = result.first_divergence
+    assert div is not None and div.step == 0 and div.quantity == "grad", str(div)
+    assert not result.drift_steps and not result.kink_steps

@@ -169,10 +169,11 @@ def _staged(sside, tside, items, within, svals, tvals, flips):
             return None, bad  # 1.
         out_t = cache_t[-1][1]
         loss_t, lcache = loss.forward(out_t, sside.Y)
+        loss_t += loss.penalty(net.params)[0]  # at torch's parameters, set above
         if first_disagreeing([np.asarray(loss_t, dtype)], loss_k) is not None:
             return None, loss_k  # 2.
         patched = [(x, z_t, a_t) for x, (z_t, a_t) in zip(inputs_t, cache_t)]
-        grads_now, bslack = _backward_stage(net, loss.backward(lcache), patched, sside.order)
+        grads_now, bslack = _backward_stage(sside, loss.backward(lcache), patched)
         if (bad := first_disagreeing(grads_now, loss_k + 1, bslack)) is not None:
             return None, bad  # 3.
         if "lr" in failing:  # 3b. the rate the update takes: a schedule that parts
@@ -192,11 +193,19 @@ def _staged(sside, tside, items, within, svals, tvals, flips):
     return _reason(sside, flips, out_t, failing), None
 
 
-def _backward_stage(net, dout, patched: list, order: list[str]) -> tuple[list, list]:
-    """Scratch's gradients through torch's z and a, and the rounding each may carry."""
+def _backward_stage(sside, dout, patched: list) -> tuple[list, list]:
+    """Scratch's gradients through torch's z and a, its L2 term's at the parameters set (torch's),
+    and the rounding each may carry: the chain's, and an ulp of each term added."""
+    net, order = sside.net, sside.order
     net.backward(dout, patched)
     carried = backward_slack(net, dout, patched)
-    return [net.grads[n] for n in order], [carried.get(n, 0.0) for n in order]
+    terms = {n: np.abs(g) for n, g in sside.loss.penalty(net.params)[1].items()}
+    sside.penalize(net.params)
+    eps = float(np.finfo(net.dtype).eps)
+    for n, t in terms.items():  # the sum loss-gradient + L2-gradient, rounded at its terms
+        carried[n] = carried.get(n, 0.0) + eps * (2 * t + np.abs(net.grads[n]))
+    slack = [carried.get(n, 0.0) for n in order]
+    return [net.grads[n] for n in order], slack
 
 
 def _update_repeats(sside, items, svals, grads: np.ndarray) -> int | None:
@@ -252,5 +261,6 @@ def _rerun(sside) -> list[np.ndarray]:
     out, cache = net.forward(sside.X)
     value, lcache = sside.loss.forward(out, sside.Y)
     net.backward(sside.loss.backward(lcache), cache)
+    value += sside.penalize(net.params)
     vals = sside.forward_values(cache, out, value)
     return [np.array(v) for v in vals] + [net.grads[k].copy() for k in sside.order]
