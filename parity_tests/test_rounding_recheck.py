@@ -19,6 +19,8 @@ from nn_parity import scratch
 from nn_parity.torch_ref import TorchMLP, lockstep
 from torch import nn
 
+from .helpers import ulps_away
+
 # --- backward: a saturated tanh ---------------------------------------------------------------
 
 
@@ -146,3 +148,36 @@ def test_rounding_carried_from_an_earlier_layer_is_excused():
 def test_more_than_a_layer_s_own_rounding_is_refused_where_it_is_made(ulps):
     div = carried_run(ulps).first_divergence
     assert div is not None and div.label == "z[0]" and div.step == 0, str(div)
+
+
+# --- update: theta + step, the step as large as theta -----------------------------------------
+
+
+def cancelling_update_run(monkeypatch, ulps: int):
+    """b = 1e5 and lr g = 99999.25 (x = 0, y = 1.5 - 1e5, lr 0.25, mse): the update brings b
+    to 0.75 exactly. Scratch's lr g is taken `ulps` ulps away (another rounding of the product,
+    as an unfused multiply-subtract against torch's fused add_), so b differs by ulps ulps of
+    1e5: past the parameter tolerance at 0.75, and within the terms' rounding when ulps is
+    small. Found by the sweep: a 1-1-2-1 net on a summed, doubled mse whose gradient reached
+    4e11, a bias brought back to -0.76 (test_no_false_alarms.FOUND)."""
+
+    def step(self, grads=None):
+        self.net.flat_params -= ulps_away(self.lr * self.net.flat_grads, ulps, "float64")
+
+    monkeypatch.setattr(scratch.SGD, "step", step)
+    X = np.zeros((4, 1))
+    y = np.full((4, 1), 1.5 - 1e5)
+    net = scratch.MLP([1, 1], ["identity"])
+    net.load_state_dict({"layers.0.weight": np.array([[1.0]]), "layers.0.bias": np.array([1e5])})
+    return lockstep(net, TorchMLP.from_scratch(net), X, y, steps=2, lr=0.25, loss="mse")
+
+
+def test_an_update_s_rounding_at_the_size_of_its_terms_is_excused(monkeypatch):
+    result = cancelling_update_run(monkeypatch, ulps=1)
+    assert result.passed, str(result.first_divergence)
+    assert not result.within[0].all() and 0 in result.drift_steps
+
+
+def test_an_update_off_by_more_than_its_terms_rounding_is_refused(monkeypatch):
+    div = cancelling_update_run(monkeypatch, ulps=2**12).first_divergence
+    assert div is not None and div.label == "param layers.0.bias" and div.step == 0, str(div)

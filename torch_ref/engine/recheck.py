@@ -25,7 +25,7 @@ from nn_parity.torch_ref.compare import (
     tolerance,
 )
 from nn_parity.torch_ref.engine.comparer import _np
-from nn_parity.torch_ref.engine.rounding import backward_slack, forward_slack
+from nn_parity.torch_ref.engine.rounding import backward_slack, forward_slack, update_slack
 from nn_parity.torch_ref.engine.scratch_side import MLPSide
 
 
@@ -242,15 +242,18 @@ def _update_stage(sside, tside, items) -> int | None:
     opt.step()
     mine = opt.state if sside.stateful else {}
     torch_now = tside.state() if sside.stateful else {}
+    before = dict(zip(tside.order, tside.params_before))
     for k, it in enumerate(items):
+        slack = 0.0
         if it.quantity == "param":
             v, e = net.params[it.name], tside.by_name[it.name].detach().numpy()
+            slack = update_slack(before[it.name], e)
         elif it.quantity == "state":
             v, e = mine[it.name][it.buffer], torch_now[it.name][it.buffer]
         else:
             continue
         tol = tolerance(it.quantity, sside.dtype)
-        if first_mismatch(np.asarray(v), np.asarray(e), tol.rtol, tol.atol) is not None:
+        if first_mismatch(np.asarray(v), np.asarray(e), tol.rtol, tol.atol + slack) is not None:
             return k
     return None
 

@@ -19,6 +19,10 @@ rounding is allowed:
                1, not of the result), and a weight gradient's slack is _DOT_ULPS eps times
                the layers crossed times |dz_l|^T |x_l|
 
+    update     theta + step, where a step as large as theta cancels it (a blowing-up gradient
+               brought back near 0): _UPDATE_ULPS eps (|theta| + |step|), the step torch's
+               own (its after - before); the step's rounding is relative to itself
+
 A real difference (a wrong derivative, a missing sample, a factor) is of the size of the value
 itself, or of the terms; these bounds are a few dozen ulps of the terms.
 """
@@ -27,7 +31,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["backward_slack", "forward_slack"]
+__all__ = ["backward_slack", "forward_slack", "update_slack"]
 
 # How many units of epsilon, times the sum of magnitudes of its terms, a sum may differ by
 # between two libraries: worst case about n eps each, in practice about sqrt(n) eps.
@@ -78,3 +82,20 @@ def backward_slack(net, dout: np.ndarray, cache: list[tuple]) -> dict[str, np.nd
             slack[f"layers.{i}.bias"] = ulps * mz.sum(axis=0)
         m = mz @ np.abs(layer.weight)
     return slack
+
+
+# theta + step rounds once (torch's fused add_) or twice (theta - (lr g)): an ulp or two of the
+# larger term, and a few of the step's own products
+_UPDATE_ULPS = 4
+
+
+def update_slack(before: np.ndarray, after_t: np.ndarray) -> np.ndarray:
+    """The rounding of an update theta + step at the terms' size: _UPDATE_ULPS eps (|theta| +
+    |step|), with torch's step after - before."""
+    before = np.asarray(before, dtype=np.float64)
+    step = np.asarray(after_t, dtype=np.float64) - before
+    return (
+        _UPDATE_ULPS
+        * float(np.finfo(np.asarray(after_t).dtype).eps)
+        * (np.abs(before) + np.abs(step))
+    )
