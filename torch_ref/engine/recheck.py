@@ -124,11 +124,13 @@ def _staged(sside, tside, items, within, svals, tvals, flips):
 
       0. scratch's step repeats itself bit for bit (a computation that does not is a bug), and
          each layer's cached input is the previous layer's output (X for the first);
-      1. its forward, from torch's parameters as the step found them, gives torch's z, a, p;
-      2. its loss, on torch's output, gives torch's loss;
-      3. its backward, through torch's z and a, gives torch's gradients;
+      1. its forward, from torch's parameters as the step found them, each layer fed torch's
+         input to it, gives torch's z, a, p (within each layer's own rounding);
+      2. its loss (and declared L2 term), on torch's output and parameters, gives torch's;
+      3. its backward, through torch's z and a, gives torch's gradients (within the rounding
+         its own chain can carry, engine/rounding.py);
       4. its update, from torch's parameters, gradients and optimizer state, gives torch's
-         updated parameters and state.
+         updated parameters (within the update's rounding at its terms' size) and state.
 
     Returns the reason, or None and the index of the item where the failing stage first
     disagreed.
