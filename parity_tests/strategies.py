@@ -137,16 +137,23 @@ OUTPUTS = {
 
 @st.composite
 def loss_conventions(draw, loss: str) -> tuple:
-    """A declared convention: reduction, scale, and for bce a clip (docs/conventions.md). The
-    L2 term is the user's code's (the built-in network refuses it); test_conventions.py sweeps
-    it on adapted code."""
+    """A declared convention for the built-in network (docs/conventions.md): reduction, scale,
+    for bce a clip, and an L2 term with its form, its n and the parameters it covers (every
+    weight, every parameter, or the first layer's weight, which every network has).
+    test_conventions.py sweeps the same on adapted code."""
     conv = {
         "reduction": draw(st.sampled_from(["mean", "samples", "sum"])),
         "scale": draw(st.sampled_from([1.0, 0.5, 2.0])),
     }
     if loss == "bce":
         conv["clip"] = draw(st.sampled_from([None, 1e-7]))
-    return tuple((k, v) for k, v in conv.items() if v not in (None, 1.0, "mean"))
+    conv["l2"] = draw(st.sampled_from([None, None, 0.01, 0.3]))
+    if conv["l2"] is not None:
+        conv["l2_form"] = draw(st.sampled_from(["half", "full"]))
+        conv["l2_n"] = draw(st.sampled_from([1, 1, 16]))
+        conv["l2_on"] = draw(st.sampled_from(["weights", "all", ("layers.0.weight",)]))
+    defaults = (None, 1.0, "mean", 1, "half", "weights")
+    return tuple((k, v) for k, v in conv.items() if not any(v is d or v == d for d in defaults))
 
 
 # --- layered networks (scratch/sequential.py): specs drawn from the --layers grammar ----------

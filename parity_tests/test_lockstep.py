@@ -455,7 +455,7 @@ def test_a_forward_that_caches_the_wrong_layer_input_is_not_excused():
 def test_raw_unscaled_inputs_do_not_raise_false_alarms():
     # 0..255 pixels into 784 inputs: z near 0 cancels terms of order 10^3, so correct
     # implementations differ by more than the fixed atol; the forward stage allows each dot
-    # product its rounding (torch_ref.engine.recheck._forward_slack). Found by a review: 19 of
+    # product its rounding (torch_ref.engine.rounding.forward_slack). Found by a review: 19 of
     # 36 such runs failed before.
     rng = np.random.default_rng(0)
     X = np.round(255 * rng.random((128, 784)))

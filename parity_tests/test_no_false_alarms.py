@@ -69,18 +69,40 @@ def run_layered(cfg: LayeredConfig):
 # CPU and thread count (the first did not drift on a 2-core Intel Xeon), so what they assert is no
 # false alarm, not that an explanation was needed; test_lockstep.py makes drift, kinks and
 # saturation happen by construction and checks that they are explained.
+_MOMENTUM_DECAY = ("sgd", (("momentum", 0.9), ("weight_decay", 0.01), ("decay", "weights")))
+_INVERSE_TIME = ("sgd", (("schedule", {"name": "inverse_time", "decay": 0.1}),))
 FOUND = [
     NetConfig((1, 1, 1, 1, 1), ("leaky_relu:0.3", "identity", "leaky_relu:0.3"), "bce", False,
               "float64", 10, 4.0, 0.3, "he_normal", 3),
     NetConfig((4, 2, 2, 3, 1), ("identity", "identity", "identity"), "bce", False, "float64", 3,
               4.0, 0.3, "xavier_uniform", 0),
     NetConfig((1, 1, 1), ("relu",), "bce", False, "float32", 10, 4.0, 0.3, "he_normal", 3),
+    # a saturated tanh's 1 - a a rounds at an ulp of 1 and the batch sum of dW cancels: the
+    # backward stage allows the chain's rounding (engine/rounding.py, test_rounding_recheck.py)
+    NetConfig((8, 16, 1), ("tanh",), "mse", True, "float64", 44, 4.0, 0.3, "torch_default",
+              3257, ("sgd", ()), 11, (("reduction", "sum"), ("scale", 2.0))),
+    NetConfig((3, 13, 3, 13, 1), ("leaky_relu", "tanh", "tanh"), "mse", False, "float64", 2,
+              1.0, 0.3, "he_normal", 3, ("sgd", ()), None, (("scale", 2.0),)),
+    # 1-1-2-1 nets on a summed, doubled mse: gradients of 1e2..4e11. The first two parted in
+    # the backward stage (a saturated tanh); the third's update brought a bias of -5e10 back to
+    # -0.76, rounding at the terms' size (engine/rounding.py: update_slack)
+    NetConfig((1, 1, 2, 1), ("identity", "tanh"), "mse", True, "float64", 50, 0.1, 0.05,
+              "torch_default", 382996120, _MOMENTUM_DECAY, 28, (("reduction", "sum"),
+              ("scale", 2.0))),
+    NetConfig((1, 1, 2, 1), ("sigmoid", "tanh"), "mse", True, "float64", 18, 1.0, 0.3,
+              "torch_default", 2226072504, _INVERSE_TIME, None, (("reduction", "sum"),
+              ("scale", 2.0))),
+    NetConfig((1, 1, 2, 1), ("tanh", "relu"), "mse", True, "float64", 54, 0.1, 0.3, "normal",
+              1065820173, _INVERSE_TIME, 26, (("reduction", "sum"), ("scale", 2.0))),
 ]  # fmt: skip
 
 
 @pytest.mark.parametrize(
-    "cfg", FOUND, ids=["once-drifted-f64", "once-saturated-f64", "once-saturated-f32"]
-)
+    "cfg",
+    FOUND,
+    ids=["once-drifted-f64", "once-saturated-f64", "once-saturated-f32", "tanh-1-a2-sum",
+         "tanh-1-a2-deep", "1121-backward", "1121-backward-large", "1121-update-cancels"],
+)  # fmt: skip
 def test_configurations_the_sweep_found(cfg):
     result = run(cfg)
     assert result.passed, f"{cfg}\n{result.first_divergence}"

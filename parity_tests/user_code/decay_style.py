@@ -10,7 +10,8 @@ computed before each update and the iteration count advanced after it.
     dense1.weights (n_inputs, n_neurons)   dense1.biases (1, n_neurons)    tanh
     dense2.weights (n_neurons, 1)          dense2.biases (1, 1)            sigmoid, mean BCE
 
-NumPy only. `BUGS`: the decay applied one step late, and the rate never decayed.
+NumPy only. `BUGS`: the decay applied one step late, the rate never decayed, the count
+advanced before the update, another decay constant; `DecayPerEpoch` steps it once per epoch.
 """
 
 from __future__ import annotations
@@ -121,9 +122,58 @@ class DivideForm(Model):
             self.current_learning_rate = self.learning_rate / (1.0 + self.decay * self.iterations)
 
 
+class OptimizerStepsBeforeUpdate(OptimizerSGD):
+    def pre_update_params(self):
+        self.iterations += 1  # the count advanced before the rate is read, not after the update
+        super().pre_update_params()
+
+    def post_update_params(self):
+        pass
+
+
+class OptimizerDecayDoubled(OptimizerSGD):
+    def pre_update_params(self):
+        if self.decay:  # 2 * decay: another constant than the one declared
+            self.current_learning_rate = self.learning_rate * (
+                1.0 / (1.0 + 2 * self.decay * self.iterations)
+            )
+
+
+class OptimizerPerEpoch(OptimizerSGD):
+    """The count advanced once per epoch of BATCHES_PER_EPOCH updates."""
+
+    def post_update_params(self):
+        self.updates = getattr(self, "updates", 0) + 1
+        self.iterations = self.updates // BATCHES_PER_EPOCH
+
+
+BATCHES_PER_EPOCH = 4
+
+
+class StepsBeforeUpdate(Model):
+    optimizer_class = OptimizerStepsBeforeUpdate
+
+
+class DecayDoubled(Model):
+    optimizer_class = OptimizerDecayDoubled
+
+
+class DecayPerEpoch(Model):
+    optimizer_class = OptimizerPerEpoch
+
+
 # name -> (class, where the bug first shows, kind, the step it first shows at)
 BUGS = {
     "decay one step late": (DecayOneStepLate, "dense2.weights", "param", 1),
     "rate never decayed": (NeverDecays, "dense2.weights", "param", 1),
+    "schedule stepped before the update": (StepsBeforeUpdate, "dense2.weights", "param", 0),
+    "another decay constant": (DecayDoubled, "dense2.weights", "param", 1),
+}
+# the cause each is named with (parity_tests/test_schedule_causes.py)
+CAUSES = {
+    "decay one step late": "runs a step late",
+    "rate never decayed": "never moves",
+    "schedule stepped before the update": "you step the schedule before the update",
+    "another decay constant": "decay=0.1 (fitted from steps 0 and 1) where torch's has decay=0.05",
 }
 EQUIVALENTS = {"lr / (1 + decay t)": DivideForm}

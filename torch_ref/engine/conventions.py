@@ -8,7 +8,8 @@ where the loss enters:
     scale, reduction   the loss, or the output layer's gradient, is c times torch's, with c one
                        of the ratios k / k0 * R0 / R that another reduction (R: N C, N or 1) or
                        scale (k: 1, 1/2, 2) gives
-    L2                 a weight's gradient is torch's plus k times that weight, exactly
+    L2                 a weight's gradient is torch's plus k times that weight, exactly,
+                       over two or more nonzero elements (one number fits any k)
 
 `explain` names the declaration that would make the two agree ("declare it if that is your
 cost"). Only the exact factor or term is named; once it is declared, the two sides compute the
@@ -26,6 +27,7 @@ from nn_parity.torch_ref.evidence import constant_ratio, near
 __all__ = ["explain"]
 
 _SCALES = (1.0, 0.5, 2.0)
+_L2_FIT_MIN = 2  # nonzero weight elements the L2 fit needs: one more than its one unknown, k
 
 
 def explain(div, s, t, ctx) -> dict | None:
@@ -131,9 +133,11 @@ def _what(quantity: str) -> str:
 
 
 def _l2_in_gradient(div, s: np.ndarray, t: np.ndarray, ctx) -> dict | None:
-    """scratch's weight gradient = torch's + k W, k > 0, to 1e-6 of the difference."""
+    """scratch's weight gradient = torch's + k W, k > 0, to 1e-6 of the difference, over at
+    least two nonzero elements: one number always fits g_s - g_t = k W (a 1x1 weight), so it
+    cannot tell an L2 term from any other difference."""
     W = ctx.params_before.get(f"layers.{div.layer}.{div.param}")
-    if W is None or not np.any(W):
+    if W is None or np.count_nonzero(W) < _L2_FIT_MIN:
         return None
     d = s - t
     k = float(np.vdot(d, W) / np.vdot(W, W))

@@ -18,6 +18,7 @@ from nn_parity.torch_ref.engine.diagnosis import Context, diagnose
 from nn_parity.torch_ref.engine.layered_fd import layered_fd_verdict
 from nn_parity.torch_ref.engine.layered_side import LayeredSide
 from nn_parity.torch_ref.engine.opt_causes import state_cause
+from nn_parity.torch_ref.engine.schedule_causes import schedule_cause
 from nn_parity.torch_ref.engine.setup import _opt_of
 from nn_parity.torch_ref.evidence import agreement
 from nn_parity.torch_ref.results import Divergence, Item
@@ -75,7 +76,7 @@ def _nonfinite_why(step: int, it: Item, side: str, loss, out_t: np.ndarray) -> s
     return f"{why}: {side}'s code produced it (a division by zero, a log of 0, an overflow?)"
 
 
-def _divergence(step, items, k, svals, tvals, sside, tside, slack) -> Divergence:
+def _divergence(step, items, k, svals, tvals, sside, tside, slack, where=None) -> Divergence:
     it = items[k]
     dtype = sside.dtype
     tol = tolerance(it.quantity, dtype)
@@ -98,6 +99,8 @@ def _divergence(step, items, k, svals, tvals, sside, tside, slack) -> Divergence
         mismatches=m.count,
         total=m.total,
     )
+    if where is not None:
+        div.epoch, div.batch = where
     if getattr(sside, "layered", False):  # located by layer; the diagnoses read MLPs only
         div.diagnosis = {"cause": f"layer {it.layer}", "explanation": f"first part at {it.label}"}
         if it.quantity == "grad" and isinstance(sside, LayeredSide):  # engine/layered_fd.py
@@ -111,9 +114,15 @@ def _divergence(step, items, k, svals, tvals, sside, tside, slack) -> Divergence
         desc, sside.loss, sside.X, sside.Y, cache, tside.cache, before64, sside.lr, _opt_of(sside)
     )
     ctx.names = {o.name: o.user for o in items if o.quantity == "grad" and o.user}
-    if it.quantity != "state":
+    if it.quantity in ("lr", "param"):  # a schedule that parts, before the update's causes
+        g = _torch_grad(it, items, tvals)
+        before = params_before.get(it.name or "")
+        opt = _opt_of(sside)
+        base = getattr(opt, "base_lr", sside.lr)
+        div.diagnosis = schedule_cause(div, svals[k], tvals[k], opt, base, g, before)
+    if div.diagnosis is None and it.quantity != "state":
         div.diagnosis = diagnose(div, svals[k], tvals[k], ctx)
-    else:
+    elif div.diagnosis is None:
         div.diagnosis = _state_cause(it, k, items, svals, tvals, sside, tside, step) or {
             "cause": "optimizer-state",
             "explanation": f"parameters and gradients agree but the optimizer's {it.buffer} "
@@ -121,6 +130,12 @@ def _divergence(step, items, k, svals, tvals, sside, tside, slack) -> Divergence
             "torch.optim's definition",
         }
     return div
+
+
+def _torch_grad(it: Item, items, tvals):
+    """torch's gradient of the parameter `it` names, at this step, or None."""
+    return next((_np(tvals[j]) for j, o in enumerate(items) if o.quantity == "grad"
+                 and (o.layer, o.param) == (it.layer, it.param)), None)  # fmt: skip
 
 
 def _state_cause(it, k, items, svals, tvals, sside, tside, step) -> dict | None:

@@ -29,7 +29,7 @@ from nn_parity.scratch import ops
 from nn_parity.scratch import sequential as sq
 from nn_parity.torch_ref.compare import first_mismatch, tolerance
 from nn_parity.torch_ref.engine.comparer import _np
-from nn_parity.torch_ref.engine.recheck import _DOT_ULPS
+from nn_parity.torch_ref.engine.rounding import _DOT_ULPS
 
 _KINKED = ("relu", "leaky_relu")
 # f' written from the output a (ops.activation_forward), and how far it moves when a moves by

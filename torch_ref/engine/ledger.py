@@ -122,9 +122,10 @@ class Ledger:
                 # the stage that failed names the item, unless it is one that agreed
                 named = failed_at is not None and not bool(within[failed_at])
                 k = failed_at if named else int(np.argmin(within))
-                self.first = _divergence(step, items, k, svals, tvals, run.sside, run.tside, slack)
-                if run.mini_batches:
-                    self.first.epoch, self.first.batch = where
+                self.first = _divergence(
+                    step, items, k, svals, tvals, run.sside, run.tside, slack,
+                    where if run.mini_batches else None,
+                )  # fmt: skip
                 self.snapshot = _snapshot(items, svals, tvals, run.sside)
         elif flips and within.all():
             reason = "kink"  # agreed this time; resync so the trajectories cannot part

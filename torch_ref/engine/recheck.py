@@ -20,12 +20,12 @@ How finely the step can be redone depends on the side's capabilities:
 from __future__ import annotations
 
 import numpy as np
-from nn_parity import scratch
 from nn_parity.torch_ref.compare import (
     first_mismatch,
     tolerance,
 )
 from nn_parity.torch_ref.engine.comparer import _np
+from nn_parity.torch_ref.engine.rounding import backward_slack, forward_slack, update_slack
 from nn_parity.torch_ref.engine.scratch_side import MLPSide
 
 
@@ -54,11 +54,6 @@ def _resync(sside, tside) -> None:
     take_buffers = getattr(sside, "take_buffers", None)
     if take_buffers is not None:  # a layered network's batchnorm running statistics
         take_buffers(tside)
-
-
-# How many units of epsilon, times the sum of magnitudes sum_i |x_i w_i| + |b|, a dot product may
-# differ by between two libraries: worst case about D eps each, in practice about sqrt(D) eps.
-_DOT_ULPS = 32
 
 
 def explain(sside, tside, items, within: np.ndarray, svals: list, tvals: list, flips, batch):
@@ -135,11 +130,13 @@ def _staged(sside, tside, items, within, svals, tvals, flips):
 
       0. scratch's step repeats itself bit for bit (a computation that does not is a bug), and
          each layer's cached input is the previous layer's output (X for the first);
-      1. its forward, from torch's parameters as the step found them, gives torch's z, a, p;
-      2. its loss, on torch's output, gives torch's loss;
-      3. its backward, through torch's z and a, gives torch's gradients;
+      1. its forward, from torch's parameters as the step found them, each layer fed torch's
+         input to it, gives torch's z, a, p (within each layer's own rounding);
+      2. its loss (and declared L2 term), on torch's output and parameters, gives torch's;
+      3. its backward, through torch's z and a, gives torch's gradients (within the rounding
+         its own chain can carry, engine/rounding.py);
       4. its update, from torch's parameters, gradients and optimizer state, gives torch's
-         updated parameters and state.
+         updated parameters (within the update's rounding at its terms' size) and state.
 
     Returns the reason, or None and the index of the item where the failing stage first
     disagreed.
@@ -172,21 +169,20 @@ def _staged(sside, tside, items, within, svals, tvals, flips):
                 return None, k  # 0.
         for name, before in zip(tside.order, tside.params_before):
             np.copyto(net.params[name], before)
-        out, cache = net.forward(sside.X)
-        forward = sside.forward_values(cache, out, 0.0)
-        slack = _forward_slack(net, items[:loss_k], [sside.X] + [a for _, a in cache_t[:-1]])
+        inputs_t = [sside.X] + [a for _, a in cache_t[:-1]]
+        cache = [layer.forward(x)[1] for layer, x in zip(net.layers, inputs_t)]
+        forward = sside.forward_values(cache, cache[-1][2], 0.0)  # each layer on torch's input
+        slack = forward_slack(net, items[:loss_k], inputs_t)
         if (bad := first_disagreeing(forward[:loss_k], 0, slack)) is not None:
             return None, bad  # 1.
         out_t = cache_t[-1][1]
         loss_t, lcache = loss.forward(out_t, sside.Y)
+        loss_t += loss.penalty(net.params)[0]  # at torch's parameters, set above
         if first_disagreeing([np.asarray(loss_t, dtype)], loss_k) is not None:
             return None, loss_k  # 2.
-        patched, x = [], sside.X
-        for z_t, a_t in cache_t:
-            patched.append((x, z_t, a_t))
-            x = a_t
-        net.backward(loss.backward(lcache), patched)
-        if (bad := first_disagreeing([net.grads[n] for n in sside.order], loss_k + 1)) is not None:
+        patched = [(x, z_t, a_t) for x, (z_t, a_t) in zip(inputs_t, cache_t)]
+        grads_now, bslack = _backward_stage(sside, loss.backward(lcache), patched)
+        if (bad := first_disagreeing(grads_now, loss_k + 1, bslack)) is not None:
             return None, bad  # 3.
         if "lr" in failing:  # 3b. the rate the update takes: a schedule that parts
             return None, kinds.index("lr")
@@ -203,6 +199,21 @@ def _staged(sside, tside, items, within, svals, tvals, flips):
         if state is not None:
             opt.load_state_dict(state)
     return _reason(sside, flips, out_t, failing), None
+
+
+def _backward_stage(sside, dout, patched: list) -> tuple[list, list]:
+    """Scratch's gradients through torch's z and a, its L2 term's at the parameters set (torch's),
+    and the rounding each may carry: the chain's, and an ulp of each term added."""
+    net, order = sside.net, sside.order
+    net.backward(dout, patched)
+    carried = backward_slack(net, dout, patched)
+    terms = {n: np.abs(g) for n, g in sside.loss.penalty(net.params)[1].items()}
+    sside.penalize(net.params)
+    eps = float(np.finfo(net.dtype).eps)
+    for n, t in terms.items():  # the sum loss-gradient + L2-gradient, rounded at its terms
+        carried[n] = carried.get(n, 0.0) + eps * (2 * t + np.abs(net.grads[n]))
+    slack = [carried.get(n, 0.0) for n in order]
+    return [net.grads[n] for n in order], slack
 
 
 def _update_repeats(sside, items, svals, grads: np.ndarray) -> int | None:
@@ -239,32 +250,20 @@ def _update_stage(sside, tside, items) -> int | None:
     opt.step()
     mine = opt.state if sside.stateful else {}
     torch_now = tside.state() if sside.stateful else {}
+    before = dict(zip(tside.order, tside.params_before))
     for k, it in enumerate(items):
+        slack = 0.0
         if it.quantity == "param":
             v, e = net.params[it.name], tside.by_name[it.name].detach().numpy()
+            slack = update_slack(before[it.name], e)
         elif it.quantity == "state":
             v, e = mine[it.name][it.buffer], torch_now[it.name][it.buffer]
         else:
             continue
         tol = tolerance(it.quantity, sside.dtype)
-        if first_mismatch(np.asarray(v), np.asarray(e), tol.rtol, tol.atol) is not None:
+        if first_mismatch(np.asarray(v), np.asarray(e), tol.rtol, tol.atol + slack) is not None:
             return k
     return None
-
-
-def _forward_slack(net: scratch.MLP, items, inputs: list[np.ndarray]) -> list:
-    """Per forward item, the rounding a dot product of its layer can carry: _DOT_ULPS * eps *
-    (|x| |W|^T + |b|), elementwise. A z near 0 that cancels large terms (raw, unscaled inputs)
-    differs between correct implementations by more than the table's fixed atol; a, prob
-    follow z through activations whose slope is at most 1."""
-    eps = float(np.finfo(net.dtype).eps)
-    magnitude = []
-    for l, x in enumerate(inputs):
-        m = np.abs(x) @ np.abs(net.params[f"layers.{l}.weight"]).T  # (N, H)
-        if net.bias:
-            m = m + np.abs(net.params[f"layers.{l}.bias"])
-        magnitude.append(_DOT_ULPS * eps * m)
-    return [magnitude[it.layer if it.layer is not None else -1] for it in items]
 
 
 def _rerun(sside) -> list[np.ndarray]:
@@ -273,5 +272,6 @@ def _rerun(sside) -> list[np.ndarray]:
     out, cache = net.forward(sside.X)
     value, lcache = sside.loss.forward(out, sside.Y)
     net.backward(sside.loss.backward(lcache), cache)
+    value += sside.penalize(net.params)
     vals = sside.forward_values(cache, out, value)
     return [np.array(v) for v in vals] + [net.grads[k].copy() for k in sside.order]

@@ -54,6 +54,7 @@ class MLPSide:
         out, self.cache = net.forward(X)
         self.loss_value, self.lcache = self.loss.forward(out, Y)
         net.backward(self.loss.backward(self.lcache), self.cache)
+        self.loss_value += self.penalize(net.params)
         np.copyto(self.flat_before, net.flat_params)
         if self.stateful or not self.keys:  # for the explanation's update stage
             self.state_before = self.opt.state_dict()
@@ -68,6 +69,14 @@ class MLPSide:
         if self.stateful:
             vals += _state_values(self.opt.state, self.order, self.state_names)
         return vals + self.param_views
+
+    def penalize(self, params: Mapping[str, np.ndarray]) -> float:
+        """The declared L2 term at `params` (docs/conventions.md): its gradient added to the
+        network's, its value returned; 0.0 when none is declared."""
+        value, grads = self.loss.penalty(params)
+        for name, g in grads.items():
+            self.net.grads[name] += g
+        return value
 
     def _set_keys(self) -> None:
         state = getattr(self.opt, "state", {})

@@ -86,6 +86,8 @@ def _scratch_side(net, loss, optimizer, lr, X, y):
             Xc,
             Yc,
         )
+    if isinstance(net, (UserLayeredNetwork, Sequential)) and loss is not None:
+        _no_l2_for_layers(scratch.get_loss(loss))
     if isinstance(net, UserLayeredNetwork):  # adapt_layers: engine/user_layered_side.py
         return user_layered_scratch_side(net, loss, _optimizer_factory(optimizer, lr), lr, X, y)
     if isinstance(net, Sequential):  # a network of gallery layers: engine/layered_side.py
@@ -97,12 +99,8 @@ def _scratch_side(net, loss, optimizer, lr, X, y):
         )
     loss_s = scratch.get_loss("bce" if loss is None else loss)
     check_output(loss_s, net.layers[-1].activation.name)
-    if loss_s.l2:
-        raise ValueError(
-            f"l2={loss_s.l2:g} declares an L2 term of your own code's cost (adapt); the built-in "
-            "network trains on the loss alone: give it weight decay through the optimizer "
-            "({'name': 'sgd', 'weight_decay': ...})"
-        )
+    if loss_s.l2:  # the objective's L2 term, on parameters the network has
+        l2_names(loss_s.l2_on, list(net.params))
     _check_finite(net.params)
     Xc, Yc = _check_data(loss_s, X, y, net.dtype, net.sizes)
     if isinstance(optimizer, (str, Mapping)) or optimizer is None:
@@ -113,6 +111,15 @@ def _scratch_side(net, loss, optimizer, lr, X, y):
         _check_mirrored(optimizer)
         opt = optimizer
     return MLPSide(net, loss_s, opt, lr), Xc, Yc
+
+
+def _no_l2_for_layers(loss: scratch.Loss) -> None:
+    if loss.l2:
+        raise ValueError(
+            f"l2={loss.l2:g}: a layered network trains on the loss alone (its L2 term is not "
+            "built); give it weight decay through the optimizer ({'name': 'sgd', "
+            "'weight_decay': ...}) or use scratch.MLP"
+        )
 
 
 def _l2_in_canonical_names(net: UserNetwork) -> scratch.Loss:

@@ -9,6 +9,7 @@ from pathlib import Path
 from nn_parity import scratch
 from nn_parity.scratch.activations import ACTIVATIONS
 from nn_parity.scratch.init import INITS
+from nn_parity.torch_ref.frontends.cli_conventions import add_arguments as add_conventions
 from nn_parity.torch_ref.frontends.cli_layered import is_layer_spec, run_layered
 from nn_parity.torch_ref.frontends.cli_run import run
 from nn_parity.torch_ref.frontends.datasets import DATASETS
@@ -196,6 +197,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="drop each epoch's last, partial batch (default: keep it)",
     )
+    add_conventions(run)  # --scale, --l2..., --clip, --schedule, --decay-on
     run.add_argument(
         "--export",
         metavar="DIR",

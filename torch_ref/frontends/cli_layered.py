@@ -15,7 +15,7 @@ from __future__ import annotations
 import argparse
 
 import numpy as np
-from nn_parity import scratch
+from nn_parity.torch_ref.frontends.cli_conventions import loss_for
 from nn_parity.torch_ref.frontends.usage import UsageError
 
 _IMAGES = {"digits": (1, 8, 8)}  # per-sample shape of the data sets that are images
@@ -94,7 +94,7 @@ def plan_layered(args: argparse.Namespace):
                          "spec, at torch's default initialisation")  # fmt: skip
     if given:
         raise UsageError(f"{given[0]} does not apply with a layer spec in --layers")
-    asked = scratch.get_loss(args.loss, args.reduction) if args.loss else None
+    asked = loss_for(args, args.loss) if args.loss else None
     try:
         task = asked.task if asked else None
         ds = load_dataset(args.data, seed=args.seed, label_column=args.label_column,
@@ -102,7 +102,7 @@ def plan_layered(args: argparse.Namespace):
     except AdvisedError as err:
         raise UsageError(err.cli) from None
     shape = _IMAGES.get(ds.name, (ds.X.shape[1],))
-    loss = asked or scratch.get_loss(_DEFAULT_LOSS[ds.task], args.reduction)
+    loss = asked or loss_for(args, _DEFAULT_LOSS[ds.task])
     spec = dense_spec(args, ds, shape, loss) if dense else args.layers
     try:
         net = from_spec(spec, shape, dtype=args.dtype, rng=args.seed)

@@ -10,6 +10,12 @@ import numpy as np
 from nn_parity import scratch
 from nn_parity.scratch.data import EXAM_ACTIVATIONS, EXAM_SIZES, exam_weights
 from nn_parity.scratch.optim import check_lr
+from nn_parity.torch_ref.frontends.cli_conventions import (
+    check_l2_on,
+    declared,
+    loss_for,
+    schedule_and_decay,
+)
 from nn_parity.torch_ref.frontends.usage import (
     DEFAULT_OUT,
     EXIT_DIVERGED,
@@ -30,7 +36,7 @@ def optimizer_spec(args: argparse.Namespace) -> dict:
     given on the command line (the rest keep torch.optim's defaults)."""
     spec = {"name": args.optimizer}
     spec.update({k: getattr(args, k) for k in _OPTIMIZER_OPTIONS if getattr(args, k) is not None})
-    return spec
+    return {**spec, **schedule_and_decay(args)}
 
 
 def load_model(text: str):
@@ -94,7 +100,7 @@ def plan(args: argparse.Namespace) -> dict:
         check_lr(args.lr)
     except ValueError as err:
         raise UsageError(f"--lr: {err}") from None
-    asked = scratch.get_loss(args.loss, args.reduction) if args.loss else None
+    asked = loss_for(args, args.loss) if args.loss else None
     try:
         ds = load_dataset(
             args.data,
@@ -106,7 +112,7 @@ def plan(args: argparse.Namespace) -> dict:
     except AdvisedError as err:
         raise UsageError(err.cli) from None
     D = ds.X.shape[1]
-    loss = asked or scratch.get_loss(_DEFAULT_LOSS[ds.task], args.reduction)
+    loss = asked or loss_for(args, _DEFAULT_LOSS[ds.task])
     if args.model is not None:
         return _checked_size(_plan_model(args, ds), args)
     exam = ds.name == "exam" and args.data == "exam"
@@ -136,6 +142,7 @@ def plan(args: argparse.Namespace) -> dict:
         raise UsageError(
             "--init article sets the article's weights: only with --data exam and --layers 2,3,1"
         )
+    check_l2_on(loss, sizes, args.bias)
     p = {"data": ds, "sizes": sizes, "activations": acts, "loss": loss, "init": init}
     return _checked_size(p, args)
 
@@ -181,10 +188,16 @@ def _plan_model(args: argparse.Namespace, ds) -> dict:
         if net.pmap is None:
             X = ds.X.astype(net.dtype)
             resolve_layout(net, X, ds.y)
+        if declared(args):
+            raise UsageError(
+                f"--{next(iter(declared(args))).replace('_', '-')} does not apply with --model "
+                "returning adapted "
+                "code: declare the cost in adapt(..., loss=get_loss(...))"
+            )
         desc, loss = net.description(), net.loss
     elif isinstance(net, scratch.MLP):
         desc = net
-        loss = scratch.get_loss(args.loss or _DEFAULT_LOSS[ds.task], args.reduction)
+        loss = loss_for(args, args.loss or _DEFAULT_LOSS[ds.task])
     else:
         raise UsageError(
             f"--model: {args.model} returned a {type(net).__name__}; expected a network adapted "

@@ -25,8 +25,10 @@ def gradient_slice(
     out, cache = net.forward(Xd)
     _, lcache = loss.forward(out, Yd)
     g_s = net.backward(loss.backward(lcache), cache)[name].copy()
+    g_s += loss.penalty(net.params)[1].get(name, 0)  # a declared L2 term's, as the lockstep's
     ref.zero_grad(set_to_none=True)
-    torch_loss(loss, dtype=net.dtype)(ref(torch.from_numpy(Xd)), torch.from_numpy(Yd)).backward()
+    fn = torch_loss(loss, dtype=net.dtype, params=dict(ref.named_parameters()))
+    fn(ref(torch.from_numpy(Xd)), torch.from_numpy(Yd)).backward()
     grad_t = dict(ref.named_parameters())[name].grad
     assert grad_t is not None
     g_t = grad_t.detach().numpy().copy()

@@ -1,0 +1,101 @@
+"""The rounding a correct stage can leave, for the stage-wise re-check (recheck.py).
+
+Two correct implementations sum the same products in different orders. A sum of terms t_i
+computed two ways differs by at most about n eps sum_i |t_i| (in practice sqrt(n) eps): an
+absolute error set by the terms' magnitudes, not by the result's. A result that cancels large
+terms (a z near 0 from raw inputs, a weight gradient summing over the batch products that
+cancel) can therefore differ by far more than the table's fixed atol while both are right.
+
+Each stage of the re-check is fed torch's inputs for that stage, so only the stage's own
+rounding is allowed:
+
+    forward    each layer from torch's input to it: _DOT_ULPS eps (|x| |W|^T + |b|) per element
+               of z and of a = f(z) (slope at most 1); nothing carried from earlier layers
+    backward   the chain dz_l = f'(z_l) (dz_{l+1} W_{l+1}) is scratch's own (torch keeps no
+               hidden dz), so each layer's gradient may carry the rounding of every product
+               above it: the magnitudes are propagated with absolute values, |dz_l| <=
+               |f'| (|dz_{l+1}| |W_{l+1}|) (|f'| taken as the size of the terms its formula
+               sums: 1 + a^2 for tanh's 1 - a^2, which near saturation rounds at an ulp of
+               1, not of the result), and a weight gradient's slack is _DOT_ULPS eps times
+               the layers crossed times |dz_l|^T |x_l|
+
+    update     theta + step, where a step as large as theta cancels it (a blowing-up gradient
+               brought back near 0): _UPDATE_ULPS eps (|theta| + |step|), the step torch's
+               own (its after - before); the step's rounding is relative to itself
+
+A real difference (a wrong derivative, a missing sample, a factor) is of the size of the value
+itself, or of the terms; these bounds are a few dozen ulps of the terms.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+__all__ = ["backward_slack", "forward_slack", "update_slack"]
+
+# How many units of epsilon, times the sum of magnitudes of its terms, a sum may differ by
+# between two libraries: worst case about n eps each, in practice about sqrt(n) eps.
+_DOT_ULPS = 32
+
+
+def forward_slack(net, items, inputs: list[np.ndarray]) -> list:
+    """Per forward item, _DOT_ULPS * eps * (|x| |W|^T + |b|), elementwise, with x torch's input
+    to that item's layer; prob (no layer) follows the last layer's z."""
+    eps = float(np.finfo(net.dtype).eps)
+    magnitude = []
+    for l, x in enumerate(inputs):
+        m = np.abs(x) @ np.abs(net.params[f"layers.{l}.weight"]).T  # (N, H)
+        if net.bias:
+            m = m + np.abs(net.params[f"layers.{l}.bias"])
+        magnitude.append(_DOT_ULPS * eps * m)
+    return [magnitude[it.layer if it.layer is not None else -1] for it in items]
+
+
+def _dz_magnitude(act, m: np.ndarray, z: np.ndarray, a: np.ndarray) -> np.ndarray:
+    """A bound on |dz| given a bound m on |da|, for the activation's backward."""
+    if act.name == "softmax":  # dz = (da - sum(da a)) a
+        return (m + (m * a).sum(axis=-1, keepdims=True)) * a
+    if act.name == "log_softmax":  # dz = da - e^a sum(da)
+        return m + np.exp(a) * m.sum(axis=-1, keepdims=True)
+    if act.name in _TERMS:  # f'(z) from a sum whose terms are larger than the result
+        return m * _TERMS[act.name](np.abs(a))
+    return np.abs(act.backward(m, z, a))  # elementwise and exact: m |f'(z)|
+
+
+# The magnitude of the terms an activation's derivative sums, from its output: tanh's 1 - a a
+# near a = 1 rounds at an ulp of 1, which is an ulp of the result only when a is small
+# (torch may fuse the multiply-subtract, one rounding against two).
+_TERMS = {"tanh": lambda a: 1 + a * a, "sigmoid": lambda a: (1 + a) * a}
+
+
+def backward_slack(net, dout: np.ndarray, cache: list[tuple]) -> dict[str, np.ndarray]:
+    """Per parameter name, the rounding scratch's backward may carry against torch's, through
+    the cache (x, z, a) per layer it ran on, from dL/d(output) = `dout`."""
+    eps = float(np.finfo(net.dtype).eps)
+    slack, m = {}, np.abs(np.asarray(dout, dtype=np.float64))
+    for i in range(len(net.layers) - 1, -1, -1):
+        layer, (x, z, a) = net.layers[i], cache[i]
+        mz = _dz_magnitude(layer.activation, m, z, a)
+        ulps = _DOT_ULPS * eps * (len(net.layers) - i)
+        slack[f"layers.{i}.weight"] = ulps * (mz.T @ np.abs(x))
+        if net.bias:
+            slack[f"layers.{i}.bias"] = ulps * mz.sum(axis=0)
+        m = mz @ np.abs(layer.weight)
+    return slack
+
+
+# theta + step rounds once (torch's fused add_) or twice (theta - (lr g)): an ulp or two of the
+# larger term, and a few of the step's own products
+_UPDATE_ULPS = 4
+
+
+def update_slack(before: np.ndarray, after_t: np.ndarray) -> np.ndarray:
+    """The rounding of an update theta + step at the terms' size: _UPDATE_ULPS eps (|theta| +
+    |step|), with torch's step after - before."""
+    before = np.asarray(before, dtype=np.float64)
+    step = np.asarray(after_t, dtype=np.float64) - before
+    return (
+        _UPDATE_ULPS
+        * float(np.finfo(np.asarray(after_t).dtype).eps)
+        * (np.abs(before) + np.abs(step))
+    )
