@@ -104,7 +104,9 @@ def _rerun_whole(sside, tside, items, svals: list, tvals: list, batch, failing: 
     keys = [(it.quantity, it.layer, it.param, it.buffer) for it in items]
     pick = [sside.keys.index(k) for k in keys]
     try:
-        again = sside.rerun(keep_before, X, Y, rows, keep_state)
+        # the step again as it ran: from its own parameters and the state it started from
+        start_state = getattr(sside, "state_before", None) if sside.stateful else None
+        again = sside.rerun(keep_before, X, Y, rows, start_state)
         for k, j in enumerate(pick):
             if not np.array_equal(again[j], svals[k], equal_nan=True):
                 return None, k  # the step does not repeat itself: hidden state

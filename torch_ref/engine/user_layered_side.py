@@ -228,10 +228,6 @@ class UserLayeredSide:
         restore_stats(self.net, self.stats_before)  # the user's code advances them in forward
         self.t -= 1  # the same step again: the same rate
         if self.opt is not None and state is not None:
-            if _same_state(state, self.opt.state_dict()):
-                # the state after the step, as the re-check keeps it: the step's own rerun
-                # starts from the state the step started from
-                state = self.state_before
             self.opt.load_state_dict(state)
         return [np.array(v) for v in self.step(X, Y, rows)]
 
@@ -254,14 +250,6 @@ class UserLayeredSide:
             "layout": net.pmap.describe(),
             "layout_decided_by": net.pmap.how,
         }
-
-
-def _same_state(a: Mapping[str, Mapping], b: Mapping[str, Mapping]) -> bool:
-    """Two optimizer states equal bit for bit, buffer by buffer."""
-    return a.keys() == b.keys() and all(
-        a[n].keys() == b[n].keys() and all(np.array_equal(a[n][k], b[n][k]) for k in a[n])
-        for n in a
-    )
 
 
 class UserLayeredTorchSide(LayeredTorchSide):

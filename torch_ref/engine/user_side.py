@@ -145,6 +145,8 @@ class UserSide:
             assert self.opt is not None
             _check_unchanged(net, self.canon)
             self.opt.schedule_to(self.t)
+            if self.stateful or not self.keys:  # the state the step started from: the
+                self.state_before = self.opt.state_dict()  # re-check repeats the step from it
             self.opt.step({k: np.ascontiguousarray(g, self.dtype) for k, g in grads.items()})
             net.set_params(self.canon)
             return returned, grads, self.canon
