@@ -1,0 +1,126 @@
+"""An adversary against the layered re-check's excuses (engine/layered_recheck.py): bugs planted
+in a scratch layer where a kink, a tie or a large allowance could hide them.
+
+Each rounding event is made by construction, as in test_layered_recheck.py: integer images and
+weights make the conv's output exact, so its zeros and pooling ties are exact on the scratch
+side, and torch's conv is made to round chosen elements by one ulp.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from nn_parity.torch_ref.engine.loop import lockstep
+from nn_parity.torch_ref.mirror.sequential import TorchSequential
+from torch import nn
+
+from parity_tests.test_layered_recheck import (
+    conv_out,
+    integer_net,
+    pool_to_the_last_max,
+    relu_derivative_one_at_zero,
+)
+
+
+class ConvRoundingAt(nn.Conv2d):
+    """nn.Conv2d, except that the chosen output elements, when their exact value is `at[i]`,
+    come out one representable number beyond it towards `to` (-inf: below; +inf: above): what
+    another correct summation may return."""
+
+    def __init__(self, conv: nn.Conv2d, where: list[tuple], at: list[float], to=-np.inf):
+        super().__init__(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride,
+                         conv.padding, dtype=conv.weight.dtype)  # fmt: skip
+        self.load_state_dict(conv.state_dict())
+        self.where, self.at, self.to = where, at, to
+
+    def forward(self, x):
+        z = super().forward(x)
+        out = z.detach().numpy().copy()
+        for index, at in zip(self.where, self.at, strict=True):
+            if out[index] == at:
+                out[index] = np.nextafter(out[index], self.to)
+        bump = torch.from_numpy(out) - z.detach()  # exact: neighbouring floats
+        return z + bump
+
+
+# --- a relu'(0) convention bug where torch's rounding sends every exact zero below 0 ---------
+
+RELU_SPEC = "conv2x3,relu,flatten,affine3"
+
+
+def zeros_rounded_down_run(bug=None, steps=3):
+    """Every exact zero of the conv output comes out as the largest float below 0 on torch's
+    side: relu(-tiny) = 0 and relu'(-tiny) = 0, what a correct scratch gives at an exact 0.
+    Only a scratch relu with another convention at 0 parts from torch."""
+    net, X, y = integer_net(RELU_SPEC, (1, 5, 5), seed=4)
+    zeros = [tuple(int(i) for i in z) for z in np.argwhere(conv_out(net, X) == 0)]
+    assert len(zeros) >= 2
+    ref = TorchSequential(net)
+    ref[0] = ConvRoundingAt(ref[0], zeros, [0.0] * len(zeros))
+    if bug is not None:
+        bug(net)
+    return lockstep(net, ref, X, y, steps=steps, lr=0.1, loss="ce")
+
+
+def test_rounding_below_a_kink_is_no_mismatch_for_a_correct_relu():
+    r = zeros_rounded_down_run()
+    assert r.passed and r.within.all(), r.first_divergence
+    assert r.kink_steps == r.drift_steps == []
+
+
+def test_a_relu_derivative_of_one_at_zero_is_not_excused_when_torch_rounds_below():
+    # relu'(0) = 1 in scratch: its conv gradients part from torch's at step 0, and only there
+    # (the update moves the conv off its exact zeros). Torch's inputs hold no 0, so a re-check
+    # from torch's inputs alone never meets the bug: it must also see scratch's own zeros.
+    r = zeros_rounded_down_run(bug=relu_derivative_one_at_zero)
+    assert not r.within[0].all()  # the bug is seen by the raw comparison
+    d = r.first_divergence
+    assert not r.passed, (r.kink_steps, r.drift_steps)
+    assert r.kink_steps == r.drift_steps == []
+    assert (d.step, d.quantity, d.layer) == (0, "grad", 0), d
+
+
+# --- a max-pool routing bug where torch's rounding breaks the tie the correct way ----------
+
+TIE_SPEC = "conv2x2,pool2,flatten,affine3"
+
+
+def first_maxima_of_ties(z: np.ndarray) -> tuple[list, list]:
+    """Every 2x2 pooling window of `z` whose maximum is taken more than once: the index of its
+    first maximum (row-major, the one torch and scratch pick) and the value."""
+    where, at = [], []
+    for n, c, i, j in np.ndindex(z.shape[0], z.shape[1], z.shape[2] // 2, z.shape[3] // 2):
+        win = z[n, c, 2 * i : 2 * i + 2, 2 * j : 2 * j + 2]
+        tied = np.argwhere(win == win.max())
+        if len(tied) >= 2:
+            p, q = (int(v) for v in tied[0])
+            where.append((n, c, 2 * i + p, 2 * j + q))
+            at.append(float(win.max()))
+    return where, at
+
+
+def tie_broken_first_run(bug=None, dtype="float64"):
+    """Every tied pooling window: torch's conv rounds the first tied maximum one ulp up, so
+    torch picks it, as a correct scratch does on its exact tie (the first maximum)."""
+    net, X, y = integer_net(TIE_SPEC, (1, 5, 5), seed=1, dtype=dtype, weights=(0, 1))
+    where, at = first_maxima_of_ties(conv_out(net, X))
+    assert where
+    ref = TorchSequential(net)
+    ref[0] = ConvRoundingAt(ref[0], where, at, to=np.inf)
+    if bug is not None:
+        bug(net)
+    return lockstep(net, ref, X, y, steps=3, lr=0.1, loss="ce")
+
+
+def test_a_tie_broken_the_scratch_way_is_no_mismatch_for_a_correct_pool():
+    r = tie_broken_first_run()
+    assert r.passed and r.within.all(), r.first_divergence
+
+
+def test_a_pool_routing_to_the_last_max_is_not_excused_when_torch_rounds_the_first_up():
+    r = tie_broken_first_run(bug=pool_to_the_last_max)
+    assert not r.within[0].all()
+    d = r.first_divergence
+    assert not r.passed, (r.kink_steps, r.drift_steps)
+    assert r.kink_steps == r.drift_steps == []
+    assert (d.step, d.quantity, d.layer, d.param) == (0, "grad", 0, "weight"), d
