@@ -13,7 +13,12 @@ At a mismatch the scratch side redoes its step, each stage from torch's inputs t
     3. the backward, from the loss's gradient at torch's output, through every layer's cache as
        its forward on torch's input left it (stage 1), gives torch's parameter gradients;
     4. the update, from torch's parameters, gradients and optimizer state, gives torch's
-       updated parameters and state (when those are what failed).
+       updated parameters and state (when those are what failed);
+    5. each relu-family and max-pool layer, on scratch's OWN input to it, gives what torch's
+       module gives on that same input, output and gradient (`_own_kinks`): an exact 0 or an
+       exact tie lies there, where torch's inputs (stages 1 and 3) may have rounded off it,
+       and a convention bug at the kink (relu'(0) = 1, a tie routed to the last max) would
+       otherwise go unseen whenever torch's rounding lands on the side of the right convention.
 
 A wrong formula fails its stage whatever its inputs. If every stage reproduces torch, the step
 is explained: "kink" when a relu or leaky-relu input lies on opposite sides of 0 on the two
@@ -25,6 +30,7 @@ and the side is left as its step left it.
 from __future__ import annotations
 
 import numpy as np
+import torch
 from nn_parity.scratch import ops
 from nn_parity.scratch import sequential as sq
 from nn_parity.torch_ref.compare import first_mismatch, tolerance
@@ -268,6 +274,8 @@ def _stages(sside, tside, items, mine, theirs, failing):
     if douts[-1] is not None and first_mismatch(dlast, douts[-1], tol.rtol, tol.atol) is not None:
         return min(k for k, it in enumerate(items) if it.quantity == "grad")
     bad = _backward_stage(net, theirs_p, items, theirs, dtype, inputs, caches, douts)  # 3.
+    if bad is None:
+        bad = _own_kinks(sside, tside, items, douts)  # 5.
     if bad is not None:
         return bad
     if "lr" in failing:  # the rate the update takes: a schedule that parts
@@ -282,6 +290,37 @@ def _stages(sside, tside, items, mine, theirs, failing):
         if (bad := _first_off(items, redo, theirs, dtype)) is not None:
             return bad  # 4.
     return _reason(net, sside, inputs, caches)
+
+
+def _own_kinks(sside, tside, items, douts: list) -> int | None:
+    """5. Each relu-family and max-pool layer and torch's module, on the input scratch's own
+    step gave the layer, forward and (from torch's gradient at its output) backward: equal
+    within the table's tolerance, with no allowance (no sum is formed). The first failing
+    item: the layer's output, or the first gradient its dx feeds."""
+    net, dtype = sside.net, sside.dtype
+    mine = [sside.X] + [o for o, _ in sside.cache[:-1]]
+    for l, layer in enumerate(net.layers):
+        kinked = isinstance(layer, sq.Act) and layer.kind.partition(":")[0] in _KINKED
+        if not (kinked or isinstance(layer, sq.MaxPool2d)):
+            continue
+        x = np.array(mine[l])
+        out, cache = layer.forward(x, {}, net.training)
+        xt = torch.from_numpy(x).requires_grad_(l > 0 and douts[l - 1] is not None)
+        with torch.enable_grad():
+            out_t = tside.ref[l](xt)
+        tol = tolerance("out", dtype)
+        if first_mismatch(out, out_t.detach().numpy(), tol.rtol, tol.atol) is not None:
+            return next(k for k, it in enumerate(items) if _key(it) == ("out", l, None, None))
+        if not xt.requires_grad:  # nothing below takes a gradient
+            continue
+        out_t.backward(torch.from_numpy(np.array(douts[l])))
+        dx, _ = layer.backward(np.array(douts[l]), cache)
+        tol = tolerance("grad", dtype)
+        if first_mismatch(dx, xt.grad.numpy(), tol.rtol, tol.atol) is not None:
+            grads = [(it.layer, k) for k, it in enumerate(items) if it.quantity == "grad"]
+            below = [k for layer_at, k in grads if layer_at < l]
+            return min(below) if below else min(k for _, k in grads)
+    return None
 
 
 def _update(sside, items, params: dict, grads: dict, state) -> dict:
