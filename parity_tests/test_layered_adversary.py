@@ -9,7 +9,9 @@ side, and torch's conv is made to round chosen elements by one ulp.
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
+from nn_parity.scratch import sequential as sq
 from nn_parity.torch_ref.engine.loop import lockstep
 from nn_parity.torch_ref.mirror.sequential import TorchSequential
 from torch import nn
@@ -124,3 +126,60 @@ def test_a_pool_routing_to_the_last_max_is_not_excused_when_torch_rounds_the_fir
     assert not r.passed, (r.kink_steps, r.drift_steps)
     assert r.kink_steps == r.drift_steps == []
     assert (d.step, d.quantity, d.layer, d.param) == (0, "grad", 0, "weight"), d
+
+
+# --- a norm bug smaller than a float32 allowance, present at every step ---------------------
+
+NORM_STEPS = 8
+
+
+def unnormalised_run(spec, bug=None, dtype="float32"):
+    """Raw features of order 1e4 with spread 1 (prices, counts) into a norm, in float32: the
+    centring x - mu cancels four digits, so the norm's allowance (docs/tolerances.md) is about
+    32 eps 2e4 = 0.08 while the rounding two correct float32 norms show is about 1e-3."""
+    rng = np.random.default_rng(0)
+    net = sq.from_spec(spec, (6,), dtype=dtype, rng=0)
+    X = (1e4 + rng.normal(size=(32, 6))).astype(dtype)
+    y = rng.integers(0, 3, size=32)
+    ref = TorchSequential(net)
+    if bug is not None:
+        bug(net)
+    return lockstep(net, ref, X, y, steps=NORM_STEPS, lr=0.1, loss="ce")
+
+
+def batchnorm_normalising_by_the_unbiased_variance(net):
+    """xhat = (x - mu) / sqrt(var_unbiased + eps): 1.6% small for a batch of 32."""
+    layer, plain = net.layers[0], net.layers[0].forward
+
+    def forward(x, p, train):
+        out, cache = plain(x, p, train)
+        n, b = len(x), p["bias"]
+        return ((out - b) * np.sqrt((n - 1) / n) + b).astype(x.dtype), cache
+
+    layer.forward = forward
+
+
+def layernorm_eps_a_hundred_times_torch(net):
+    net.layers[0].eps = 1e-3
+
+
+NORM_BUGS = {
+    "bn-unbiased-var": ("bn,tanh,affine3", batchnorm_normalising_by_the_unbiased_variance),
+    "ln-eps": ("ln,tanh,affine3", layernorm_eps_a_hundred_times_torch),
+}
+
+
+@pytest.mark.parametrize("kind", list(NORM_BUGS))
+def test_a_norm_bug_inside_a_float32_allowance_does_not_pass(kind):
+    spec, bug = NORM_BUGS[kind]
+    r = unnormalised_run(spec, bug)
+    d = r.first_divergence
+    assert not r.passed, (r.drift_steps, r.kink_steps)
+    assert (d.step, d.quantity, d.layer) == (0, "out", 0), d
+
+
+@pytest.mark.parametrize("kind", list(NORM_BUGS))
+def test_a_correct_norm_on_unnormalised_float32_features_passes(kind):
+    spec, _ = NORM_BUGS[kind]
+    r = unnormalised_run(spec)
+    assert r.passed, r.first_divergence
