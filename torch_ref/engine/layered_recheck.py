@@ -18,7 +18,12 @@ At a mismatch the scratch side redoes its step, each stage from torch's inputs t
        module gives on that same input, output and gradient (`_own_kinks`): an exact 0 or an
        exact tie lies there, where torch's inputs (stages 1 and 3) may have rounded off it,
        and a convention bug at the kink (relu'(0) = 1, a tie routed to the last max) would
-       otherwise go unseen whenever torch's rounding lands on the side of the right convention.
+       otherwise go unseen whenever torch's rounding lands on the side of the right convention;
+    6. in a float32 run, each affine, conv and norm layer and a float64 copy of torch's module,
+       both in float64 on torch's input with torch's parameters and statistics, agree within
+       the float64 tolerance and allowance, forward and backward (`_lifted`): a float32
+       allowance for a sum of large terms (unnormalised inputs into a norm) can exceed a
+       formula bug; the same allowance in float64 is 2^29 times smaller.
 
 A wrong formula fails its stage whatever its inputs. If every stage reproduces torch, the step
 is explained: "kink" when a relu or leaky-relu input lies on opposite sides of 0 on the two
@@ -29,6 +34,8 @@ and the side is left as its step left it.
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import torch
 from nn_parity.scratch import ops
@@ -38,6 +45,7 @@ from nn_parity.torch_ref.engine.comparer import _np
 from nn_parity.torch_ref.engine.recheck import _DOT_ULPS
 
 _KINKED = ("relu", "leaky_relu")
+STATS = ("running_mean", "running_var")
 # f' written from the output a (ops.activation_forward), and how far it moves when a moves by
 # a few ulps of itself: |d f'/da| |a|. Near saturation (a within rounding of 1, or of 0 for
 # sigmoid) f' is itself a few ulps, so one ulp of a is a large relative change in dx.
@@ -124,12 +132,12 @@ class _Pass:
         return v
 
 
-def _slack(net: sq.Sequential, p: _Pass, inputs: list) -> dict:
+def _slack(net: sq.Sequential, p: _Pass, inputs: list, dtype=None) -> dict:
     """Per layer output, the rounding its computation may carry beyond the table's fixed atol:
     _DOT_ULPS eps times the sum of magnitudes the layer adds up (docs/tolerances.md). Affine
     and conv: the same operation on |x|, |W|, |b|; a norm: |gamma| (|x| + |mu|) / sigma +
     |beta| (the centring cancels |x| and |mu|). Elementwise layers, pooling, flatten: none."""
-    eps = float(np.finfo(net.dtype).eps)
+    eps = float(np.finfo(net.dtype if dtype is None else dtype).eps)
     out = {}
     for l, (layer, x) in enumerate(zip(net.layers, inputs)):
         w, b = p.params.get(f"{l}.weight"), p.params.get(f"{l}.bias")
@@ -276,6 +284,8 @@ def _stages(sside, tside, items, mine, theirs, failing):
     bad = _backward_stage(net, theirs_p, items, theirs, dtype, inputs, caches, douts)  # 3.
     if bad is None:
         bad = _own_kinks(sside, tside, items, douts)  # 5.
+    if bad is None and dtype == np.float32:
+        bad = _lifted(sside, tside, items, inputs, douts)  # 6.
     if bad is not None:
         return bad
     if "lr" in failing:  # the rate the update takes: a schedule that parts
@@ -320,6 +330,81 @@ def _own_kinks(sside, tside, items, douts: list) -> int | None:
             grads = [(it.layer, k) for k, it in enumerate(items) if it.quantity == "grad"]
             below = [k for layer_at, k in grads if layer_at < l]
             return min(below) if below else min(k for _, k in grads)
+    return None
+
+
+_SUMS = (sq.Affine, sq.Conv2d, sq.BatchNorm, sq.LayerNorm)
+
+
+def _lifted(sside, tside, items, inputs: list, douts: list) -> int | None:
+    """6. (float32 runs) Each layer that forms sums, and a float64 copy of torch's module, in
+    float64 on torch's input to it: the output (and running statistics), the parameter
+    gradients and dx from torch's gradient at its output, within the float64 table's
+    tolerance plus the float64 allowance. The first failing item, as stages 1 and 3 name it."""
+    net, f64 = sside.net, np.float64
+    before = {k: v.astype(f64) for k, v in zip(tside.order, tside.params_before)}
+    p = _Pass(sside, before, {k: v.astype(f64) for k, v in tside.stats_before.items()})
+    xs = [np.asarray(x, f64) for x in inputs]
+    slack = _slack(net, p, xs, f64)
+    for l, layer in enumerate(net.layers):
+        if not isinstance(layer, _SUMS) or douts[l] is None:
+            continue
+        module = _module64(tside.ref[l], p, l, net.training)
+        xt = torch.from_numpy(xs[l]).requires_grad_(l > 0 and douts[l - 1] is not None)
+        with torch.enable_grad():
+            out_t = module(xt)
+        out, cache = p.layer(l, xs[l])
+        mine, ref = {("out", l, None, None): out}, {("out", l, None, None): out_t.detach().numpy()}
+        for b in _stats(module):
+            mine[("stat", l, b, None)] = p.buffers[f"{l}.{b}"]
+            ref[("stat", l, b, None)] = getattr(module, b).numpy()
+        if (bad := _first_off_keyed(items, mine, ref, slack)) is not None:
+            return bad
+        dout = douts[l].astype(f64)
+        out_t.backward(torch.from_numpy(dout))
+        dx, g = layer.backward(dout, cache)
+        dx_slack, g_slack = _backward_slack(layer, l, p, dout, xs[l], cache)
+        mine = {("grad", l, n, None): v for n, v in g.items()}
+        ref = {("grad", l, n, None): getattr(module, n).grad.numpy() for n in g}
+        if (bad := _first_off_keyed(items, mine, ref, g_slack)) is not None:
+            return bad
+        tol = tolerance("grad", f64)
+        if xt.requires_grad and first_mismatch(dx, xt.grad.numpy(), tol.rtol,
+                                               tol.atol + dx_slack) is not None:  # fmt: skip
+            below = [k for k, it in enumerate(items) if it.quantity == "grad" and it.layer < l]
+            return min(below) if below else _index(items, ("out", l, None, None))
+    return None
+
+
+def _stats(module) -> tuple:
+    return STATS if getattr(module, "running_mean", None) is not None else ()
+
+
+def _module64(module, p: _Pass, l: int, train: bool):
+    """A float64 copy of torch's module at the parameters and statistics the step found."""
+    m = copy.deepcopy(module).double().train(train)
+    with torch.no_grad():
+        for name, v in {**p.params, **p.buffers}.items():
+            layer, _, attr = name.partition(".")
+            if int(layer) == l:
+                getattr(m, attr).copy_(torch.from_numpy(np.array(v)))
+    return m
+
+
+def _index(items, key) -> int:
+    return next(k for k, it in enumerate(items) if _key(it) == key)
+
+
+def _first_off_keyed(items, mine: dict, ref: dict, slack: dict) -> int | None:
+    """The index of the first item (in the run's order) whose float64 value in `mine` is not
+    within the float64 tolerance plus `slack` of `ref`."""
+    for k, it in enumerate(items):
+        key = _key(it)
+        if key in mine and key in ref:
+            tol = tolerance(it.quantity, np.float64)
+            atol = tol.atol + slack.get(key, 0.0)
+            if first_mismatch(mine[key], ref[key], tol.rtol, atol) is not None:
+                return k
     return None
 
 
