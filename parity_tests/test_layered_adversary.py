@@ -183,3 +183,92 @@ def test_a_correct_norm_on_unnormalised_float32_features_passes(kind):
     spec, _ = NORM_BUGS[kind]
     r = unnormalised_run(spec)
     assert r.passed, r.first_divergence
+
+
+# --- attacks the re-check refused as it stood: evidence -----------------------------------
+
+
+def small_run(spec, shape=(4,), train=True, bug=None, steps=6, **options):
+    rng = np.random.default_rng(2)
+    net = sq.from_spec(spec, shape, rng=2).train(train)
+    X, y = rng.normal(size=(10, *shape)), rng.integers(0, 3, size=10)
+    ref = TorchSequential(net)
+    if bug is not None:
+        bug(net)
+    return lockstep(net, ref, X, y, steps=steps, lr=0.1, loss="ce", **options)
+
+
+def dropout_scaling_in_eval(net):
+    """Eval mode multiplies by 1 - p (the pre-inverted-dropout convention)."""
+    layer, plain = net.layers[1], net.layers[1].forward
+    layer.forward = lambda x, p, train: plain(x, p, train) if train else (x * (1 - layer.p), None)
+
+
+def test_dropout_scaled_in_eval_mode_is_refused_at_its_output():
+    r = small_run("affine8,dropout0.5,tanh,affine3", train=False, bug=dropout_scaling_in_eval)
+    d = r.first_divergence
+    assert not r.passed and r.drift_steps == r.kink_steps == []
+    assert (d.step, d.quantity, d.layer) == (0, "out", 1), d
+
+
+def running_variance_biased(net):
+    """The running variance updated with the biased batch variance (torch: unbiased). The
+    resync hands scratch torch's statistics after an excused step: the re-check must compare
+    the statistics each step makes, not only those it is handed."""
+    layer, plain = net.layers[1], net.layers[1].forward
+
+    def forward(x, p, train):
+        var_before = p["running_var"].copy()
+        out, cache = plain(x, p, train)
+        if train:
+            v = x.var(axis=0)
+            p["running_var"][...] = (1 - layer.momentum) * var_before + layer.momentum * v
+        return out, cache
+
+    layer.forward = forward
+
+
+def test_running_statistics_updated_wrongly_are_refused_despite_the_resync():
+    r = small_run("affine8,bn,tanh,affine3", bug=running_variance_biased)
+    d = r.first_divergence
+    assert not r.passed and r.drift_steps == r.kink_steps == []
+    assert (d.step, d.quantity, d.layer) == (0, "stat", 1) and "running_var" in d.label, d
+
+
+def test_a_momentum_buffer_started_at_a_fraction_of_the_gradient_is_refused(monkeypatch):
+    from nn_parity.scratch import optim
+
+    plain = optim.SGD._update
+
+    def damped_start(self, p, g, state):
+        first = "momentum_buffer" not in state
+        plain(self, p, g, state)
+        if first:  # b_1 = 0.9 g (torch: b_1 = g), the step taken from the wrong buffer
+            p += self.lr * 0.1 * state["momentum_buffer"]
+            state["momentum_buffer"] *= 0.9
+
+    monkeypatch.setattr(optim.SGD, "_update", damped_start)
+    opt = {"name": "sgd", "momentum": 0.9}
+    r = small_run("affine8,bn,tanh,affine3", optimizer=opt)
+    d = r.first_divergence
+    assert not r.passed and r.drift_steps == r.kink_steps == []
+    assert d.step == 0 and d.quantity in ("state", "param"), d
+
+
+def wrong_on_a_smaller_batch(net):
+    """Correct on batches of 4; on the last, smaller batch of an epoch the output is 1e-6 off."""
+    layer, plain = net.layers[0], net.layers[0].forward
+
+    def forward(x, p, train):
+        out, cache = plain(x, p, train)
+        return (out if len(x) == 4 else out + 1e-6), cache
+
+    layer.forward = forward
+
+
+def test_a_bug_only_in_the_last_smaller_batch_is_refused_there():
+    r = small_run("affine8,tanh,affine3", bug=wrong_on_a_smaller_batch, steps=None,
+                  batch_size=4, epochs=2)  # fmt: skip
+    d = r.first_divergence
+    assert not r.passed and r.drift_steps == r.kink_steps == []
+    assert (d.step, d.quantity, d.layer, d.batch) == (2, "out", 0, 2), d
