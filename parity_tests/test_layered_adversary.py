@@ -50,11 +50,11 @@ class ConvRoundingAt(nn.Conv2d):
 RELU_SPEC = "conv2x3,relu,flatten,affine3"
 
 
-def zeros_rounded_down_run(bug=None, steps=3):
+def zeros_rounded_down_run(bug=None, steps=3, spec=RELU_SPEC):
     """Every exact zero of the conv output comes out as the largest float below 0 on torch's
     side: relu(-tiny) = 0 and relu'(-tiny) = 0, what a correct scratch gives at an exact 0.
     Only a scratch relu with another convention at 0 parts from torch."""
-    net, X, y = integer_net(RELU_SPEC, (1, 5, 5), seed=4)
+    net, X, y = integer_net(spec, (1, 5, 5), seed=4)
     zeros = [tuple(int(i) for i in z) for z in np.argwhere(conv_out(net, X) == 0)]
     assert len(zeros) >= 2
     ref = TorchSequential(net)
@@ -70,11 +70,32 @@ def test_rounding_below_a_kink_is_no_mismatch_for_a_correct_relu():
     assert r.kink_steps == r.drift_steps == []
 
 
-def test_a_relu_derivative_of_one_at_zero_is_not_excused_when_torch_rounds_below():
-    # relu'(0) = 1 in scratch: its conv gradients part from torch's at step 0, and only there
+def leaky_slope_one_at_zero(net):
+    """leaky_relu'(0) = 1 (torch: the slope)."""
+    slope = 0.2
+    net.layers[1].backward = lambda dout, cache: (np.where(cache[1] >= 0, dout, slope * dout), {})
+
+
+KINK_BUGS = {
+    "relu": (RELU_SPEC, relu_derivative_one_at_zero),
+    "leaky": ("conv2x3,leaky_relu:0.2,flatten,affine3", leaky_slope_one_at_zero),
+}
+
+
+@pytest.mark.parametrize("kind", list(KINK_BUGS))
+def test_rounding_below_a_kink_is_no_mismatch_for_a_correct_activation(kind):
+    r = zeros_rounded_down_run(spec=KINK_BUGS[kind][0])
+    assert r.passed, r.first_divergence
+    assert r.kink_steps == r.drift_steps == []
+
+
+@pytest.mark.parametrize("kind", list(KINK_BUGS))
+def test_a_derivative_of_one_at_zero_is_not_excused_when_torch_rounds_below(kind):
+    # f'(0) = 1 in scratch: its conv gradients part from torch's at step 0, and only there
     # (the update moves the conv off its exact zeros). Torch's inputs hold no 0, so a re-check
     # from torch's inputs alone never meets the bug: it must also see scratch's own zeros.
-    r = zeros_rounded_down_run(bug=relu_derivative_one_at_zero)
+    spec, bug = KINK_BUGS[kind]
+    r = zeros_rounded_down_run(bug=bug, spec=spec)
     assert not r.within[0].all()  # the bug is seen by the raw comparison
     d = r.first_divergence
     assert not r.passed, (r.kink_steps, r.drift_steps)
