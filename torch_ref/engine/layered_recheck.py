@@ -19,11 +19,12 @@ At a mismatch the scratch side redoes its step, each stage from torch's inputs t
        exact tie lies there, where torch's inputs (stages 1 and 3) may have rounded off it,
        and a convention bug at the kink (relu'(0) = 1, a tie routed to the last max) would
        otherwise go unseen whenever torch's rounding lands on the side of the right convention;
-    6. in a float32 run, each affine, conv and norm layer and a float64 copy of torch's module,
-       both in float64 on torch's input with torch's parameters and statistics, agree within
-       the float64 tolerance and allowance, forward and backward (`_lifted`): a float32
-       allowance for a sum of large terms (unnormalised inputs into a norm) can exceed a
-       formula bug; the same allowance in float64 is 2^29 times smaller.
+    6. each norm layer (and in a float32 run each affine and conv) and a float64 copy of
+       torch's module, both in float64 on torch's input recentred (a norm's output does not
+       change when its input and running mean move by a constant per channel or row), with
+       torch's parameters and statistics, agree within the float64 tolerance and allowance,
+       forward and backward (`_lifted`): an allowance for a sum of large terms (unnormalised
+       inputs into a norm) can exceed a formula bug; lifted and recentred it cannot.
 
 A wrong formula fails its stage whatever its inputs. If every stage reproduces torch, the step
 is explained: "kink" when a relu or leaky-relu input lies on opposite sides of 0 on the two
@@ -284,7 +285,7 @@ def _stages(sside, tside, items, mine, theirs, failing):
     bad = _backward_stage(net, theirs_p, items, theirs, dtype, inputs, caches, douts)  # 3.
     if bad is None:
         bad = _own_kinks(sside, tside, items, douts)  # 5.
-    if bad is None and dtype == np.float32:
+    if bad is None:
         bad = _lifted(sside, tside, items, inputs, douts)  # 6.
     if bad is not None:
         return bad
@@ -337,17 +338,20 @@ _SUMS = (sq.Affine, sq.Conv2d, sq.BatchNorm, sq.LayerNorm)
 
 
 def _lifted(sside, tside, items, inputs: list, douts: list) -> int | None:
-    """6. (float32 runs) Each layer that forms sums, and a float64 copy of torch's module, in
-    float64 on torch's input to it: the output (and running statistics), the parameter
-    gradients and dx from torch's gradient at its output, within the float64 table's
-    tolerance plus the float64 allowance. The first failing item, as stages 1 and 3 name it."""
+    """6. Each norm layer (float32 runs: each layer that forms sums) and a float64 copy of
+    torch's module, in float64 on torch's input to it (a norm's recentred): the output (and
+    running statistics), the parameter gradients and dx from torch's gradient at its output,
+    within the float64 tolerance plus the float64 allowance. The first failing item, as
+    stages 1 and 3 name it."""
     net, f64 = sside.net, np.float64
+    kinds = _SUMS if sside.dtype == np.float32 else _SUMS[2:]
     before = {k: v.astype(f64) for k, v in zip(tside.order, tside.params_before)}
     p = _Pass(sside, before, {k: v.astype(f64) for k, v in tside.stats_before.items()})
-    xs = [np.asarray(x, f64) for x in inputs]
+    xs = [_recentred(layer, l, np.asarray(x, f64), p) for l, (layer, x) in
+          enumerate(zip(net.layers, inputs))]  # fmt: skip
     slack = _slack(net, p, xs, f64)
     for l, layer in enumerate(net.layers):
-        if not isinstance(layer, _SUMS) or douts[l] is None:
+        if not isinstance(layer, kinds) or douts[l] is None:
             continue
         module = _module64(tside.ref[l], p, l, net.training)
         xt = torch.from_numpy(xs[l]).requires_grad_(l > 0 and douts[l - 1] is not None)
@@ -374,6 +378,19 @@ def _lifted(sside, tside, items, inputs: list, douts: list) -> int | None:
             below = [k for k, it in enumerate(items) if it.quantity == "grad" and it.layer < l]
             return min(below) if below else _index(items, ("out", l, None, None))
     return None
+
+
+def _recentred(layer, l: int, x: np.ndarray, p: _Pass) -> np.ndarray:
+    """A norm's input less a per-channel (batchnorm) or per-row (layernorm) constant, near
+    its mean, and batchnorm's running mean less the same: the output is unchanged, the
+    centring no longer cancels large terms. Other layers' inputs as they are."""
+    if isinstance(layer, sq.LayerNorm):
+        return x - x.mean(-1, keepdims=True)
+    if not isinstance(layer, sq.BatchNorm):
+        return x
+    c = x.mean((0, *range(2, x.ndim)))  # (C,)
+    p.buffers[f"{l}.running_mean"] = p.buffers[f"{l}.running_mean"] - c
+    return x - c.reshape((1, layer.c) + (1,) * (x.ndim - 2))
 
 
 def _stats(module) -> tuple:
