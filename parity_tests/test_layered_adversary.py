@@ -304,3 +304,37 @@ def test_a_bug_only_in_the_last_smaller_batch_is_refused_there():
     d = r.first_divergence
     assert not r.passed and r.drift_steps == r.kink_steps == []
     assert (d.step, d.quantity, d.layer, d.batch) == (2, "out", 0, 2), d
+
+
+# --- the same attack on the built-in MLP's re-check (engine/recheck.py) --------------------
+
+
+class LinearRoundingDownAtZero(nn.Linear):
+    """nn.Linear, except that an output of exactly 0 comes out as -eps."""
+
+    def forward(self, x):
+        z = super().forward(x)
+        return z - (z == 0) * torch.finfo(z.dtype).eps
+
+
+def test_the_mlp_refuses_a_relu_derivative_of_one_at_zero_when_torch_rounds_below():
+    # FAILS TODAY (engine/recheck.py, not this helper's to edit): the MLP's re-check excuses
+    # the gradient difference as drift; a correct relu shows no mismatch at all.
+    from nn_parity import scratch
+    from nn_parity.torch_ref.mirror.model import TorchMLP
+
+    X = np.array([[1, -1], [2, 1], [-1, 3], [3, 2]], "float64")  # z[0] = 0 on sample 0 only
+    y = np.array([0, 1, 1, 0], "float64")
+    net = scratch.MLP([2, 2, 1], ["relu", "sigmoid"], dtype="float64")
+    net.load_state_dict({
+        "layers.0.weight": np.array([[1.0, 1.0], [2.0, -1.0]]), "layers.0.bias": np.zeros(2),
+        "layers.1.weight": np.array([[0.5, -0.25]]), "layers.1.bias": np.zeros(1),
+    })  # fmt: skip
+    ref = TorchMLP.from_scratch(net)
+    rounding = LinearRoundingDownAtZero(2, 2, dtype=torch.float64)
+    rounding.load_state_dict(ref.layers[0].state_dict())
+    ref.layers[0] = rounding
+    net.layers[0].activation.backward = lambda da, z, a: np.where(z >= 0, da, 0)
+    r = lockstep(net, ref, X, y, steps=5, lr=0.1)
+    assert not r.within[0].all()
+    assert not r.passed, (r.kink_steps, r.drift_steps)
