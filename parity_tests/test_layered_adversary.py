@@ -338,3 +338,42 @@ def test_the_mlp_refuses_a_relu_derivative_of_one_at_zero_when_torch_rounds_belo
     r = lockstep(net, ref, X, y, steps=5, lr=0.1)
     assert not r.within[0].all()
     assert not r.passed, (r.kink_steps, r.drift_steps)
+
+
+# --- an affine bug inside the allowance of a sum that cancels ------------------------------
+
+
+def cancelling_affine_run(bug=None):
+    """Features of order 1e12 with spread 1, float64, a unit's weights summing to 0: its
+    output is of order 1 while its allowance is 32 eps sum |x| |W| = 5e-3."""
+    rng = np.random.default_rng(0)
+    net = sq.from_spec("affine8,tanh,affine3", (6,), rng=0)
+    w = net.params["0.weight"]
+    w -= w.mean(1, keepdims=True)
+    X, y = 1e12 + rng.normal(size=(32, 6)), rng.integers(0, 3, size=32)
+    ref = TorchSequential(net)
+    if bug is not None:
+        bug(net)
+    return lockstep(net, ref, X, y, steps=4, lr=1e-3, loss="ce")
+
+
+def bias_one_percent_large(net):
+    layer, plain = net.layers[0], net.layers[0].forward
+
+    def forward(x, p, train):
+        out, cache = plain(x, p, train)
+        return out + 0.01 * p["bias"], cache
+
+    layer.forward = forward
+
+
+def test_a_correct_affine_on_cancelling_sums_passes():
+    r = cancelling_affine_run()
+    assert r.passed, r.first_divergence
+
+
+def test_an_affine_bug_inside_a_cancelling_sums_allowance_is_not_excused():
+    r = cancelling_affine_run(bias_one_percent_large)
+    d = r.first_divergence
+    assert not r.passed and r.drift_steps == [], r.drift_steps
+    assert (d.step, d.quantity, d.layer) == (0, "out", 0), d

@@ -19,12 +19,12 @@ At a mismatch the scratch side redoes its step, each stage from torch's inputs t
        exact tie lies there, where torch's inputs (stages 1 and 3) may have rounded off it,
        and a convention bug at the kink (relu'(0) = 1, a tie routed to the last max) would
        otherwise go unseen whenever torch's rounding lands on the side of the right convention;
-    6. each norm layer (and in a float32 run each affine and conv) and a float64 copy of
-       torch's module, both in float64 on torch's input recentred (a norm's output does not
-       change when its input and running mean move by a constant per channel or row), with
-       torch's parameters and statistics, agree within the float64 tolerance and allowance,
-       forward and backward (`_lifted`): an allowance for a sum of large terms (unnormalised
-       inputs into a norm) can exceed a formula bug; lifted and recentred it cannot.
+    6. each affine, conv and norm layer and a float64 copy of torch's module, both in float64
+       on torch's input recentred (a norm's output does not change when its input and running
+       mean move by a constant per channel or row; an affine or conv is as well tested on
+       one input as another), with torch's parameters and statistics, agree within the
+       float64 tolerance and allowance, forward and backward (`_lifted`): an allowance for a
+       sum of large terms (unnormalised inputs) can exceed a formula bug; here it cannot.
 
 A wrong formula fails its stage whatever its inputs. If every stage reproduces torch, the step
 is explained: "kink" when a relu or leaky-relu input lies on opposite sides of 0 on the two
@@ -338,20 +338,19 @@ _SUMS = (sq.Affine, sq.Conv2d, sq.BatchNorm, sq.LayerNorm)
 
 
 def _lifted(sside, tside, items, inputs: list, douts: list) -> int | None:
-    """6. Each norm layer (float32 runs: each layer that forms sums) and a float64 copy of
-    torch's module, in float64 on torch's input to it (a norm's recentred): the output (and
+    """6. Each layer that forms sums and a float64 copy of torch's module, in float64 on
+    torch's input to it recentred (`_recentred`): the output (and
     running statistics), the parameter gradients and dx from torch's gradient at its output,
     within the float64 tolerance plus the float64 allowance. The first failing item, as
     stages 1 and 3 name it."""
     net, f64 = sside.net, np.float64
-    kinds = _SUMS if sside.dtype == np.float32 else _SUMS[2:]
     before = {k: v.astype(f64) for k, v in zip(tside.order, tside.params_before)}
     p = _Pass(sside, before, {k: v.astype(f64) for k, v in tside.stats_before.items()})
     xs = [_recentred(layer, l, np.asarray(x, f64), p) for l, (layer, x) in
           enumerate(zip(net.layers, inputs))]  # fmt: skip
     slack = _slack(net, p, xs, f64)
     for l, layer in enumerate(net.layers):
-        if not isinstance(layer, kinds) or douts[l] is None:
+        if not isinstance(layer, _SUMS) or douts[l] is None:
             continue
         module = _module64(tside.ref[l], p, l, net.training)
         xt = torch.from_numpy(xs[l]).requires_grad_(l > 0 and douts[l - 1] is not None)
@@ -383,9 +382,12 @@ def _lifted(sside, tside, items, inputs: list, douts: list) -> int | None:
 def _recentred(layer, l: int, x: np.ndarray, p: _Pass) -> np.ndarray:
     """A norm's input less a per-channel (batchnorm) or per-row (layernorm) constant, near
     its mean, and batchnorm's running mean less the same: the output is unchanged, the
-    centring no longer cancels large terms. Other layers' inputs as they are."""
+    centring no longer cancels large terms. An affine's or conv's input less its mean per
+    feature or channel: its sums of large terms no longer cancel either."""
     if isinstance(layer, sq.LayerNorm):
         return x - x.mean(-1, keepdims=True)
+    if isinstance(layer, (sq.Affine, sq.Conv2d)):  # another input, as good for the formula
+        return x - x.mean((0, *range(2, x.ndim)), keepdims=True)
     if not isinstance(layer, sq.BatchNorm):
         return x
     c = x.mean((0, *range(2, x.ndim)))  # (C,)
