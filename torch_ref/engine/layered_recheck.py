@@ -46,7 +46,6 @@ from nn_parity.torch_ref.engine.comparer import _np
 from nn_parity.torch_ref.engine.recheck import _DOT_ULPS
 
 _KINKED = ("relu", "leaky_relu")
-STATS = ("running_mean", "running_var")
 # f' written from the output a (ops.activation_forward), and how far it moves when a moves by
 # a few ulps of itself: |d f'/da| |a|. Near saturation (a within rounding of 1, or of 0 for
 # sigmoid) f' is itself a few ulps, so one ulp of a is a large relative change in dx.
@@ -321,7 +320,7 @@ def _own_kinks(sside, tside, items, douts: list) -> int | None:
             out_t = tside.ref[l](xt)
         tol = tolerance("out", dtype)
         if first_mismatch(out, out_t.detach().numpy(), tol.rtol, tol.atol) is not None:
-            return next(k for k, it in enumerate(items) if _key(it) == ("out", l, None, None))
+            return _index(items, ("out", l, None, None))
         if not xt.requires_grad:  # nothing below takes a gradient
             continue
         out_t.backward(torch.from_numpy(np.array(douts[l])))
@@ -339,10 +338,9 @@ _SUMS = (sq.Affine, sq.Conv2d, sq.BatchNorm, sq.LayerNorm)
 
 def _lifted(sside, tside, items, inputs: list, douts: list) -> int | None:
     """6. Each layer that forms sums and a float64 copy of torch's module, in float64 on
-    torch's input to it recentred (`_recentred`): the output (and
-    running statistics), the parameter gradients and dx from torch's gradient at its output,
-    within the float64 tolerance plus the float64 allowance. The first failing item, as
-    stages 1 and 3 name it."""
+    torch's input to it recentred (`_recentred`): the output (and running statistics), the
+    parameter gradients and dx from torch's gradient at its output, within the float64
+    tolerance plus the float64 allowance. The first failing item, as stages 1 and 3 name it."""
     net, f64 = sside.net, np.float64
     before = {k: v.astype(f64) for k, v in zip(tside.order, tside.params_before)}
     p = _Pass(sside, before, {k: v.astype(f64) for k, v in tside.stats_before.items()})
@@ -396,7 +394,7 @@ def _recentred(layer, l: int, x: np.ndarray, p: _Pass) -> np.ndarray:
 
 
 def _stats(module) -> tuple:
-    return STATS if getattr(module, "running_mean", None) is not None else ()
+    return sq.BatchNorm.buffers if getattr(module, "running_mean", None) is not None else ()
 
 
 def _module64(module, p: _Pass, l: int, train: bool):
