@@ -135,13 +135,15 @@ def tie_broken_first_run(bug=None, dtype="float64"):
     return lockstep(net, ref, X, y, steps=3, lr=0.1, loss="ce")
 
 
-def test_a_tie_broken_the_scratch_way_is_no_mismatch_for_a_correct_pool():
-    r = tie_broken_first_run()
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_a_tie_broken_the_scratch_way_is_no_mismatch_for_a_correct_pool(dtype):
+    r = tie_broken_first_run(dtype=dtype)
     assert r.passed and r.within.all(), r.first_divergence
 
 
-def test_a_pool_routing_to_the_last_max_is_not_excused_when_torch_rounds_the_first_up():
-    r = tie_broken_first_run(bug=pool_to_the_last_max)
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_a_pool_routing_to_the_last_max_is_not_excused_when_torch_rounds_the_first_up(dtype):
+    r = tie_broken_first_run(bug=pool_to_the_last_max, dtype=dtype)
     assert not r.within[0].all()
     d = r.first_divergence
     assert not r.passed, (r.kink_steps, r.drift_steps)
