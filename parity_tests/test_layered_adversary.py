@@ -201,6 +201,30 @@ def test_a_norm_bug_inside_a_float32_allowance_does_not_pass(kind):
     assert (d.step, d.quantity, d.layer) == (0, "out", 0), d
 
 
+def batchnorm_variance_as_mean_square_less_square_mean(net):
+    """var = E[x^2] - E[x]^2: it cancels x^2 where torch's cancels x, so its error grows as
+    eps x^2 / sigma^2 against an allowance of eps |x| / sigma. Recentring (stage 6) would
+    hide it; the stage on torch's own input (1) must refuse it first."""
+    layer, plain = net.layers[0], net.layers[0].forward
+
+    def forward(x, p, train):
+        out, cache = plain(x, p, train)
+        mu, b = x.mean(0), p["bias"]
+        wrong = (x * x).mean(0) - mu * mu
+        fix = np.sqrt((x.var(0) + layer.eps) / np.maximum(wrong + layer.eps, 1e-30))
+        return ((out - b) * fix + b).astype(x.dtype), cache
+
+    layer.forward = forward
+
+
+def test_a_variance_that_cancels_squares_is_refused_before_any_recentring():
+    spec = "bn,tanh,affine3"
+    r = unnormalised_run(spec, batchnorm_variance_as_mean_square_less_square_mean, scale=300)
+    d = r.first_divergence
+    assert not r.passed and r.drift_steps == [], r.drift_steps
+    assert (d.step, d.quantity, d.layer) == (0, "out", 0), d
+
+
 @pytest.mark.parametrize("kind", list(NORM_BUGS))
 def test_a_norm_bug_inside_a_float64_allowance_does_not_pass(kind):
     # the same bugs in float64, features of order 1e13: the norm's allowance is 32 eps 2e13 =
