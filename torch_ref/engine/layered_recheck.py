@@ -13,7 +13,18 @@ At a mismatch the scratch side redoes its step, each stage from torch's inputs t
     3. the backward, from the loss's gradient at torch's output, through every layer's cache as
        its forward on torch's input left it (stage 1), gives torch's parameter gradients;
     4. the update, from torch's parameters, gradients and optimizer state, gives torch's
-       updated parameters and state (when those are what failed).
+       updated parameters and state (when those are what failed);
+    5. each relu-family and max-pool layer, on scratch's OWN input to it, gives what torch's
+       module gives on that same input, output and gradient (`_own_kinks`): an exact 0 or an
+       exact tie lies there, where torch's inputs (stages 1 and 3) may have rounded off it,
+       and a convention bug at the kink (relu'(0) = 1, a tie routed to the last max) would
+       otherwise go unseen whenever torch's rounding lands on the side of the right convention;
+    6. each affine, conv and norm layer and a float64 copy of torch's module, both in float64
+       on torch's input recentred (a norm's output does not change when its input and running
+       mean move by a constant per channel or row; an affine or conv is as well tested on
+       one input as another), with torch's parameters and statistics, agree within the
+       float64 tolerance and allowance, forward and backward (`_lifted`): an allowance for a
+       sum of large terms (unnormalised inputs) can exceed a formula bug; here it cannot.
 
 A wrong formula fails its stage whatever its inputs. If every stage reproduces torch, the step
 is explained: "kink" when a relu or leaky-relu input lies on opposite sides of 0 on the two
@@ -24,7 +35,10 @@ and the side is left as its step left it.
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
+import torch
 from nn_parity.scratch import ops
 from nn_parity.scratch import sequential as sq
 from nn_parity.torch_ref.compare import first_mismatch, tolerance
@@ -118,12 +132,12 @@ class _Pass:
         return v
 
 
-def _slack(net: sq.Sequential, p: _Pass, inputs: list) -> dict:
+def _slack(net: sq.Sequential, p: _Pass, inputs: list, dtype=None) -> dict:
     """Per layer output, the rounding its computation may carry beyond the table's fixed atol:
     _DOT_ULPS eps times the sum of magnitudes the layer adds up (docs/tolerances.md). Affine
     and conv: the same operation on |x|, |W|, |b|; a norm: |gamma| (|x| + |mu|) / sigma +
     |beta| (the centring cancels |x| and |mu|). Elementwise layers, pooling, flatten: none."""
-    eps = float(np.finfo(net.dtype).eps)
+    eps = float(np.finfo(net.dtype if dtype is None else dtype).eps)
     out = {}
     for l, (layer, x) in enumerate(zip(net.layers, inputs)):
         w, b = p.params.get(f"{l}.weight"), p.params.get(f"{l}.bias")
@@ -268,6 +282,10 @@ def _stages(sside, tside, items, mine, theirs, failing):
     if douts[-1] is not None and first_mismatch(dlast, douts[-1], tol.rtol, tol.atol) is not None:
         return min(k for k, it in enumerate(items) if it.quantity == "grad")
     bad = _backward_stage(net, theirs_p, items, theirs, dtype, inputs, caches, douts)  # 3.
+    if bad is None:
+        bad = _own_kinks(sside, tside, items, douts)  # 5.
+    if bad is None:
+        bad = _lifted(sside, tside, items, inputs, douts)  # 6.
     if bad is not None:
         return bad
     if "lr" in failing:  # the rate the update takes: a schedule that parts
@@ -282,6 +300,129 @@ def _stages(sside, tside, items, mine, theirs, failing):
         if (bad := _first_off(items, redo, theirs, dtype)) is not None:
             return bad  # 4.
     return _reason(net, sside, inputs, caches)
+
+
+def _own_kinks(sside, tside, items, douts: list) -> int | None:
+    """5. Each relu-family and max-pool layer and torch's module, on the input scratch's own
+    step gave the layer, forward and (from torch's gradient at its output) backward: equal
+    within the table's tolerance, with no allowance (no sum is formed). The first failing
+    item: the layer's output, or the first gradient its dx feeds."""
+    net, dtype = sside.net, sside.dtype
+    mine = [sside.X] + [o for o, _ in sside.cache[:-1]]
+    for l, layer in enumerate(net.layers):
+        kinked = isinstance(layer, sq.Act) and layer.kind.partition(":")[0] in _KINKED
+        if not (kinked or isinstance(layer, sq.MaxPool2d)):
+            continue
+        x = np.array(mine[l])
+        out, cache = layer.forward(x, {}, net.training)
+        xt = torch.from_numpy(x).requires_grad_(l > 0 and douts[l - 1] is not None)
+        with torch.enable_grad():
+            out_t = tside.ref[l](xt)
+        tol = tolerance("out", dtype)
+        if first_mismatch(out, out_t.detach().numpy(), tol.rtol, tol.atol) is not None:
+            return _index(items, ("out", l, None, None))
+        if not xt.requires_grad:  # nothing below takes a gradient
+            continue
+        out_t.backward(torch.from_numpy(np.array(douts[l])))
+        dx, _ = layer.backward(np.array(douts[l]), cache)
+        tol = tolerance("grad", dtype)
+        if first_mismatch(dx, xt.grad.numpy(), tol.rtol, tol.atol) is not None:
+            grads = [(it.layer, k) for k, it in enumerate(items) if it.quantity == "grad"]
+            below = [k for layer_at, k in grads if layer_at < l]
+            return min(below) if below else min(k for _, k in grads)
+    return None
+
+
+_SUMS = (sq.Affine, sq.Conv2d, sq.BatchNorm, sq.LayerNorm)
+
+
+def _lifted(sside, tside, items, inputs: list, douts: list) -> int | None:
+    """6. Each layer that forms sums and a float64 copy of torch's module, in float64 on
+    torch's input to it recentred (`_recentred`): the output (and running statistics), the
+    parameter gradients and dx from torch's gradient at its output, within the float64
+    tolerance plus the float64 allowance. The first failing item, as stages 1 and 3 name it."""
+    net, f64 = sside.net, np.float64
+    before = {k: v.astype(f64) for k, v in zip(tside.order, tside.params_before)}
+    p = _Pass(sside, before, {k: v.astype(f64) for k, v in tside.stats_before.items()})
+    xs = [_recentred(layer, l, np.asarray(x, f64), p) for l, (layer, x) in
+          enumerate(zip(net.layers, inputs))]  # fmt: skip
+    slack = _slack(net, p, xs, f64)
+    for l, layer in enumerate(net.layers):
+        if not isinstance(layer, _SUMS) or douts[l] is None:
+            continue
+        module = _module64(tside.ref[l], p, l, net.training)
+        xt = torch.from_numpy(xs[l]).requires_grad_(l > 0 and douts[l - 1] is not None)
+        with torch.enable_grad():
+            out_t = module(xt)
+        out, cache = p.layer(l, xs[l])
+        mine, ref = {("out", l, None, None): out}, {("out", l, None, None): out_t.detach().numpy()}
+        for b in _stats(module):
+            mine[("stat", l, b, None)] = p.buffers[f"{l}.{b}"]
+            ref[("stat", l, b, None)] = getattr(module, b).numpy()
+        if (bad := _first_off_keyed(items, mine, ref, slack)) is not None:
+            return bad
+        dout = douts[l].astype(f64)
+        out_t.backward(torch.from_numpy(dout))
+        dx, g = layer.backward(dout, cache)
+        dx_slack, g_slack = _backward_slack(layer, l, p, dout, xs[l], cache)
+        mine = {("grad", l, n, None): v for n, v in g.items()}
+        ref = {("grad", l, n, None): getattr(module, n).grad.numpy() for n in g}
+        if (bad := _first_off_keyed(items, mine, ref, g_slack)) is not None:
+            return bad
+        tol = tolerance("grad", f64)
+        if xt.requires_grad and first_mismatch(dx, xt.grad.numpy(), tol.rtol,
+                                               tol.atol + dx_slack) is not None:  # fmt: skip
+            below = [k for k, it in enumerate(items) if it.quantity == "grad" and it.layer < l]
+            return min(below) if below else _index(items, ("out", l, None, None))
+    return None
+
+
+def _recentred(layer, l: int, x: np.ndarray, p: _Pass) -> np.ndarray:
+    """A norm's input less a per-channel (batchnorm) or per-row (layernorm) constant, near
+    its mean, and batchnorm's running mean less the same: the output is unchanged, the
+    centring no longer cancels large terms. An affine's or conv's input less its mean per
+    feature or channel: its sums of large terms no longer cancel either."""
+    if isinstance(layer, sq.LayerNorm):
+        return x - x.mean(-1, keepdims=True)
+    if isinstance(layer, (sq.Affine, sq.Conv2d)):  # another input, as good for the formula
+        return x - x.mean((0, *range(2, x.ndim)), keepdims=True)
+    if not isinstance(layer, sq.BatchNorm):
+        return x
+    c = x.mean((0, *range(2, x.ndim)))  # (C,)
+    p.buffers[f"{l}.running_mean"] = p.buffers[f"{l}.running_mean"] - c
+    return x - c.reshape((1, layer.c) + (1,) * (x.ndim - 2))
+
+
+def _stats(module) -> tuple:
+    return sq.BatchNorm.buffers if getattr(module, "running_mean", None) is not None else ()
+
+
+def _module64(module, p: _Pass, l: int, train: bool):
+    """A float64 copy of torch's module at the parameters and statistics the step found."""
+    m = copy.deepcopy(module).double().train(train)
+    with torch.no_grad():
+        for name, v in {**p.params, **p.buffers}.items():
+            layer, _, attr = name.partition(".")
+            if int(layer) == l:
+                getattr(m, attr).copy_(torch.from_numpy(np.array(v)))
+    return m
+
+
+def _index(items, key) -> int:
+    return next(k for k, it in enumerate(items) if _key(it) == key)
+
+
+def _first_off_keyed(items, mine: dict, ref: dict, slack: dict) -> int | None:
+    """The index of the first item (in the run's order) whose float64 value in `mine` is not
+    within the float64 tolerance plus `slack` of `ref`."""
+    for k, it in enumerate(items):
+        key = _key(it)
+        if key in mine and key in ref:
+            tol = tolerance(it.quantity, np.float64)
+            atol = tol.atol + slack.get(key, 0.0)
+            if first_mismatch(mine[key], ref[key], tol.rtol, atol) is not None:
+                return k
+    return None
 
 
 def _update(sside, items, params: dict, grads: dict, state) -> dict:
