@@ -344,8 +344,9 @@ class LinearRoundingDownAtZero(nn.Linear):
 
 
 def test_the_mlp_refuses_a_relu_derivative_of_one_at_zero_when_torch_rounds_below():
-    # FAILS TODAY (engine/recheck.py, not this helper's to edit): the MLP's re-check excuses
-    # the gradient difference as drift; a correct relu shows no mismatch at all.
+    # The MLP's re-check once excused this as drift (its backward stage runs on torch's z,
+    # where the exact 0 is gone); stage 0b compares the derivative on scratch's own z. A
+    # correct relu shows no mismatch at all here.
     from nn_parity import scratch
     from nn_parity.torch_ref.mirror.model import TorchMLP
 

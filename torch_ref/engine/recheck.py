@@ -20,6 +20,7 @@ How finely the step can be redone depends on the side's capabilities:
 from __future__ import annotations
 
 import numpy as np
+import torch
 from nn_parity.torch_ref.compare import (
     first_mismatch,
     tolerance,
@@ -27,6 +28,7 @@ from nn_parity.torch_ref.compare import (
 from nn_parity.torch_ref.engine.comparer import _np
 from nn_parity.torch_ref.engine.rounding import backward_slack, forward_slack, update_slack
 from nn_parity.torch_ref.engine.scratch_side import MLPSide
+from nn_parity.torch_ref.mirror.model import torch_activation
 
 
 def _has_kink(act) -> bool:
@@ -132,6 +134,8 @@ def _staged(sside, tside, items, within, svals, tvals, flips):
 
       0. scratch's step repeats itself bit for bit (a computation that does not is a bug), and
          each layer's cached input is the previous layer's output (X for the first);
+     0b. each relu-family derivative on scratch's own z equals torch's on that z (the stages
+         below run on torch's z, where a kink crossed by rounding has no exact 0);
       1. its forward, from torch's parameters as the step found them, each layer fed torch's
          input to it, gives torch's z, a, p (within each layer's own rounding);
       2. its loss (and declared L2 term), on torch's output and parameters, gives torch's;
@@ -169,6 +173,8 @@ def _staged(sside, tside, items, within, svals, tvals, flips):
         for k, (value, before) in enumerate(zip(again, original)):
             if not np.array_equal(value, before):
                 return None, k  # 0.
+        if (bad := _own_kinks(sside)) is not None:
+            return None, grad_of[f"layers.{bad}.weight"]  # 0b.
         for name, before in zip(tside.order, tside.params_before):
             np.copyto(net.params[name], before)
         inputs_t = [sside.X] + [a for _, a in cache_t[:-1]]
@@ -216,6 +222,23 @@ def _backward_stage(sside, dout, patched: list) -> tuple[list, list]:
         carried[n] = carried.get(n, 0.0) + eps * (2 * t + np.abs(net.grads[n]))
     slack = [carried.get(n, 0.0) for n in order]
     return [net.grads[n] for n in order], slack
+
+
+def _own_kinks(sside) -> int | None:
+    """The first relu-family layer whose derivative on scratch's own z differs from torch's
+    activation's on the same z, or None. Scratch's exact zeros are here, not in torch's z: a
+    derivative wrong only at 0 (relu'(0) = 1) would pass the backward stage, run on torch's z,
+    when torch rounded those zeros below 0."""
+    for l, (_, z, a) in enumerate(sside.cache):
+        act = sside.net.layers[l].activation
+        if not _has_kink(act):
+            continue
+        zt = torch.from_numpy(np.array(z)).requires_grad_(True)
+        torch_activation(act)(zt).backward(torch.ones_like(zt))
+        mine = act.backward(np.ones_like(z), z, a)
+        if not np.array_equal(np.asarray(mine), zt.grad.numpy()):  # type: ignore[union-attr]
+            return l
+    return None
 
 
 def _update_repeats(sside, items, svals, grads: np.ndarray) -> int | None:
