@@ -43,23 +43,15 @@ def check_dropout(dropout: Any, seq: sq.Sequential, spec: str) -> dict[int, str 
     tokens = [t.strip() for t in spec.split(",")]
     if dropout is None:
         dropout = {}
-    if not isinstance(dropout, Mapping):
-        raise TypeError(
-            f"dropout must map a dropout layer's index to its mask's path or a function, e.g. "
-            f"dropout={{3: 'layers[3].mask'}}; got {dropout!r}"
-        )
-    for key, source in dropout.items():
-        if not isinstance(key, (int, np.integer)) or key not in layers:
-            where = ", ".join(f"{l} ({tokens[l]!r})" for l in layers) or "none"
-            raise ValueError(
-                f"dropout names layer {key!r}, not a dropout layer of the spec {spec!r} "
-                f"(dropout layers: {where})"
-            )
-        if not (isinstance(source, str) or callable(source)):
-            raise TypeError(
-                f"dropout[{key}] must be the mask's path ('layers[{key}].mask') or a function "
-                f"returning it, got {type(source).__name__} {source!r}"
-            )
+    _check_sources(
+        "dropout",
+        dropout,
+        layers,
+        spec,
+        kind="a dropout",
+        example="{3: 'layers[3].mask'}",
+        what="the mask's path ('layers[{l}].mask') or a function returning it",
+    )
     missing = [l for l in layers if l not in dropout]
     if missing:
         l = missing[0]
@@ -69,6 +61,31 @@ def check_dropout(dropout: Any, seq: sq.Sequential, spec: str) -> dict[int, str 
             f"dropout={{{l}: lambda: mask}}"
         )
     return {int(k): v for k, v in dropout.items()}
+
+
+def _check_sources(
+    name: str, given: Any, layers: list[int], spec: str, *, kind: str, example: str, what: str
+) -> None:
+    """`dropout=` or `stats=`: a mapping from layer indices of `kind` layers of the spec to a
+    path in the user's object or a function; a one-line refusal naming the value otherwise."""
+    if not isinstance(given, Mapping):
+        raise TypeError(
+            f"{name} must map {kind} layer's index to {what.format(l='K')}, e.g. "
+            f"{name}={example}; got {given!r}"
+        )
+    tokens = [t.strip() for t in spec.split(",")]
+    for key, source in given.items():
+        if not isinstance(key, (int, np.integer)) or key not in layers:
+            where = ", ".join(f"{l} ({tokens[l]!r})" for l in layers) or "none"
+            raise ValueError(
+                f"{name} names layer {key!r}, not {kind} layer of the spec {spec!r} "
+                f"({kind.removeprefix('a ')} layers: {where})"
+            )
+        if not (isinstance(source, str) or callable(source)):
+            raise TypeError(
+                f"{name}[{key}] must be {what.format(l=key)}, got {type(source).__name__} "
+                f"{source!r}"
+            )
 
 
 def read_masks(net: Any, n: int) -> dict[int, np.ndarray]:
@@ -141,24 +158,15 @@ def check_stats(stats: Any, seq: sq.Sequential, spec: str) -> dict[int, str | Ca
     layers = [l for l, layer in enumerate(seq.layers) if isinstance(layer, sq.BatchNorm)]
     if stats is None:
         return {}
-    if not isinstance(stats, Mapping):
-        raise TypeError(
-            f"stats must map a batchnorm layer's index to where its running statistics are "
-            f"kept, e.g. stats={{1: 'layers[1]'}}; got {stats!r}"
-        )
-    tokens = [t.strip() for t in spec.split(",")]
-    for key, source in stats.items():
-        if not isinstance(key, (int, np.integer)) or key not in layers:
-            where = ", ".join(f"{l} ({tokens[l]!r})" for l in layers) or "none"
-            raise ValueError(
-                f"stats names layer {key!r}, not a batchnorm layer of the spec {spec!r} "
-                f"(batchnorm layers: {where})"
-            )
-        if not (isinstance(source, str) or callable(source)):
-            raise TypeError(
-                f"stats[{key}] must be a path ('layers[{key}]') or a function returning the "
-                f"running statistics, got {type(source).__name__} {source!r}"
-            )
+    _check_sources(
+        "stats",
+        stats,
+        layers,
+        spec,
+        kind="a batchnorm",
+        example="{1: 'layers[1]'}",
+        what="a path ('layers[{l}]') or a function returning the running statistics",
+    )
     return {int(k): v for k, v in stats.items()}
 
 
