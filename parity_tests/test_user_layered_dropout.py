@@ -218,8 +218,9 @@ def test_eval_mode_refuses_a_network_run_in_training_mode():
     X, y = digits(64)
     r = check(ad, X, y, lr=0.1, batch_size=32, epochs=1)
     div = r.first_divergence
-    assert div is not None and (div.step, div.quantity) == (0, "out"), str(div)
-    assert not r.worst()["out[1]"]["passed"]  # the batchnorm layer's output already parts
+    # the batchnorm layer's output is where the two first part (the re-check's rerun, which
+    # redraws the masks, does not repeat itself at out[3]: that is no place to start the report)
+    assert div is not None and (div.step, div.label) == (0, "out[1]"), str(div)
 
 
 @pytest.mark.parametrize("bug", list(lm.BN_BUGS))

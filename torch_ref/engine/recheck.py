@@ -111,7 +111,8 @@ def _rerun_whole(sside, tside, items, svals: list, tvals: list, batch, failing: 
         again = sside.rerun(keep_before, X, Y, rows, start_state)
         for k, j in enumerate(pick):
             if not np.array_equal(again[j], svals[k], equal_nan=True):
-                return None, k  # the step does not repeat itself: hidden state
+                return None, None  # it does not repeat itself (hidden state): the first
+                # item that parted is where the report starts
         redo = sside.rerun(torch_before, X, Y, rows, tside.state_before())
         redo_items = [redo[j] for j in pick]
         recovery = sside.recovery_slack()  # of the rerun's own before and after
