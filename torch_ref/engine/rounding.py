@@ -9,8 +9,10 @@ cancel) can therefore differ by far more than the table's fixed atol while both 
 Each stage of the re-check is fed torch's inputs for that stage, so only the stage's own
 rounding is allowed:
 
-    forward    each layer from torch's input to it: _DOT_ULPS eps (|x| |W|^T + |b|) per element
-               of z and of a = f(z) (slope at most 1); nothing carried from earlier layers
+    forward    each layer from torch's input to it: min(_DOT_ULPS, D + 2) eps (|x| |W|^T + |b|)
+               per element of z and of a = f(z) (slope at most 1), D the layer's inputs (the
+               worst case of a short sum, in practice sqrt(D)); nothing carried from earlier
+               layers
     backward   the chain dz_l = f'(z_l) (dz_{l+1} W_{l+1}) is scratch's own (torch keeps no
                hidden dz), so each layer's gradient may carry the rounding of every product
                above it: the magnitudes are propagated with absolute values, |dz_l| <=
@@ -38,8 +40,17 @@ __all__ = ["backward_slack", "forward_slack", "update_slack"]
 _DOT_ULPS = 32
 
 
+def dot_ulps(terms: int) -> int:
+    """The ulps (of the terms' magnitude) two correct libraries may part by on a sum of `terms`
+    products plus a bias, then an activation of slope at most 1: each side's sum rounds by at
+    most (terms + 1) eps / 2 of it in any order, the activation by one ulp more. _DOT_ULPS caps
+    it: a short sum is allowed its worst case, not a long sum's (a dropped bias of 4 on a 2-term
+    z of 2e6 in float32 was 8 ulps of 2e6, within the flat 32, test_dense_adversary.py)."""
+    return min(_DOT_ULPS, terms + 2)
+
+
 def forward_slack(net, items, inputs: list[np.ndarray]) -> list:
-    """Per forward item, _DOT_ULPS * eps * (|x| |W|^T + |b|), elementwise, with x torch's input
+    """Per forward item, dot_ulps(D) * eps * (|x| |W|^T + |b|), elementwise, with x torch's input
     to that item's layer; prob (no layer) follows the last layer's z."""
     eps = float(np.finfo(net.dtype).eps)
     magnitude = []
@@ -47,7 +58,7 @@ def forward_slack(net, items, inputs: list[np.ndarray]) -> list:
         m = np.abs(x) @ np.abs(net.params[f"layers.{l}.weight"]).T  # (N, H)
         if net.bias:
             m = m + np.abs(net.params[f"layers.{l}.bias"])
-        magnitude.append(_DOT_ULPS * eps * m)
+        magnitude.append(dot_ulps(x.shape[-1]) * eps * m)
     return [magnitude[it.layer if it.layer is not None else -1] for it in items]
 
 

@@ -1,0 +1,122 @@
+"""An adversary against the built-in network's stage-wise re-check and user code's coarse one
+(engine/recheck.py, engine/rounding.py): bugs planted where an excuse (kink, saturation, drift)
+could cover them. Each attack that once ended in PASS is asserted refused; each excuse is also
+shown still excusing the rounding event it is for, made by construction (known ulps).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from nn_parity import scratch
+from nn_parity.scratch import layers
+from nn_parity.torch_ref import TorchMLP, adapt, check, lockstep
+from torch import nn
+
+# --- the forward allowance on a short sum of large terms -------------------------------------
+
+
+def _dropped_bias(self, x):
+    """Dense.forward without its bias: z = x W^T."""
+    z = x @ self.weight.T
+    a = self.activation.forward(z)
+    return a, (x, z, a)
+
+
+class LinearOffByUlps(nn.Linear):
+    """nn.Linear whose output is moved by `ulps` ulps of its terms' magnitude |x| |W|^T + |b|:
+    what another correct summation may return when ulps is small."""
+
+    ulps = 0
+
+    def forward(self, x):
+        z = super().forward(x)
+        with torch.no_grad():
+            m = x.abs() @ self.weight.abs().T + self.bias.abs()
+        return z + self.ulps * torch.finfo(z.dtype).eps * m
+
+
+def large_cancelling_run(ulps=0, steps=3):
+    """A 2-1 identity net in float32 on x = (t, t), t up to 4e6, W = (1, -1), b = 4: z = 4
+    exactly on both sides (the products are exact and cancel). The terms' magnitude is 2t + 4,
+    so the flat 32-ulp allowance was 32 eps (2e6 + 4) = 7.6 at t = 1e6: a bias of 4 dropped
+    from z fitted in it, at every step, and the run passed with every step 'drift'."""
+    big = 1e6
+    X = np.array([[big, big], [2 * big, 2 * big], [big, big], [4 * big, 4 * big]], np.float32)
+    y = np.array([[1.0], [2.0], [0.5], [3.0]], np.float32)
+    net = scratch.MLP([2, 1], ["identity"], dtype="float32")
+    w = {"layers.0.weight": np.array([[1.0, -1.0]]), "layers.0.bias": np.array([4.0])}
+    net.load_state_dict(w)
+    ref = TorchMLP.from_scratch(net)
+    if ulps:
+        off = LinearOffByUlps(2, 1, dtype=torch.float32)
+        off.load_state_dict(ref.layers[0].state_dict())
+        off.ulps = ulps
+        ref.layers[0] = off
+    return lockstep(net, ref, X, y, steps=steps, lr=1e-14, loss="mse")
+
+
+def test_a_dropped_bias_within_a_flat_allowance_of_large_terms_is_refused(monkeypatch):
+    monkeypatch.setattr(layers.Dense, "forward", _dropped_bias)
+    r = large_cancelling_run()
+    d = r.first_divergence
+    assert not r.passed, (r.drift_steps, r.kink_steps)
+    assert (d.step, d.quantity, d.layer) == (0, "z", 0), d
+
+
+def test_a_short_sum_s_own_rounding_is_still_excused():
+    # 2 ulps of the terms (a 2-term sum plus a bias rounds by at most 3 eps / 2 per side)
+    r = large_cancelling_run(ulps=2, steps=1)
+    assert not r.within[0].all() and r.drift_steps == [0]
+    assert r.passed, r.first_divergence
+
+
+def test_more_than_a_short_sum_can_round_is_refused():
+    # 16 ulps: within the flat 32 that held for every sum, more than 2 terms can make
+    d = large_cancelling_run(ulps=16, steps=1).first_divergence
+    assert d is not None and (d.step, d.quantity) == (0, "z"), d
+
+
+# --- user code with hidden state: the call that matches excused the calls that did not --------
+
+
+def counting_user_net(buggy_calls):
+    """A dict-style 3-2-1 tanh/sigmoid net whose grads function doubles the output layer's dz on
+    the calls `buggy_calls(n)` picks (n counts its calls): hidden state. With a bug on calls
+    0, 1 of every 3, the step (call 0) and its repeat from its own start (call 1) agreed bit
+    for bit and the rerun from torch's start (call 2, correct) reproduced torch: every step
+    was excused as drift and the run passed, with the gradient twice torch's at every step."""
+    X = np.array([[1, 2, 0.3], [2, -1, -0.7], [0.5, 0.25, 1.1], [4, 1, 0.2]])
+    y = np.array([0.0, 1.0, 1.0, 0.0])
+    P = {"W1": np.array([[0.5, 0.3], [-0.5, -0.2], [0.1, 0.4]]), "b1": np.zeros(2),
+         "W2": np.array([[0.3], [-0.2]]), "b2": np.zeros(1)}  # fmt: skip
+    calls = [0]
+
+    def grads(X, y):
+        n, calls[0] = calls[0], calls[0] + 1
+        a1 = np.tanh(X @ P["W1"] + P["b1"])
+        p = 1 / (1 + np.exp(-(a1 @ P["W2"] + P["b2"])))
+        dz2 = (p - y[:, None]) / len(X) * (2 if buggy_calls(n) else 1)
+        dz1 = dz2 @ P["W2"].T * (1 - a1 * a1)
+        return {"W1": X.T @ dz1, "b1": dz1.sum(0), "W2": a1.T @ dz2, "b2": dz2.sum(0)}
+
+    return adapt(P, activations=["tanh", "sigmoid"], loss="bce", grads=grads), X, y
+
+
+def test_hidden_state_that_is_right_on_the_rerun_is_not_excused():
+    net, X, y = counting_user_net(lambda n: n % 3 in (0, 1))
+    r = check(net, X, y, steps=5, lr=0.1)
+    d = r.first_divergence
+    assert not r.passed, r.drift_steps
+    assert (d.step, d.quantity) == (0, "grad") and r.drift_steps == [], d
+
+
+def test_a_persistent_hidden_state_bug_does_not_end_in_pass():
+    # correct for 3 calls, then the same pattern: the first buggy step starts an ulp or so
+    # from torch's (steps 0-2 parted within tolerance) and may be excused; the resync makes the
+    # next start the same bit for bit, where the bug is refused
+    net, X, y = counting_user_net(lambda n: n >= 3 and n % 3 in (0, 1))
+    r = check(net, X, y, steps=8, lr=0.1)
+    assert not r.passed, r.drift_steps
+    assert r.first_divergence.quantity == "grad", r.first_divergence
+    assert len(r.drift_steps) <= 1
