@@ -120,3 +120,47 @@ def test_a_persistent_hidden_state_bug_does_not_end_in_pass():
     assert not r.passed, r.drift_steps
     assert r.first_divergence.quantity == "grad", r.first_divergence
     assert len(r.drift_steps) <= 1
+
+
+# --- a saturated sigmoid output: its allowance was its z's, at slope 1 ------------------------
+
+
+def _clipped_sigmoid(self, z):
+    """The overflow guard sigmoid(clip(z, -15, 15)): 1 - 3.1e-7 at z = 20, not 1 - 2.1e-9."""
+    return 1 / (1 + np.exp(-np.clip(z, -15, 15)))
+
+
+def saturated_large_terms_run(ulps=0, steps=3):
+    """A 2-1 sigmoid net on bce, x = (t, t) with t = 5e8, W = (1, -1), b = 20: z = 20 exactly,
+    p = sigmoid(20), from terms of magnitude 1e9. The output's allowance was z's, 32 eps 1e9
+    = 7e-6, at sigmoid's slope taken as 1: a clipped sigmoid's 3e-7 fitted in it, and the loss
+    and backward stages run on torch's output, so every step passed as 'saturation'. A z
+    rounded by a few ulps of the terms moves p by sigmoid'(20) = 2e-9 times that."""
+    big = 5e8
+    X = np.array([[big, big], [big, big], [2 * big, 2 * big], [big, big]])
+    y = np.ones(4)
+    net = scratch.MLP([2, 1], ["sigmoid"])
+    net.load_state_dict(
+        {"layers.0.weight": np.array([[1.0, -1.0]]), "layers.0.bias": np.array([20.0])}
+    )
+    ref = TorchMLP.from_scratch(net)
+    if ulps:
+        off = LinearOffByUlps(2, 1, dtype=torch.float64)
+        off.load_state_dict(ref.layers[0].state_dict())
+        off.ulps = ulps
+        ref.layers[0] = off
+    return lockstep(net, ref, X, y, steps=steps, lr=1e-3, loss="bce")
+
+
+def test_a_clipped_sigmoid_at_a_saturated_output_is_refused(monkeypatch):
+    monkeypatch.setattr(scratch.activations.Sigmoid, "forward", _clipped_sigmoid)
+    r = saturated_large_terms_run()
+    d = r.first_divergence
+    assert not r.passed, (r.saturation_steps, r.drift_steps)
+    assert (d.step, d.quantity) == (0, "prob") and r.saturation_steps == [], d
+
+
+def test_a_saturated_output_s_z_rounded_by_its_terms_is_still_excused():
+    r = saturated_large_terms_run(ulps=2, steps=1)
+    assert not r.within[0].all() and r.saturation_steps == [0]
+    assert r.passed, r.first_divergence

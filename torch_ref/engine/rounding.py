@@ -10,9 +10,9 @@ Each stage of the re-check is fed torch's inputs for that stage, so only the sta
 rounding is allowed:
 
     forward    each layer from torch's input to it: min(_DOT_ULPS, D + 2) eps (|x| |W|^T + |b|)
-               per element of z and of a = f(z) (slope at most 1), D the layer's inputs (the
-               worst case of a short sum, in practice sqrt(D)); nothing carried from earlier
-               layers
+               per element of z, D the layer's inputs (the worst case of a short sum, in
+               practice sqrt(D)), and of a = f(z) times f's largest slope within it (a saturated
+               sigmoid's or tanh's is near 0); nothing carried from earlier layers
     backward   the chain dz_l = f'(z_l) (dz_{l+1} W_{l+1}) is scratch's own (torch keeps no
                hidden dz), so each layer's gradient may carry the rounding of every product
                above it: the magnitudes are propagated with absolute values, |dz_l| <=
@@ -49,17 +49,33 @@ def dot_ulps(terms: int) -> int:
     return min(_DOT_ULPS, terms + 2)
 
 
-def forward_slack(net, items, inputs: list[np.ndarray]) -> list:
-    """Per forward item, dot_ulps(D) * eps * (|x| |W|^T + |b|), elementwise, with x torch's input
-    to that item's layer; prob (no layer) follows the last layer's z."""
+def forward_slack(net, items, inputs: list[np.ndarray], zs: list[np.ndarray]) -> list:
+    """Per forward item, elementwise: z dot_ulps(D) * eps * (|x| |W|^T + |b|), with x torch's
+    input to that item's layer; a that times the activation's largest slope within it of
+    torch's z `zs` (sigmoid and tanh, whose slope is far below 1 where they saturate; 1
+    otherwise); prob the last layer's a (what it is, or a map of slope <= 1 of it)."""
     eps = float(np.finfo(net.dtype).eps)
-    magnitude = []
-    for l, x in enumerate(inputs):
+    slack = {}
+    for l, (x, z) in enumerate(zip(inputs, zs)):
         m = np.abs(x) @ np.abs(net.params[f"layers.{l}.weight"]).T  # (N, H)
         if net.bias:
             m = m + np.abs(net.params[f"layers.{l}.bias"])
-        magnitude.append(dot_ulps(x.shape[-1]) * eps * m)
-    return [magnitude[it.layer if it.layer is not None else -1] for it in items]
+        slack["z", l] = dot_ulps(x.shape[-1]) * eps * m
+        slack["a", l] = slack["z", l] * _slope(net.layers[l].activation.name, z, slack["z", l])
+    last = ("a", len(inputs) - 1)
+    return [slack[last] if it.quantity == "prob" else slack[it.quantity, it.layer] for it in items]
+
+
+def _slope(name: str, z: np.ndarray, within: np.ndarray) -> np.ndarray | float:
+    """The largest |f'| over [z - within, z + within]: at the point nearest 0, for the
+    saturating activations; 1 (a bound) for the rest."""
+    near = np.sign(z) * np.maximum(np.abs(np.asarray(z, np.float64)) - within, 0.0)
+    if name == "sigmoid":
+        p = 1 / (1 + np.exp(-np.abs(near)))
+        return p * (1 - p)
+    if name == "tanh":
+        return 1 - np.tanh(near) ** 2
+    return 1.0
 
 
 def _dz_magnitude(act, m: np.ndarray, z: np.ndarray, a: np.ndarray) -> np.ndarray:
