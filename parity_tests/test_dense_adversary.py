@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 from nn_parity import scratch
-from nn_parity.scratch import layers
+from nn_parity.scratch import layers, losses
 from nn_parity.torch_ref import TorchMLP, adapt, check, lockstep
 from torch import nn
 
@@ -164,3 +164,44 @@ def test_a_saturated_output_s_z_rounded_by_its_terms_is_still_excused():
     r = saturated_large_terms_run(ulps=2, steps=1)
     assert not r.within[0].all() and r.saturation_steps == [0]
     assert r.passed, r.first_divergence
+
+
+# --- the backward allowance on a short sum over the batch -------------------------------------
+
+
+def cancelling_bias_gradient_run(ulps=0, steps=3):
+    """A 1-1 identity net in float32 on mse with a declared L2 on the weights (l2 4e-3):
+    residuals of +-1000 make dz = +-500 per sample, whose sum, the bias gradient, is 0
+    exactly. The flat bound allowed it 32 eps sum |dz| = 7.6e-3: the L2 term put on the bias
+    as well (2 c b = 4e-3 at b = 1) passed at every step as drift. A sum of 4 terms rounds by
+    at most a few eps of them; torch's bias gradient is moved by `ulps` ulps of sum |dz|."""
+    X = np.array([[1.0], [2.0], [3.0], [4.0]], np.float32)
+    y = np.array([[2.0 - 1000], [3.0 + 1000], [4.0 - 1000], [5.0 + 1000]], np.float32)
+    net = scratch.MLP([1, 1], ["identity"], dtype="float32")
+    net.load_state_dict({"layers.0.weight": np.array([[1.0]]), "layers.0.bias": np.array([1.0])})
+    ref = TorchMLP.from_scratch(net)
+    if ulps:
+        off = ulps * torch.finfo(torch.float32).eps * 2000.0
+        ref.layers[0].bias.register_hook(lambda g: g + off)
+    loss = scratch.get_loss("mse", l2=4e-3, l2_on="weights")
+    return lockstep(net, ref, X, y, steps=steps, lr=1e-6, loss=loss)
+
+
+def test_an_l2_term_wrongly_on_a_bias_within_the_flat_backward_allowance_is_refused(monkeypatch):
+    # scratch's loss puts its L2 term on every parameter, whatever l2_on says
+    monkeypatch.setattr(losses, "l2_names", lambda on, names: list(names))
+    r = cancelling_bias_gradient_run()
+    d = r.first_divergence
+    assert not r.passed, r.drift_steps
+    assert (d.step, d.label) == (0, "grad layers.0.bias") and r.drift_steps == [], d
+
+
+def test_a_short_batch_sum_s_own_rounding_is_still_excused():
+    r = cancelling_bias_gradient_run(ulps=4, steps=1)
+    assert not r.within[0].all() and r.drift_steps == [0]
+    assert r.passed, r.first_divergence
+
+
+def test_more_than_a_short_batch_sum_can_round_is_refused():
+    d = cancelling_bias_gradient_run(ulps=24, steps=1).first_divergence
+    assert d is not None and (d.step, d.label) == (0, "grad layers.0.bias"), d

@@ -18,8 +18,11 @@ rounding is allowed:
                above it: the magnitudes are propagated with absolute values, |dz_l| <=
                |f'| (|dz_{l+1}| |W_{l+1}|) (|f'| taken as the size of the terms its formula
                sums: 1 + a^2 for tanh's 1 - a^2, which near saturation rounds at an ulp of
-               1, not of the result), and a weight gradient's slack is _DOT_ULPS eps times
-               the layers crossed times |dz_l|^T |x_l|
+               1, not of the result), and a weight gradient's slack is eps |dz_l|^T |x_l|
+               times the ulps of each sum on the way: 2 at the top (dout, f'), dot_ulps(H)
+               per layer crossed (dz W over its H outputs), dot_ulps(N) for the sum over the
+               N samples; at most _DOT_ULPS per layer crossed (a short sum is allowed its
+               own worst case: an L2 term wrongly on a bias hid in the flat bound)
 
     update     theta + step, where a step as large as theta cancels it (a blowing-up gradient
                brought back near 0): _UPDATE_ULPS eps (|theta| + |step|), the step torch's
@@ -100,14 +103,17 @@ def backward_slack(net, dout: np.ndarray, cache: list[tuple]) -> dict[str, np.nd
     the cache (x, z, a) per layer it ran on, from dL/d(output) = `dout`."""
     eps = float(np.finfo(net.dtype).eps)
     slack, m = {}, np.abs(np.asarray(dout, dtype=np.float64))
+    chain = dot_ulps(0)  # dz at the top: dout's rounding and f''s product, ulps of |dz|
     for i in range(len(net.layers) - 1, -1, -1):
         layer, (x, z, a) = net.layers[i], cache[i]
         mz = _dz_magnitude(layer.activation, m, z, a)
-        ulps = _DOT_ULPS * eps * (len(net.layers) - i)
+        crossed = _DOT_ULPS * (len(net.layers) - i)  # the flat bound, a cap
+        ulps = eps * min(crossed, chain + dot_ulps(len(x)))  # then summed over the N samples
         slack[f"layers.{i}.weight"] = ulps * (mz.T @ np.abs(x))
         if net.bias:
             slack[f"layers.{i}.bias"] = ulps * mz.sum(axis=0)
         m = mz @ np.abs(layer.weight)
+        chain += dot_ulps(layer.weight.shape[0])  # dz W sums the layer's outputs
     return slack
 
 
