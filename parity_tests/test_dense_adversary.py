@@ -7,10 +7,12 @@ shown still excusing the rounding event it is for, made by construction (known u
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 from nn_parity import scratch
 from nn_parity.scratch import layers, losses
 from nn_parity.torch_ref import TorchMLP, adapt, check, lockstep
+from nn_parity.torch_ref.engine.torch_side import TorchSide
 from torch import nn
 
 # --- the forward allowance on a short sum of large terms -------------------------------------
@@ -205,3 +207,66 @@ def test_a_short_batch_sum_s_own_rounding_is_still_excused():
 def test_more_than_a_short_batch_sum_can_round_is_refused():
     d = cancelling_bias_gradient_run(ulps=24, steps=1).first_divergence
     assert d is not None and (d.step, d.label) == (0, "grad layers.0.bias"), d
+
+
+# --- user code: relu'(0) = 1 where carried-in drift moved torch's zero below the kink --------
+
+
+MOMENTUM = {"name": "sgd", "momentum": 0.9}  # its first step is plain SGD's: b1 = 0 exactly
+
+
+def kink_at_step_1(relu_at_zero_is_one: bool):
+    """A dict-style 1-1-1 relu/identity net on mse with X = 0, so z = b1: b1 = 0.25, y summing
+    to 0 and lr 0.5 bring b1 to 0 exactly at step 1 on both sides (exact arithmetic), where
+    the user's relu' is taken at z >= 0 (1 at the kink) or z > 0 (torch's 0)."""
+    X = np.zeros((4, 1))
+    y = np.array([1.0, -1.0, 0.5, -0.5])
+    P = {"W1": np.array([[1.0]]), "b1": np.array([0.25]), "W2": np.array([[1.0]]),
+         "b2": np.zeros(1)}  # fmt: skip
+
+    def grads(X, y):
+        z1 = X @ P["W1"] + P["b1"]
+        a1 = np.maximum(z1, 0)
+        dz2 = 2 * (a1 @ P["W2"] + P["b2"] - y[:, None]) / len(X)
+        dz1 = dz2 @ P["W2"].T * ((z1 >= 0) if relu_at_zero_is_one else (z1 > 0))
+        return {"W1": X.T @ dz1, "b1": dz1.sum(0), "W2": a1.T @ dz2, "b2": dz2.sum(0)}
+
+    layout = {"W1": "in,out", "W2": "in,out"}
+    net = adapt(P, activations=["relu", "identity"], loss="mse", grads=grads, layout=layout)
+    return net, X, y
+
+
+def _nudge_torch_bias_down_before_step_1(monkeypatch):
+    """torch's b1 (0 after step 0) one ulp below 0 before step 1: drift within the parameters'
+    tolerance that puts torch's z below the kink, the user's on it."""
+    original = TorchSide.step
+
+    def step(self, Xt, Yt):
+        if self.stepped == 1:
+            b = self.params[self.order.index(next(k for k in self.order if "0.bias" in k))]
+            with torch.no_grad():
+                assert b[0] == 0
+                b[0] = torch.nextafter(b[0], torch.tensor(-1.0, dtype=b.dtype))
+        return original(self, Xt, Yt)
+
+    monkeypatch.setattr(TorchSide, "step", step)
+
+
+@pytest.mark.parametrize("opt", ["sgd", MOMENTUM], ids=["sgd", "momentum"])
+def test_a_user_s_relu_derivative_of_one_at_zero_is_not_excused_by_drift(opt, monkeypatch):
+    # the rerun from torch's start (z < 0) gives torch's values, so the step was excused as
+    # drift and the run passed, though the user's relu'(0) = 1 acted at step 1
+    _nudge_torch_bias_down_before_step_1(monkeypatch)
+    net, X, y = kink_at_step_1(True)
+    r = check(net, X, y, steps=4, lr=0.5, optimizer=opt)
+    d = r.first_divergence
+    assert not r.passed, (r.kink_steps, r.drift_steps)
+    assert (d.step, d.quantity, d.label) == (1, "grad", "grad b1"), d
+
+
+@pytest.mark.parametrize("opt", ["sgd", MOMENTUM], ids=["sgd", "momentum"])
+def test_a_correct_user_relu_on_the_kink_with_drift_carried_in_passes(opt, monkeypatch):
+    _nudge_torch_bias_down_before_step_1(monkeypatch)
+    net, X, y = kink_at_step_1(False)
+    r = check(net, X, y, steps=4, lr=0.5, optimizer=opt)
+    assert r.passed, r.first_divergence

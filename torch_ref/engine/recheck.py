@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+from nn_parity.scratch.network import MLP
 from nn_parity.torch_ref.compare import (
     first_mismatch,
     tolerance,
@@ -108,6 +109,8 @@ def _rerun_whole(sside, tside, items, svals: list, tvals: list, batch, failing: 
     keys = [(it.quantity, it.layer, it.param, it.buffer) for it in items]
     pick = [sside.keys.index(k) for k in keys]
     try:
+        if (bad := _own_kinks_user(sside, items, svals, keep_before)) is not None:
+            return None, bad
         # the step again as it ran: from its own parameters and the state it started from
         start_state = getattr(sside, "state_before", None) if sside.stateful else None
         again = sside.rerun(keep_before, X, Y, rows, start_state)
@@ -134,6 +137,34 @@ def _rerun_whole(sside, tside, items, svals: list, tvals: list, batch, failing: 
             sside.opt.load_state_dict(keep_state)
     out_t = _np(tside.cache[-1][1])
     return _reason(sside, {}, out_t, failing), None
+
+
+def _own_kinks_user(sside, items, svals: list, before: dict) -> int | None:
+    """Where user code's own start puts a relu-family pre-activation exactly on its kink, its
+    gradients must be the claimed network's (scratch, torch's derivative at 0) at that start:
+    the index of the first that is not, else None. A rerun from torch's start, where drift
+    moved the zeros off the kink, cannot see a derivative wrong only at 0 (relu'(0) = 1)."""
+    desc = getattr(sside, "desc", None)
+    if not isinstance(desc, MLP):
+        return None
+    desc.load_state_dict(before)
+    out, cache = desc.forward(sside.X)
+    kinks = [_has_kink(layer.activation) for layer in desc.layers]
+    if not any(k and (z == 0).any() for k, (_, z, _) in zip(kinks, cache)):
+        return None
+    _, lcache = sside.loss.forward(out, sside.Y)
+    desc.backward(sside.loss.backward(lcache), cache)
+    for name, g in sside.loss.penalty(desc.params)[1].items():
+        desc.grads[name] += g
+    recovery = sside.recovery_slack()
+    for k, it in enumerate(items):
+        if it.quantity != "grad":
+            continue
+        tol = tolerance("grad", sside.dtype)
+        atol = tol.atol + recovery.get(it.name or "", 0.0)
+        if first_mismatch(np.asarray(svals[k]), desc.grads[it.name], tol.rtol, atol) is not None:
+            return k
+    return None
 
 
 def _same(a, b) -> bool:
