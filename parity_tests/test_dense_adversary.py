@@ -270,3 +270,43 @@ def test_a_correct_user_relu_on_the_kink_with_drift_carried_in_passes(opt, monke
     net, X, y = kink_at_step_1(False)
     r = check(net, X, y, steps=4, lr=0.5, optimizer=opt)
     assert r.passed, r.first_divergence
+
+
+# --- attacks the re-check refused as it stood (evidence) -------------------------------------
+
+
+def test_a_naive_bce_with_logits_near_saturation_is_not_excused_as_saturation(monkeypatch):
+    # -(y log s + (1 - y) log(1 - s)) with s = sigmoid(z): at z = 20, 1 - s cancels to a few
+    # digits, the loss parts from torch's log-sum-exp form, and p is within rounding of 1, so
+    # the step is a candidate for 'saturation'; the loss stage, on torch's own output, still
+    # computes the wrong form and refuses it
+    def naive(self, out, y):
+        s = 1 / (1 + np.exp(-out))
+        return self._reduce(-(y * np.log(s) + (1 - y) * np.log(1 - s))), (out, y)
+
+    monkeypatch.setattr(losses.BCEWithLogitsLoss, "_forward", naive)
+    X = np.array([[20.0], [22.0], [19.0], [21.0]])
+    y = np.zeros((4, 1))
+    net = scratch.MLP([1, 1], ["identity"])
+    net.load_state_dict({"layers.0.weight": np.array([[1.0]]), "layers.0.bias": np.zeros(1)})
+    r = lockstep(net, TorchMLP.from_scratch(net), X, y, steps=3, lr=1e-3, loss="bce-logits")
+    d = r.first_divergence
+    assert not r.passed and r.saturation_steps == r.drift_steps == [], d
+    assert (d.step, d.quantity) == (0, "loss"), d
+
+
+def test_a_gradient_wrong_only_on_the_last_smaller_mini_batch_is_refused(monkeypatch):
+    # the mean's gradient 2 (o - t) / R with R the full batch's size (4), on the last batch of 2
+    def backward(self, cache):
+        o, t = cache
+        return o.dtype.type(2.0 / 4) * (o - t)
+
+    monkeypatch.setattr(losses.MSELoss, "_backward", backward)
+    rng = np.random.default_rng(3)
+    X, y = rng.normal(size=(10, 3)), rng.normal(size=(10, 1))
+    net = scratch.MLP([3, 4, 1], ["tanh", "identity"], rng=1)
+    r = lockstep(net, TorchMLP.from_scratch(net), X, y, epochs=2, batch_size=4, lr=0.1,
+                 loss="mse", shuffle=False)  # fmt: skip
+    d = r.first_divergence
+    assert not r.passed and r.drift_steps == r.kink_steps == [], d
+    assert (d.step, d.quantity) == (2, "grad"), d
