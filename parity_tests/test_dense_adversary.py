@@ -310,3 +310,23 @@ def test_a_gradient_wrong_only_on_the_last_smaller_mini_batch_is_refused(monkeyp
     d = r.first_divergence
     assert not r.passed and r.drift_steps == r.kink_steps == [], d
     assert (d.step, d.quantity) == (2, "grad"), d
+
+
+def test_a_clipped_tanh_at_a_saturated_hidden_unit_is_refused(monkeypatch):
+    # tanh(clip(z, -10, 10)): 1 - 4e-9 at z = 20, where tanh is 1.0; z = 20 exactly from terms
+    # of 1e9, whose flat allowance (7e-6, at slope 1) covered the hidden a and passed the run
+    monkeypatch.setattr(
+        scratch.activations.Tanh, "forward", lambda self, z: np.tanh(np.clip(z, -10, 10))
+    )
+    big = 5e8
+    X = np.array([[big, big], [2 * big, 2 * big], [big, big], [big, big]])
+    y = np.array([[1.0], [2.0], [0.5], [3.0]])
+    net = scratch.MLP([2, 1, 1], ["tanh", "identity"])
+    net.load_state_dict(
+        {"layers.0.weight": np.array([[1.0, -1.0]]), "layers.0.bias": np.array([20.0]),
+         "layers.1.weight": np.array([[2.0]]), "layers.1.bias": np.zeros(1)}
+    )  # fmt: skip
+    r = lockstep(net, TorchMLP.from_scratch(net), X, y, steps=3, lr=1e-3, loss="mse")
+    d = r.first_divergence
+    assert not r.passed, (r.drift_steps, r.saturation_steps)
+    assert (d.step, d.quantity, d.layer) == (0, "a", 0) and r.drift_steps == [], d
