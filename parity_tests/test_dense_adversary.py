@@ -169,6 +169,24 @@ def test_a_saturated_output_s_z_rounded_by_its_terms_is_still_excused():
     assert r.passed, r.first_divergence
 
 
+def test_a_clipped_probability_of_a_saturated_logit_is_refused(monkeypatch):
+    # bce-logits reports p = sigmoid(out); a clipped one is 3e-7 off at out = 20, and p was
+    # allowed out's own allowance (7e-6 at terms of 1e9): every step passed as drift
+    clipped = lambda self, out: 1 / (1 + np.exp(-np.clip(out, -15, 15)))  # noqa: E731
+    monkeypatch.setattr(losses.BCEWithLogitsLoss, "probabilities", clipped)
+    big = 5e8
+    X = np.array([[big, big], [big, big], [2 * big, 2 * big], [big, big]])
+    net = scratch.MLP([2, 1], ["identity"])
+    net.load_state_dict(
+        {"layers.0.weight": np.array([[1.0, -1.0]]), "layers.0.bias": np.array([20.0])}
+    )
+    r = lockstep(net, TorchMLP.from_scratch(net), X, np.ones(4), steps=3, lr=1e-3,
+                 loss="bce-logits")  # fmt: skip
+    d = r.first_divergence
+    assert not r.passed and r.drift_steps == [], r.drift_steps
+    assert (d.step, d.quantity) == (0, "prob"), d
+
+
 # --- the backward allowance on a short sum over the batch -------------------------------------
 
 

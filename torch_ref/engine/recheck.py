@@ -234,7 +234,7 @@ def _staged(sside, tside, items, within, svals, tvals, flips):
         inputs_t = [sside.X] + [a for _, a in cache_t[:-1]]
         cache = [layer.forward(x)[1] for layer, x in zip(net.layers, inputs_t)]
         forward = sside.forward_values(cache, cache[-1][2], 0.0)  # each layer on torch's input
-        slack = forward_slack(net, items[:loss_k], inputs_t, [z for z, _ in cache_t])
+        slack = forward_slack(net, items[:loss_k], inputs_t, [z for z, _ in cache_t], loss.name)
         if (bad := first_disagreeing(forward[:loss_k], 0, slack)) is not None:
             return None, bad  # 1.
         out_t = cache_t[-1][1]

@@ -52,11 +52,12 @@ def dot_ulps(terms: int) -> int:
     return min(_DOT_ULPS, terms + 2)
 
 
-def forward_slack(net, items, inputs: list[np.ndarray], zs: list[np.ndarray]) -> list:
+def forward_slack(net, items, inputs: list[np.ndarray], zs: list[np.ndarray], loss="") -> list:
     """Per forward item, elementwise: z dot_ulps(D) * eps * (|x| |W|^T + |b|), with x torch's
     input to that item's layer; a that times the activation's largest slope within it of
     torch's z `zs` (sigmoid and tanh, whose slope is far below 1 where they saturate; 1
-    otherwise); prob the last layer's a (what it is, or a map of slope <= 1 of it)."""
+    otherwise); prob the last layer's a's (what it is, or a map of slope <= 1 of it), times
+    sigmoid's slope for `loss` "bce-logits" (p = sigmoid of an identity output)."""
     eps = float(np.finfo(net.dtype).eps)
     slack = {}
     for l, (x, z) in enumerate(zip(inputs, zs)):
@@ -65,8 +66,10 @@ def forward_slack(net, items, inputs: list[np.ndarray], zs: list[np.ndarray]) ->
             m = m + np.abs(net.params[f"layers.{l}.bias"])
         slack["z", l] = dot_ulps(x.shape[-1]) * eps * m
         slack["a", l] = slack["z", l] * _slope(net.layers[l].activation.name, z, slack["z", l])
-    last = ("a", len(inputs) - 1)
-    return [slack[last] if it.quantity == "prob" else slack[it.quantity, it.layer] for it in items]
+    last = slack["a", len(inputs) - 1]
+    if loss == "bce-logits" and net.layers[-1].activation.name == "identity":
+        last = last * _slope("sigmoid", zs[-1], last)
+    return [last if it.quantity == "prob" else slack[it.quantity, it.layer] for it in items]
 
 
 def _slope(name: str, z: np.ndarray, within: np.ndarray) -> np.ndarray | float:
