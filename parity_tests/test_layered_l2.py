@@ -225,3 +225,15 @@ def test_the_cli_runs_a_layered_network_with_l2(tmp_path, capsys):
     assert code == 0, capsys.readouterr()
     summary = json.loads((out / "summary.json").read_text())
     assert summary["passed"] is True and "l2=0.1" in json.dumps(summary)
+
+
+@pytest.mark.parametrize("spec", ["affine8,bn,tanh,affine3", "bn,affine8,tanh,affine3"])
+def test_the_figures_loss_slice_includes_the_l2_term_as_the_lockstep_does(spec):
+    from nn_parity.torch_ref.frontends.figure_data import layered_gradient_slice
+
+    net, X, y = layered("bn-mlp")
+    net = sq.from_spec(spec, (5,), rng=1)
+    loss = get_loss("ce", l2=2.0)  # large: a slope without it would miss by far
+    s = layered_gradient_slice(net, loss, X, y)["summary"]["gradient_slice"]
+    assert s["grad_scratch"] == pytest.approx(s["grad_torch"], rel=1e-12, abs=1e-14)
+    assert s["grad_fd"] == pytest.approx(s["grad_scratch"], rel=1e-6, abs=1e-8)
