@@ -237,3 +237,14 @@ def test_the_figures_loss_slice_includes_the_l2_term_as_the_lockstep_does(spec):
     s = layered_gradient_slice(net, loss, X, y)["summary"]["gradient_slice"]
     assert s["grad_scratch"] == pytest.approx(s["grad_torch"], rel=1e-12, abs=1e-14)
     assert s["grad_fd"] == pytest.approx(s["grad_scratch"], rel=1e-6, abs=1e-8)
+
+
+def test_an_adapted_network_declared_once_runs_again_and_refuses_another_l2():
+    model = cs.ThreeLayerConvNet(input_dim=(1, 8, 8), reg=0.1, seed=0)
+    loss = get_loss("ce", l2=0.1, l2_on=["W1", "W2", "W3"])
+    net = adapt_layers(model.params, CS_SPEC, (1, 8, 8), grads=model.loss, loss=loss)
+    X, y = synthetic(16)
+    for _ in range(2):  # the same declaration given again to lockstep, twice
+        assert lockstep(net, None, X, y, steps=2, lr=0.05, loss=loss).passed
+    with pytest.raises(ValueError, match=r"l2=0\.2 given to lockstep, but the network was adapted"):
+        lockstep(net, None, X, y, steps=2, lr=0.05, loss=get_loss("ce", l2=0.2))

@@ -121,8 +121,8 @@ def _l2_declared_in_adapt(net: UserLayeredNetwork, loss) -> None:
     lockstep instead, or another one, is refused rather than left out."""
     if loss is None or isinstance(loss, str):
         return
-    given = scratch.get_loss(loss)
-    if given.l2 and given.options != net.loss.options:
+    given, have = scratch.get_loss(loss), net.loss
+    if given.l2 and (given.l2, given.l2_form, given.l2_n) != (have.l2, have.l2_form, have.l2_n):
         raise ValueError(
             f"l2={given.l2:g} given to lockstep, but the network was adapted with {net.loss!r}: "
             "declare the L2 term once, in adapt_layers(..., loss=get_loss(...))"
