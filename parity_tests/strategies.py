@@ -176,6 +176,11 @@ class LayeredConfig:
     train: bool
     optimizer: tuple = ("sgd", ())
     batch_size: int | None = None
+    conventions: tuple = ()  # the loss's declared conventions, ((option, value), ...)
+
+    @property
+    def loss_options(self) -> dict:
+        return dict(self.conventions)
 
     @property
     def outputs(self) -> int:
@@ -226,7 +231,9 @@ def _image_layers(draw, shape) -> tuple[list[str], int]:
 def layered_configs(draw, dtypes=("float64", "float32")) -> LayeredConfig:
     """A network of gallery layers: small images (1-3 channels, 4-8 px) through convs, or flat
     features; then affine blocks (ln, bn, dropout, activations) and the output affine; ce or
-    mse; sgd, momentum, adam, rmsprop, schedules; float64 or float32; train or eval; batches."""
+    mse with a declared convention (`loss_conventions`: scale, reduction, an L2 term; the
+    first layer is a conv or an affine, so layers.0.weight is a weight); sgd, momentum, adam,
+    rmsprop, schedules; float64 or float32; train or eval; batches."""
     if draw(st.booleans()):
         side = draw(st.integers(4, 8))
         shape: tuple[int, ...] = (draw(st.integers(1, 3)), side, side)
@@ -250,4 +257,5 @@ def layered_configs(draw, dtypes=("float64", "float32")) -> LayeredConfig:
         n=n, input_scale=draw(st.sampled_from([0.1, 1.0, 4.0])),
         lr=draw(st.sampled_from([1e-3, 0.05, 0.3])), seed=draw(st.integers(0, 2**32 - 1)),
         train=train, optimizer=draw(st.sampled_from(LAYERED_OPTIMIZERS)), batch_size=batch,
+        conventions=draw(loss_conventions(loss)),
     )  # fmt: skip

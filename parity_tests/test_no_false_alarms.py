@@ -57,7 +57,8 @@ def run_layered(cfg: LayeredConfig):
     net = sq.from_spec(cfg.spec, cfg.shape, dtype=cfg.dtype, rng=cfg.seed % 2**31)
     X, y = cfg.data()
     return lockstep(
-        net.train(cfg.train), None, X, y, steps=STEPS, lr=cfg.lr, loss=cfg.loss,
+        net.train(cfg.train), None, X, y, steps=STEPS, lr=cfg.lr,
+        loss=scratch.get_loss(cfg.loss, **cfg.loss_options),
         optimizer=cfg.optimizer_spec, batch_size=cfg.batch_size,
         epochs=STEPS if cfg.batch_size else None, seed=cfg.seed,
     )  # fmt: skip

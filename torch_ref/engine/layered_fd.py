@@ -1,5 +1,6 @@
 """The finite-difference verdict for a network of gallery layers: at a diverging gradient, a
-central difference of the loss through the whole network says which side it agrees with.
+central difference of the declared objective (the loss, and its L2 term when one is declared)
+through the whole network says which side it agrees with.
 
 Everything runs on copies, in float64: fresh layers of the same kinds and sizes (the class's
 own forward, not one patched on the network's layer object), the parameters and batchnorm's
@@ -30,8 +31,8 @@ def _fresh(layer):
 
 
 def _loss_at(sside, layers, params: dict, X, Y, loss) -> tuple[float, list]:
-    """The float64 loss of the network at `params`, and its kink pattern (relu-family input
-    signs and max-pool choices)."""
+    """The float64 objective of the network at `params` (the loss and the declared L2 term),
+    and its kink pattern (relu-family input signs and max-pool choices)."""
     net, masks = sside.net, sside.masks()
     buffers = {k: np.array(v, np.float64) for k, v in sside.buffers_before.items()}
     x, pattern = X, []
@@ -46,7 +47,8 @@ def _loss_at(sside, layers, params: dict, X, Y, loss) -> tuple[float, list]:
         x, cache = layer.forward(x, p, net.training)
         if isinstance(layer, sq.MaxPool2d):
             pattern.append(cache[1])
-    return float(loss.forward(x, Y)[0]), pattern
+    canon = {f"layers.{k}": v for k, v in params.items()}  # the declared L2 term's, in float64
+    return float(loss.forward(x, Y)[0]) + sside.l2_term(canon)[0], pattern
 
 
 def layered_fd_verdict(sside, it, m) -> tuple[float, str]:

@@ -9,9 +9,11 @@ At a mismatch the scratch side redoes its step, each stage from torch's inputs t
        torch's parameters and running statistics as the step found them, gives torch's output
        (and batchnorm's updated statistics) within the table's tolerance plus a computation
        allowance (`_slack`, derived in docs/tolerances.md); prob from torch's last output;
-    2. the loss on torch's output gives torch's loss;
+    2. the loss on torch's output, plus the declared L2 term at torch's parameters, gives
+       torch's loss;
     3. the backward, from the loss's gradient at torch's output, through every layer's cache as
-       its forward on torch's input left it (stage 1), gives torch's parameter gradients;
+       its forward on torch's input left it (stage 1), plus the L2 term's gradient at torch's
+       parameters (an ulp of each added term allowed), gives torch's parameter gradients;
     4. the update, from torch's parameters, gradients and optimizer state, gives torch's
        updated parameters and state (when those are what failed);
     5. each relu-family and max-pool layer, on scratch's OWN input to it, gives what torch's
@@ -39,20 +41,12 @@ import copy
 
 import numpy as np
 import torch
-from nn_parity.scratch import ops
 from nn_parity.scratch import sequential as sq
 from nn_parity.torch_ref.compare import first_mismatch, tolerance
 from nn_parity.torch_ref.engine.comparer import _np
-from nn_parity.torch_ref.engine.rounding import _DOT_ULPS
+from nn_parity.torch_ref.engine.layered_slack import _backward_slack, _slack
 
 _KINKED = ("relu", "leaky_relu")
-# f' written from the output a (ops.activation_forward), and how far it moves when a moves by
-# a few ulps of itself: |d f'/da| |a|. Near saturation (a within rounding of 1, or of 0 for
-# sigmoid) f' is itself a few ulps, so one ulp of a is a large relative change in dx.
-_FROM_OUTPUT = {
-    "tanh": lambda a: 2 * a * a,  # f' = 1 - a^2
-    "sigmoid": lambda a: np.abs(1 - 2 * a) * a,  # f' = a (1 - a)
-}
 
 
 def _key(it) -> tuple:
@@ -132,32 +126,33 @@ class _Pass:
         return v
 
 
-def _slack(net: sq.Sequential, p: _Pass, inputs: list, dtype=None) -> dict:
-    """Per layer output, the rounding its computation may carry beyond the table's fixed atol:
-    _DOT_ULPS eps times the sum of magnitudes the layer adds up (docs/tolerances.md). Affine
-    and conv: the same operation on |x|, |W|, |b|; a norm: |gamma| (|x| + |mu|) / sigma +
-    |beta| (the centring cancels |x| and |mu|). Elementwise layers, pooling, flatten: none."""
-    eps = float(np.finfo(net.dtype if dtype is None else dtype).eps)
-    out = {}
-    for l, (layer, x) in enumerate(zip(net.layers, inputs)):
-        w, b = p.params.get(f"{l}.weight"), p.params.get(f"{l}.bias")
-        if isinstance(layer, sq.Affine):
-            m = np.abs(x) @ np.abs(w).T + np.abs(b)
-        elif isinstance(layer, sq.Conv2d):
-            m = ops.conv2d_forward(np.abs(x), np.abs(w), np.abs(b), layer.stride, layer.padding)[0]
-        elif isinstance(layer, (sq.BatchNorm, sq.LayerNorm)):
-            m = _norm_magnitude(layer, x, w, b, p.buffers, l, net.training)
-        else:
-            continue
-        out[("out", l, None, None)] = _DOT_ULPS * eps * m
-    return out
+def _l2(sside, params: dict) -> tuple[float, dict]:
+    """The declared L2 term at `params` (canonical names): its value, and its gradient by the
+    items' key; 0.0 and {} when none is declared."""
+    value, grads = sside.l2_term(params)
+    keyed = {}
+    for name, g in grads.items():
+        _, l, pname = name.split(".")
+        keyed[("grad", int(l), pname, None)] = g
+    return value, keyed
 
 
-def _backward_stage(net, p: _Pass, items, theirs, dtype, inputs, caches, douts) -> int | None:
+def _with_l2(mine: dict, slack: dict, l2: dict) -> None:
+    """The L2 term's gradient added to the loss's (in place), and the rounding of that sum at
+    its terms: an ulp of each (recheck.py's `_backward_stage` does the same)."""
+    for key in mine.keys() & l2.keys():
+        term = l2[key]
+        mine[key] = mine[key] + term
+        eps = float(np.finfo(term.dtype).eps)
+        slack[key] = slack.get(key, 0.0) + eps * (2 * np.abs(term) + np.abs(mine[key]))
+
+
+def _backward_stage(net, p: _Pass, items, theirs, dtype, inputs, caches, douts, l2) -> int | None:
     """3. Each layer's backward from torch's gradient at its output (douts[l]) through its
-    cache on torch's input: its parameter gradients against torch's, and the gradient it
-    passes down against torch's gradient at the layer below, each within the table's
-    tolerance plus `_backward_slack`. A wrong dx fails at the first gradient it feeds."""
+    cache on torch's input: its parameter gradients (with the L2 term's, `l2` by key) against
+    torch's, and the gradient it passes down against torch's gradient at the layer below, each
+    within the table's tolerance plus `_backward_slack`. A wrong dx fails at the first
+    gradient it feeds."""
     grad_at = {_key(it): k for k, it in enumerate(items) if it.quantity == "grad"}
     for l in range(len(net.layers) - 1, -1, -1):
         if douts[l] is None:  # nothing below takes a gradient (a pool or flatten on X)
@@ -165,6 +160,7 @@ def _backward_stage(net, p: _Pass, items, theirs, dtype, inputs, caches, douts) 
         dx, g = net.layers[l].backward(douts[l], caches[l])
         mine = {("grad", l, name, None): v for name, v in g.items()}
         dx_slack, g_slack = _backward_slack(net.layers[l], l, p, douts[l], inputs[l], caches[l])
+        _with_l2(mine, g_slack, l2)
         if (bad := _first_off(items, mine, theirs, dtype, g_slack)) is not None:
             return bad
         if l and douts[l - 1] is not None:
@@ -173,65 +169,6 @@ def _backward_stage(net, p: _Pass, items, theirs, dtype, inputs, caches, douts) 
                 below = [k for key, k in grad_at.items() if key[1] < l]
                 return min(below) if below else min(grad_at.values())
     return None
-
-
-def _backward_slack(layer, l: int, p: _Pass, dout, x, cache) -> tuple:
-    """(for dx, for the parameter gradients by key): _DOT_ULPS eps times the magnitudes each
-    sum adds up (docs/tolerances.md). Affine and conv: the same backward on |dout|, |x|, |W|
-    (dx = sum |dout| |W|, dW = sum |dout| |x|, db = sum |dout|); a norm: xhat itself carries
-    (|x| + |mu|) / sigma of rounding from the centring, so dgamma = sum |dout| (|xhat| + that),
-    dbeta = sum |dout|, and dx = gamma / sigma (dout - mean dout - xhat mean(dout xhat)) term
-    by term with xhat's rounding; tanh and sigmoid, f' from a within a few ulps of a
-    (_FROM_OUTPUT). relu, pooling, flatten, dropout: none (their dx is a product or a move)."""
-    eps = _DOT_ULPS * float(np.finfo(dout.dtype).eps)
-    d, ax = np.abs(dout), np.abs(x)
-    w = p.params.get(f"{l}.weight")
-    if isinstance(layer, sq.Affine):
-        dx, mags = d @ np.abs(w), (d.T @ ax, d.sum(0))
-    elif isinstance(layer, sq.Conv2d):
-        aw = np.abs(w)
-        _, cache_abs = ops.conv2d_forward(ax, aw, np.zeros(len(aw), aw.dtype), layer.stride,
-                                          layer.padding)  # fmt: skip
-        dx, *mags = ops.conv2d_backward(d, cache_abs)
-    elif isinstance(layer, (sq.BatchNorm, sq.LayerNorm)):
-        dx, mags = _norm_backward_magnitude(layer, l, p, d, x, cache)
-    elif isinstance(layer, sq.Act) and layer.kind in _FROM_OUTPUT:
-        return eps * d * _FROM_OUTPUT[layer.kind](np.abs(cache[2])), {}
-    else:
-        return 0.0, {}
-    return eps * dx, {("grad", l, n, None): eps * m for n, m in zip(("weight", "bias"), mags)}
-
-
-def _norm_backward_magnitude(layer, l: int, p: _Pass, d, x, cache) -> tuple:
-    ln = isinstance(layer, sq.LayerNorm)
-    axes = tuple(range(d.ndim - 1)) if ln else (0, *range(2, d.ndim))
-    xhat = np.abs(cache[0] if ln else cache[1])
-    train = ln or not isinstance(cache[0], str)  # batchnorm's eval cache starts with "eval"
-    mu, sigma, shape = _norm_stats(layer, x, p.buffers, l, train)
-    centring = (np.abs(x) + np.abs(mu)) / sigma  # the rounding xhat carries, in ulps of 1
-    within = (-1,) if ln else axes  # the means of the backward: per row, or per channel
-    md, mdx = d.mean(within, keepdims=True), (d * xhat).mean(within, keepdims=True)
-    scale = np.abs(p.params[f"{l}.weight"].reshape(shape)) / sigma
-    dx = scale * (d + md + xhat * mdx + centring * (mdx + xhat * md))
-    return dx, ((d * (xhat + centring)).sum(axes), d.sum(axes))
-
-
-def _norm_stats(layer, x, buffers, l: int, train: bool) -> tuple:
-    """(mu, sigma, the shape a (C,) or (D,) vector broadcasts as) of a norm layer's input."""
-    if isinstance(layer, sq.LayerNorm):
-        return x.mean(-1, keepdims=True), np.sqrt(x.var(-1, keepdims=True) + layer.eps), (-1,)
-    shape = (1, layer.c) + (1,) * (x.ndim - 2)
-    if train:
-        axes = (0, *range(2, x.ndim))
-        return x.mean(axes, keepdims=True), np.sqrt(x.var(axes, keepdims=True) + layer.eps), shape
-    mu, var = buffers[f"{l}.running_mean"], buffers[f"{l}.running_var"]
-    return mu.reshape(shape), np.sqrt(var.reshape(shape) + layer.eps), shape
-
-
-def _norm_magnitude(layer, x, gamma, beta, buffers, l: int, train: bool) -> np.ndarray:
-    mu, sigma, shape = _norm_stats(layer, x, buffers, l, train)
-    centring = (np.abs(x) + np.abs(mu)) / sigma
-    return np.abs(gamma.reshape(shape)) * centring + np.abs(beta.reshape(shape))
 
 
 def explain_layered(sside, tside, items, within: np.ndarray, svals: list, tvals: list):
@@ -260,9 +197,12 @@ def _stages(sside, tside, items, mine, theirs, failing):
     own = _Pass(sside, sside.params_before, sside.buffers_before)  # 0. the step repeats
     outs, caches = own.forward(None, sside.X)
     value, lcache = loss.forward(outs[-1], sside.Y)
+    pen, l2 = _l2(sside, sside.params_before)  # as the step added it: value, then gradients
     again = own.values(outs, loss.probabilities(outs[-1]))
-    again[("loss", None, None, None)] = np.asarray(value, dtype)
+    again[("loss", None, None, None)] = np.asarray(value + pen, dtype)
     again.update(own.backward(loss.backward(lcache), caches))
+    for key, term in l2.items():
+        again[key] = again[key] + term
     if (bad := _first_off(items, again, mine, dtype, exact=True)) is not None:
         return bad
     t_outs = [np.array(_np(o)) for o, _ in tside.cache]
@@ -273,7 +213,8 @@ def _stages(sside, tside, items, mine, theirs, failing):
     if (bad := _first_off(items, fwd, theirs, dtype, _slack(net, theirs_p, inputs))) is not None:
         return bad
     value, lcache = loss.forward(t_outs[-1], sside.Y)  # 2. the loss on torch's output
-    loss_s = {_key(items[loss_k]): np.asarray(value, dtype)}
+    pen, l2 = _l2(sside, dict(zip(tside.order, tside.params_before)))  # at torch's parameters
+    loss_s = {_key(items[loss_k]): np.asarray(value + pen, dtype)}
     if _first_off(items, loss_s, theirs, dtype) is not None:
         return loss_k
     douts = [None if o.grad is None else np.array(_np(o.grad)) for o, _ in tside.cache]
@@ -281,7 +222,7 @@ def _stages(sside, tside, items, mine, theirs, failing):
     tol = tolerance("grad", dtype)
     if douts[-1] is not None and first_mismatch(dlast, douts[-1], tol.rtol, tol.atol) is not None:
         return min(k for k, it in enumerate(items) if it.quantity == "grad")
-    bad = _backward_stage(net, theirs_p, items, theirs, dtype, inputs, caches, douts)  # 3.
+    bad = _backward_stage(net, theirs_p, items, theirs, dtype, inputs, caches, douts, l2)  # 3.
     if bad is None:
         bad = _own_kinks(sside, tside, items, douts)  # 5.
     if bad is None:

@@ -31,7 +31,9 @@ import numpy as np
 import torch
 from nn_parity import scratch
 from nn_parity.scratch import sequential as sq
+from nn_parity.scratch.conventions import l2_names
 from nn_parity.torch_ref.engine.layered_recheck import explain_layered
+from nn_parity.torch_ref.engine.scratch_side import add_penalty
 from nn_parity.torch_ref.engine.side import Key, _state_values, active_state, update_keys
 from nn_parity.torch_ref.engine.torch_side import TorchSide
 from nn_parity.torch_ref.mirror.model import torch_loss, torch_probabilities
@@ -62,6 +64,26 @@ def layered_keys(net: sq.Sequential, order: list[str], state_names, lr: bool = F
             keys += [("stat", l, b, None) for b in STATS]
     keys += [("prob", len(net.layers) - 1, None, None), ("loss", None, None, None)]
     return keys + update_keys(order, state_names, lr=lr)
+
+
+_NORMS = (sq.BatchNorm, sq.LayerNorm)
+
+
+def l2_params(net: sq.Sequential, loss: scratch.Loss, params: Mapping) -> dict:
+    """The parameters (canonical names) a declared L2 term is drawn from, the same for both
+    sides: every one for l2_on="all" or names; for "weights", every affine and conv weight. A
+    norm's gamma is `layers.K.weight` too (torch's name), but it is not a weight here: it is
+    left out, as its beta and every bias are (docs/conventions.md)."""
+    if loss.l2_on != "weights":
+        return dict(params)
+    norms = tuple(f"layers.{l}." for l, layer in enumerate(net.layers) if isinstance(layer, _NORMS))
+    return {k: v for k, v in params.items() if not k.startswith(norms)}
+
+
+def check_l2_on(net: sq.Sequential, loss: scratch.Loss) -> None:
+    """A declared l2_on's names are parameters of the network (canonical names)."""
+    if loss.l2 and not isinstance(loss.l2_on, str):
+        l2_names(loss.l2_on, [canonical(k) for k in net.params])
 
 
 class MaskBank:
@@ -134,6 +156,7 @@ class LayeredSide:
         out, self.cache = net.forward(X)
         self.loss_value, lcache = self.loss.forward(out, Y)
         net.backward(self.loss.backward(lcache), self.cache)
+        self.loss_value += self.penalize(self.params)
         for k, v in self.params.items():
             np.copyto(self.before[k], v)
         if self.stateful or not self.keys:  # for the re-check's update stage
@@ -158,6 +181,16 @@ class LayeredSide:
         if self.stateful:
             vals += _state_values(self.opt.state, self.order, self.state_names)
         return vals + [self.params[k] for k in self.order]
+
+    def penalize(self, params: Mapping[str, np.ndarray]) -> float:
+        """The declared L2 term at `params`: its gradient added to the network's, its value
+        returned (scratch_side.add_penalty over `l2_params`); 0.0 when none is declared."""
+        return add_penalty(self.loss, l2_params(self.net, self.loss, params), self.grads)
+
+    def l2_term(self, params: Mapping[str, np.ndarray]) -> tuple[float, dict]:
+        """The declared L2 term's value and gradients at `params` (canonical names), for the
+        re-check and the finite-difference verdict: what `penalize` adds."""
+        return self.loss.penalty(l2_params(self.net, self.loss, params))
 
     def recovery_slack(self) -> dict[str, float]:
         return {}
@@ -193,7 +226,8 @@ class LayeredTorchSide(TorchSide):
         self.ref, self.sside, self.order, self.loss = ref, sside, sside.order, sside.loss
         named = dict(ref.named_parameters())
         self.by_name = {canonical(k): v for k, v in named.items()}
-        self.loss_fn = torch_loss(self.loss, dtype=sside.dtype)
+        decayed = l2_params(sside.net, self.loss, self.by_name)  # the declared L2 term's
+        self.loss_fn = torch_loss(self.loss, dtype=sside.dtype, params=decayed)
         self.opt_names = list(sside.opt.params)
         self.opt = torch_optimizer(sside.opt, {k: self.by_name[k] for k in self.opt_names})
         self.scheduler = torch_scheduler(sside.opt, self.opt)  # stepped after each opt.step()
@@ -324,6 +358,8 @@ __all__ = [
     "LayeredSide",
     "LayeredTorchSide",
     "MaskBank",
+    "check_l2_on",
+    "l2_params",
     "layered_scratch_side",
     "layered_torch_side",
 ]

@@ -17,6 +17,16 @@ from nn_parity.torch_ref.engine.side import (
 )
 
 
+def add_penalty(loss: scratch.Loss, params: Mapping[str, np.ndarray], grads) -> float:
+    """The declared L2 term at `params` (scratch's `penalty`, docs/conventions.md): its gradient
+    added in place to `grads` (by the same names), its value returned; 0.0 when none is
+    declared. The one place a scratch side adds it (the built-in MLP, a layered network)."""
+    value, terms = loss.penalty(params)
+    for name, g in terms.items():
+        grads[name] += g
+    return value
+
+
 class MLPSide:
     """The built-in `scratch.MLP`: every capability."""
 
@@ -73,10 +83,7 @@ class MLPSide:
     def penalize(self, params: Mapping[str, np.ndarray]) -> float:
         """The declared L2 term at `params` (docs/conventions.md): its gradient added to the
         network's, its value returned; 0.0 when none is declared."""
-        value, grads = self.loss.penalty(params)
-        for name, g in grads.items():
-            self.net.grads[name] += g
-        return value
+        return add_penalty(self.loss, params, self.net.grads)
 
     def _set_keys(self) -> None:
         state = getattr(self.opt, "state", {})

@@ -17,6 +17,7 @@ from nn_parity.scratch.validate import check_finite, check_xy
 from nn_parity.torch_ref.engine.budget import check_steps
 from nn_parity.torch_ref.engine.layered_side import (
     LayeredSide,
+    check_l2_on,
     layered_scratch_side,
     layered_torch_side,
 )
@@ -86,11 +87,13 @@ def _scratch_side(net, loss, optimizer, lr, X, y):
             Xc,
             Yc,
         )
-    if isinstance(net, (UserLayeredNetwork, Sequential)) and loss is not None:
-        _no_l2_for_layers(scratch.get_loss(loss))
     if isinstance(net, UserLayeredNetwork):  # adapt_layers: engine/user_layered_side.py
+        _l2_declared_in_adapt(net, loss)
+        net.loss = _l2_in_canonical_names(net)
         return user_layered_scratch_side(net, loss, _optimizer_factory(optimizer, lr), lr, X, y)
     if isinstance(net, Sequential):  # a network of gallery layers: engine/layered_side.py
+        if loss is not None:  # the declared L2 term's names, parameters of the network
+            check_l2_on(net, scratch.get_loss(loss))
         return layered_scratch_side(net, loss, _optimizer_factory(optimizer, lr), lr, X, y)
     if not isinstance(net, scratch.MLP):
         raise TypeError(
@@ -113,16 +116,20 @@ def _scratch_side(net, loss, optimizer, lr, X, y):
     return MLPSide(net, loss_s, opt, lr), Xc, Yc
 
 
-def _no_l2_for_layers(loss: scratch.Loss) -> None:
-    if loss.l2:
+def _l2_declared_in_adapt(net: UserLayeredNetwork, loss) -> None:
+    """adapt_layers' cost is declared once, in adapt_layers(loss=...): an L2 term given to
+    lockstep instead, or another one, is refused rather than left out."""
+    if loss is None or isinstance(loss, str):
+        return
+    given, have = scratch.get_loss(loss), net.loss
+    if given.l2 and (given.l2, given.l2_form, given.l2_n) != (have.l2, have.l2_form, have.l2_n):
         raise ValueError(
-            f"l2={loss.l2:g}: a layered network trains on the loss alone (its L2 term is not "
-            "built); give it weight decay through the optimizer ({'name': 'sgd', "
-            "'weight_decay': ...}) or use scratch.MLP"
+            f"l2={given.l2:g} given to lockstep, but the network was adapted with {net.loss!r}: "
+            "declare the L2 term once, in adapt_layers(..., loss=get_loss(...))"
         )
 
 
-def _l2_in_canonical_names(net: UserNetwork) -> scratch.Loss:
+def _l2_in_canonical_names(net: UserNetwork | UserLayeredNetwork) -> scratch.Loss:
     """The network's loss with the parameters its L2 term names (`l2_on`, in the user's names
     or canonical ones) in canonical names, each checked to be a parameter."""
     loss = net.loss

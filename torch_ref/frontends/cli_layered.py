@@ -82,6 +82,7 @@ def plan_layered(args: argparse.Namespace):
     refused with the flag it came from."""
     from nn_parity.scratch.sequential import from_spec
     from nn_parity.torch_ref.engine.budget import check_steps
+    from nn_parity.torch_ref.engine.layered_side import check_l2_on
     from nn_parity.torch_ref.engine.setup import run_length
     from nn_parity.torch_ref.frontends.datasets import AdvisedError, load_dataset
 
@@ -108,6 +109,10 @@ def plan_layered(args: argparse.Namespace):
         net = from_spec(spec, shape, dtype=args.dtype, rng=args.seed)
     except ValueError as err:
         raise UsageError(f"--layers {spec}: {err}") from None
+    try:  # --l2-on's names, parameters of this network
+        check_l2_on(net, loss)
+    except ValueError as err:
+        raise UsageError(f"--l2-on: {err}") from None
     out = net.shapes[-1]
     if len(out) != 1 or out[0] != ds.n_outputs:
         raise UsageError(

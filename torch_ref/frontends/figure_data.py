@@ -109,6 +109,18 @@ def layered_boundary(net, loss: scratch.Loss, X: np.ndarray, when: str) -> dict:
     return boundary(probe, TorchSequential(probe).eval(), loss, X, when)
 
 
+def _layered_l2_by_name(net, loss: scratch.Loss) -> scratch.Loss:
+    """The loss with its L2 term's parameters named as the network's own ("0.weight"), the
+    ones the lockstep decays (engine/layered_side.py: `l2_params`; a norm's gamma is no weight)."""
+    from nn_parity.torch_ref.engine.layered_side import l2_params
+
+    if not loss.l2:
+        return loss
+    canon = {f"layers.{k}": v for k, v in net.params.items()}
+    names = tuple(k.removeprefix("layers.") for k in loss.penalty(l2_params(net, loss, canon))[1])
+    return type(loss)(loss.reduction, **{**loss.options, "l2_on": names})
+
+
 def layered_gradient_slice(net, loss: scratch.Loss, X: np.ndarray, Y: np.ndarray) -> dict:
     """`gradient_slice` for a network of layers without dropout (whose loss would change with
     every mask), in training mode as its first step computes it, along its first weight. On
@@ -122,10 +134,13 @@ def layered_gradient_slice(net, loss: scratch.Loss, X: np.ndarray, Y: np.ndarray
     probe = copy.deepcopy(net).train()
     Xd = X.astype(net.dtype)
     Yd = Y.astype(net.dtype) if Y.dtype.kind == "f" else Y  # class indices stay integers
+    loss = _layered_l2_by_name(net, loss)
     out, cache = probe.forward(Xd)
     _, lcache = loss.forward(out, Yd)
     g_s = probe.backward(loss.backward(lcache), cache)[name].copy()
-    torch_loss(loss, dtype=net.dtype)(ref(torch.from_numpy(Xd)), torch.from_numpy(Yd)).backward()
+    g_s += loss.penalty(probe.params)[1].get(name, 0)  # a declared L2 term's, as the lockstep's
+    fn = torch_loss(loss, dtype=net.dtype, params=dict(ref.named_parameters()))
+    fn(ref(torch.from_numpy(Xd)), torch.from_numpy(Yd)).backward()
     grad_t = dict(ref.named_parameters())[name].grad
     assert grad_t is not None
     oracle = copy.deepcopy(net).train()

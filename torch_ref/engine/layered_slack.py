@@ -1,0 +1,102 @@
+"""The allowance each stage of the layered re-check (engine/layered_recheck.py) gives a
+correct layer (`p`: the re-check's `_Pass`, its params and buffers): _DOT_ULPS eps times the
+sum of magnitudes its computation adds up, forward (`_slack`) and backward (`_backward_slack`),
+derived in docs/tolerances.md."""
+
+from __future__ import annotations
+
+import numpy as np
+from nn_parity.scratch import ops
+from nn_parity.scratch import sequential as sq
+from nn_parity.torch_ref.engine.rounding import _DOT_ULPS
+
+# f' written from the output a (ops.activation_forward), and how far it moves when a moves by
+# a few ulps of itself: |d f'/da| |a|. Near saturation (a within rounding of 1, or of 0 for
+# sigmoid) f' is itself a few ulps, so one ulp of a is a large relative change in dx.
+_FROM_OUTPUT = {
+    "tanh": lambda a: 2 * a * a,  # f' = 1 - a^2
+    "sigmoid": lambda a: np.abs(1 - 2 * a) * a,  # f' = a (1 - a)
+}
+
+
+def _slack(net: sq.Sequential, p, inputs: list, dtype=None) -> dict:
+    """Per layer output, the rounding its computation may carry beyond the table's fixed atol:
+    _DOT_ULPS eps times the sum of magnitudes the layer adds up (docs/tolerances.md). Affine
+    and conv: the same operation on |x|, |W|, |b|; a norm: |gamma| (|x| + |mu|) / sigma +
+    |beta| (the centring cancels |x| and |mu|). Elementwise layers, pooling, flatten: none."""
+    eps = float(np.finfo(net.dtype if dtype is None else dtype).eps)
+    out = {}
+    for l, (layer, x) in enumerate(zip(net.layers, inputs)):
+        w, b = p.params.get(f"{l}.weight"), p.params.get(f"{l}.bias")
+        if isinstance(layer, sq.Affine):
+            m = np.abs(x) @ np.abs(w).T + np.abs(b)
+        elif isinstance(layer, sq.Conv2d):
+            m = ops.conv2d_forward(np.abs(x), np.abs(w), np.abs(b), layer.stride, layer.padding)[0]
+        elif isinstance(layer, (sq.BatchNorm, sq.LayerNorm)):
+            m = _norm_magnitude(layer, x, w, b, p.buffers, l, net.training)
+        else:
+            continue
+        out[("out", l, None, None)] = _DOT_ULPS * eps * m
+    return out
+
+
+def _backward_slack(layer, l: int, p, dout, x, cache) -> tuple:
+    """(for dx, for the parameter gradients by key): _DOT_ULPS eps times the magnitudes each
+    sum adds up (docs/tolerances.md). Affine and conv: the same backward on |dout|, |x|, |W|
+    (dx = sum |dout| |W|, dW = sum |dout| |x|, db = sum |dout|); a norm: xhat itself carries
+    (|x| + |mu|) / sigma of rounding from the centring, so dgamma = sum |dout| (|xhat| + that),
+    dbeta = sum |dout|, and dx = gamma / sigma (dout - mean dout - xhat mean(dout xhat)) term
+    by term with xhat's rounding; tanh and sigmoid, f' from a within a few ulps of a
+    (_FROM_OUTPUT). relu, pooling, flatten, dropout: none (their dx is a product or a move)."""
+    eps = _DOT_ULPS * float(np.finfo(dout.dtype).eps)
+    d, ax = np.abs(dout), np.abs(x)
+    w = p.params.get(f"{l}.weight")
+    if isinstance(layer, sq.Affine):
+        dx, mags = d @ np.abs(w), (d.T @ ax, d.sum(0))
+    elif isinstance(layer, sq.Conv2d):
+        aw = np.abs(w)
+        _, cache_abs = ops.conv2d_forward(ax, aw, np.zeros(len(aw), aw.dtype), layer.stride,
+                                          layer.padding)  # fmt: skip
+        dx, *mags = ops.conv2d_backward(d, cache_abs)
+    elif isinstance(layer, (sq.BatchNorm, sq.LayerNorm)):
+        dx, mags = _norm_backward_magnitude(layer, l, p, d, x, cache)
+    elif isinstance(layer, sq.Act) and layer.kind in _FROM_OUTPUT:
+        return eps * d * _FROM_OUTPUT[layer.kind](np.abs(cache[2])), {}
+    else:
+        return 0.0, {}
+    return eps * dx, {("grad", l, n, None): eps * m for n, m in zip(("weight", "bias"), mags)}
+
+
+def _norm_backward_magnitude(layer, l: int, p, d, x, cache) -> tuple:
+    ln = isinstance(layer, sq.LayerNorm)
+    axes = tuple(range(d.ndim - 1)) if ln else (0, *range(2, d.ndim))
+    xhat = np.abs(cache[0] if ln else cache[1])
+    train = ln or not isinstance(cache[0], str)  # batchnorm's eval cache starts with "eval"
+    mu, sigma, shape = _norm_stats(layer, x, p.buffers, l, train)
+    centring = (np.abs(x) + np.abs(mu)) / sigma  # the rounding xhat carries, in ulps of 1
+    within = (-1,) if ln else axes  # the means of the backward: per row, or per channel
+    md, mdx = d.mean(within, keepdims=True), (d * xhat).mean(within, keepdims=True)
+    scale = np.abs(p.params[f"{l}.weight"].reshape(shape)) / sigma
+    dx = scale * (d + md + xhat * mdx + centring * (mdx + xhat * md))
+    return dx, ((d * (xhat + centring)).sum(axes), d.sum(axes))
+
+
+def _norm_stats(layer, x, buffers, l: int, train: bool) -> tuple:
+    """(mu, sigma, the shape a (C,) or (D,) vector broadcasts as) of a norm layer's input."""
+    if isinstance(layer, sq.LayerNorm):
+        return x.mean(-1, keepdims=True), np.sqrt(x.var(-1, keepdims=True) + layer.eps), (-1,)
+    shape = (1, layer.c) + (1,) * (x.ndim - 2)
+    if train:
+        axes = (0, *range(2, x.ndim))
+        return x.mean(axes, keepdims=True), np.sqrt(x.var(axes, keepdims=True) + layer.eps), shape
+    mu, var = buffers[f"{l}.running_mean"], buffers[f"{l}.running_var"]
+    return mu.reshape(shape), np.sqrt(var.reshape(shape) + layer.eps), shape
+
+
+def _norm_magnitude(layer, x, gamma, beta, buffers, l: int, train: bool) -> np.ndarray:
+    mu, sigma, shape = _norm_stats(layer, x, buffers, l, train)
+    centring = (np.abs(x) + np.abs(mu)) / sigma
+    return np.abs(gamma.reshape(shape)) * centring + np.abs(beta.reshape(shape))
+
+
+__all__ = ["_backward_slack", "_slack"]
