@@ -29,14 +29,20 @@ STEPS = 15
 def blew_up_on_both_sides(result, dtype) -> bool:
     """Training that overflows on both sides at once (a deep linear chain at a large learning
     rate) is reported as a blow-up by design: the two implementations agree it diverged. So is
-    one side's NaN or Inf where the other side's value is past sqrt(max) of the dtype: squaring
-    it overflows (batchnorm's variance, mse), both are blowing up, one a step sooner."""
+    one side's NaN or Inf where the other side's value is past sqrt(max) of the dtype (squaring
+    it overflows: batchnorm's variance, mse), or where both sides' loss at that step is past
+    sqrt(max) or not finite: both are overflowing, and which of their ops gives NaN first (torch's
+    layernorm at 1e139 inputs) is no disagreement about the arithmetic. Only the sweep's filter:
+    the tool reports such a run as it stands (a non-finite value on one side)."""
     div = result.first_divergence
     if div is None or div.nonfinite is None:
         return False
     finite = div.torch if div.nonfinite == "scratch" else div.scratch
     big = np.sqrt(np.finfo(dtype).max)
-    return div.nonfinite == "both" or not np.isfinite(finite) or abs(finite) > big
+    if div.nonfinite == "both" or not np.isfinite(finite) or abs(finite) > big:
+        return True
+    losses = (result.loss_scratch[div.step], result.loss_torch[div.step])
+    return all(not np.isfinite(v) or abs(v) > big for v in losses)
 
 
 def run(cfg: NetConfig | LayeredConfig):
@@ -144,3 +150,30 @@ def test_unmutated_pair_never_diverges_sweep(shard, cfg):
     result = run(cfg)
     assume(not blew_up_on_both_sides(result, cfg.dtype))
     assert result.passed, f"{cfg}\n{result.first_divergence}"
+
+
+# --- the sweep's blow-up filter, on made results: it drops only runs overflowing on both sides
+
+
+def _diverged(nonfinite, scratch_value, torch_value, losses):
+    from types import SimpleNamespace
+
+    div = SimpleNamespace(step=1, nonfinite=nonfinite, scratch=scratch_value, torch=torch_value)
+    ls, lt = np.array([1.0, losses[0]]), np.array([1.0, losses[1]])
+    return SimpleNamespace(first_divergence=div, loss_scratch=ls, loss_torch=lt)
+
+
+@pytest.mark.parametrize(
+    "made, dropped",
+    [
+        (_diverged("both", np.nan, np.inf, (np.inf, np.nan)), True),
+        (_diverged("torch", 1e200, np.nan, (1.0, 1.0)), True),  # its square overflows
+        (_diverged("torch", -1.7e139, np.nan, (np.inf, np.nan)), True),  # both losses gone
+        (_diverged("torch", 0.0, np.nan, (1.5e215, 1.5e215)), True),  # both past sqrt(max)
+        (_diverged("torch", 2.0, np.nan, (3.0, 3.0)), False),  # a NaN at a sane loss
+        (_diverged("torch", -1.7e139, np.nan, (1e300, 3.0)), False),  # torch's loss is sane
+        (_diverged(None, 2.0, 2.5, (np.inf, np.inf)), False),  # finite values that differ
+    ],
+)
+def test_the_blow_up_filter_drops_only_runs_overflowing_on_both_sides(made, dropped):
+    assert blew_up_on_both_sides(made, "float64") is dropped
