@@ -45,7 +45,7 @@ def blew_up_on_both_sides(result, dtype) -> bool:
     if div.nonfinite is None:
         return False
     finite = div.torch if div.nonfinite == "scratch" else div.scratch
-    return div.nonfinite == "both" or not np.isfinite(finite) or abs(finite) > big
+    return bool(div.nonfinite == "both" or not np.isfinite(finite) or abs(finite) > big)
 
 
 def run(cfg: NetConfig | LayeredConfig):
