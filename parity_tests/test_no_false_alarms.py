@@ -29,7 +29,8 @@ STEPS = 15
 def blew_up_on_both_sides(result, dtype) -> bool:
     """Training that overflows on both sides at once (a deep linear chain at a large learning
     rate) is reported as a blow-up by design: the two implementations agree it diverged. That
-    is: both sides' loss at the divergence's step past sqrt(max) of the dtype or not finite (the
+    is: both sides' loss at the divergence's step, or at the next (the step just before an
+    overflow runs at its magnitudes), past sqrt(max) of the dtype or not finite (the
     squares of their outputs overflow; what each op then gives, torch's layernorm a NaN first at
     1e139 inputs, or a 2-feature layernorm's gradient, exactly 0 in theory, as rounding noise of
     1e116, is no disagreement about the arithmetic); or one side's NaN or Inf where the other
@@ -39,9 +40,10 @@ def blew_up_on_both_sides(result, dtype) -> bool:
     if div is None:
         return False
     big = np.sqrt(np.finfo(dtype).max)
-    losses = (result.loss_scratch[div.step], result.loss_torch[div.step])
-    if all(not np.isfinite(v) or abs(v) > big for v in losses):
-        return True
+    for k in (div.step, div.step + 1)[: len(result.loss_scratch) - div.step]:
+        losses = (result.loss_scratch[k], result.loss_torch[k])
+        if all(not np.isfinite(v) or abs(v) > big for v in losses):
+            return True
     if div.nonfinite is None:
         return False
     finite = div.torch if div.nonfinite == "scratch" else div.scratch
@@ -158,11 +160,13 @@ def test_unmutated_pair_never_diverges_sweep(shard, cfg):
 # --- the sweep's blow-up filter, on made results: it drops only runs overflowing on both sides
 
 
-def _diverged(nonfinite, scratch_value, torch_value, losses):
+def _diverged(nonfinite, scratch_value, torch_value, losses, next_losses=None):
     from types import SimpleNamespace
 
     div = SimpleNamespace(step=1, nonfinite=nonfinite, scratch=scratch_value, torch=torch_value)
     ls, lt = np.array([1.0, losses[0]]), np.array([1.0, losses[1]])
+    if next_losses is not None:
+        ls, lt = np.append(ls, next_losses[0]), np.append(lt, next_losses[1])
     return SimpleNamespace(first_divergence=div, loss_scratch=ls, loss_torch=lt)
 
 
@@ -178,6 +182,8 @@ def _diverged(nonfinite, scratch_value, torch_value, losses):
         (_diverged(None, 0.0, 1e116, (8e168, 8e168)), True),  # noise of 1e84 outputs
         (_diverged(None, 2.0, 2.5, (3.0, 3.0)), False),  # finite values that differ
         (_diverged(None, 0.0, 1e116, (8e168, 3.0)), False),  # one side's loss is sane
+        (_diverged(None, 0.0, 1e145, (1e107, 1e107), (np.inf, np.nan)), True),  # next: overflow
+        (_diverged(None, 0.0, 1e145, (1e107, 1e107), (np.inf, 1e108)), False),  # torch's is not
     ],
 )
 def test_the_blow_up_filter_drops_only_runs_overflowing_on_both_sides(made, dropped):
