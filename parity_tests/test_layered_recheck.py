@@ -296,3 +296,55 @@ def test_running_statistics_set_apart_before_step_0_are_not_excused(train):
     d = r.first_divergence
     assert not r.passed and r.drift_steps == r.kink_steps == []
     assert d.step == 0 and d.quantity in ("out", "stat"), d
+
+
+# --- a layernorm whose gamma varies along the row it normalises --------------------------
+# Its backward's means run over dxhat = gamma dout, so the allowance takes |gamma| inside them
+# (layered_slack.py). The sweep found a correct run refused without that: two layernorms of
+# two features, gamma grown apart by a blowing-up mse, scratch's and torch's dx at 1e33 parted
+# by rounding the allowance (|gamma| outside the means) did not cover.
+
+
+def _two_layernorms(bug=None):
+    from nn_parity import scratch
+
+    from parity_tests.strategies import LayeredConfig
+
+    cfg = LayeredConfig(spec="conv1x1,flatten,affine2,ln,ln,affine1", shape=(1, 4, 4),
+                        loss="mse", dtype="float64", n=7, input_scale=0.1, lr=0.3, seed=0,
+                        train=False, conventions=(("reduction", "sum"),))  # fmt: skip
+    net = sq.from_spec(cfg.spec, cfg.shape, dtype=cfg.dtype, rng=cfg.seed)
+    X, y = cfg.data()
+    ref = TorchSequential(net)
+    if bug is not None:
+        bug(net)
+    return lockstep(net.train(False), ref, X, y, steps=15, lr=cfg.lr, optimizer="sgd",
+                    loss=scratch.get_loss("mse", reduction="sum"))  # fmt: skip
+
+
+def test_a_layernorm_with_gamma_apart_is_excused_until_both_sides_overflow():
+    r = _two_layernorms()
+    d = r.first_divergence
+    # no finite divergence: the run only ends where the training overflows on both sides
+    assert d is not None and d.nonfinite is not None, d
+
+
+def test_a_layernorm_backward_with_gamma_outside_the_means_is_refused_there():
+    def gamma_outside(net):  # dx = gamma inv_std (dout - mean dout - xhat mean(dout xhat))
+        def backward(dout, cache):
+            xhat, inv_std, gamma = cache
+            dx = gamma * inv_std * (
+                dout - dout.mean(-1, keepdims=True)
+                - xhat * (dout * xhat).mean(-1, keepdims=True)
+            )  # fmt: skip
+            _, dgamma, dbeta = ops.layernorm_backward(dout, cache)
+            return dx, {"weight": dgamma, "bias": dbeta}
+
+        for layer in net.layers:
+            if isinstance(layer, sq.LayerNorm):
+                layer.backward = backward
+
+    r = _two_layernorms(gamma_outside)
+    d = r.first_divergence
+    assert d is not None and d.nonfinite is None and d.quantity == "grad", d
+    assert d.step < 5  # before the magnitudes blow up

@@ -75,9 +75,12 @@ def _norm_backward_magnitude(layer, l: int, p, d, x, cache) -> tuple:
     mu, sigma, shape = _norm_stats(layer, x, p.buffers, l, train)
     centring = (np.abs(x) + np.abs(mu)) / sigma  # the rounding xhat carries, in ulps of 1
     within = (-1,) if ln else axes  # the means of the backward: per row, or per channel
-    md, mdx = d.mean(within, keepdims=True), (d * xhat).mean(within, keepdims=True)
-    scale = np.abs(p.params[f"{l}.weight"].reshape(shape)) / sigma
-    dx = scale * (d + md + xhat * mdx + centring * (mdx + xhat * md))
+    # dxhat = gamma dout enters the means: a layernorm's gamma varies along the row it averages
+    # over, so |gamma| goes inside them (a batchnorm's is constant within its channel's means)
+    g = np.abs(p.params[f"{l}.weight"].reshape(shape))
+    dg = d * g
+    md, mdx = dg.mean(within, keepdims=True), (dg * xhat).mean(within, keepdims=True)
+    dx = (dg + md + xhat * mdx + centring * (mdx + xhat * md)) / sigma
     return dx, ((d * (xhat + centring)).sum(axes), d.sum(axes))
 
 
