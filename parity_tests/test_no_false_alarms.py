@@ -29,8 +29,10 @@ STEPS = 15
 def blew_up_on_both_sides(result, dtype) -> bool:
     """Training that overflows on both sides at once (a deep linear chain at a large learning
     rate) is reported as a blow-up by design: the two implementations agree it diverged. That
-    is: both sides' loss at the divergence's step, or at the next (the step just before an
-    overflow runs at its magnitudes), past sqrt(max) of the dtype or not finite (the
+    is: a value at the divergence's step within 64x of sqrt(max) of the dtype, on either side
+    (the squares a norm's variance or an mse sums come within rounding of overflow: a layernorm
+    at 8e152 inputs); both sides' loss at the divergence's step, or at the next (the step just
+    before an overflow runs at its magnitudes), past sqrt(max) of the dtype or not finite (the
     squares of their outputs overflow; what each op then gives, torch's layernorm a NaN first at
     1e139 inputs, or a 2-feature layernorm's gradient, exactly 0 in theory, as rounding noise of
     1e116, is no disagreement about the arithmetic); or one side's NaN or Inf where the other
@@ -44,10 +46,22 @@ def blew_up_on_both_sides(result, dtype) -> bool:
         losses = (result.loss_scratch[k], result.loss_torch[k])
         if all(not np.isfinite(v) or abs(v) > big for v in losses):
             return True
+    if _peak(getattr(result, "snapshot", None)) > big / 64:
+        return True  # squares of values past sqrt(max) / 64: a sum of 4096 of them overflows
     if div.nonfinite is None:
         return False
     finite = div.torch if div.nonfinite == "scratch" else div.scratch
     return bool(div.nonfinite == "both" or not np.isfinite(finite) or abs(finite) > big)
+
+
+def _peak(snapshot) -> float:
+    """The largest finite magnitude either side reported at the divergence's step."""
+    peak = 0.0
+    for pair in (snapshot or {}).values():
+        for v in pair:
+            v = np.abs(np.asarray(v, dtype=np.float64))
+            peak = max(peak, float(v[np.isfinite(v)].max(initial=0.0)))
+    return peak
 
 
 def run(cfg: NetConfig | LayeredConfig):
@@ -160,14 +174,15 @@ def test_unmutated_pair_never_diverges_sweep(shard, cfg):
 # --- the sweep's blow-up filter, on made results: it drops only runs overflowing on both sides
 
 
-def _diverged(nonfinite, scratch_value, torch_value, losses, next_losses=None):
+def _diverged(nonfinite, scratch_value, torch_value, losses, next_losses=None, peak=1.0):
     from types import SimpleNamespace
 
     div = SimpleNamespace(step=1, nonfinite=nonfinite, scratch=scratch_value, torch=torch_value)
     ls, lt = np.array([1.0, losses[0]]), np.array([1.0, losses[1]])
     if next_losses is not None:
         ls, lt = np.append(ls, next_losses[0]), np.append(lt, next_losses[1])
-    return SimpleNamespace(first_divergence=div, loss_scratch=ls, loss_torch=lt)
+    snapshot = {"out[2]": (np.array([peak, np.nan]), np.array([peak, 1.0]))}
+    return SimpleNamespace(first_divergence=div, loss_scratch=ls, loss_torch=lt, snapshot=snapshot)
 
 
 @pytest.mark.parametrize(
@@ -181,6 +196,8 @@ def _diverged(nonfinite, scratch_value, torch_value, losses, next_losses=None):
         (_diverged("torch", -1.7e139, np.nan, (1e300, 3.0)), False),  # torch's loss is sane
         (_diverged(None, 0.0, 1e116, (8e168, 8e168)), True),  # noise of 1e84 outputs
         (_diverged(None, 2.0, 2.5, (3.0, 3.0)), False),  # finite values that differ
+        (_diverged("torch", 0.0, np.inf, (1e142, np.inf), peak=8.2e152), True),  # near overflow
+        (_diverged("torch", 0.0, np.inf, (1e142, np.inf), peak=1e150), False),  # 1e4x below it
         (_diverged(None, 0.0, 1e116, (8e168, 3.0)), False),  # one side's loss is sane
         (_diverged(None, 0.0, 1e145, (1e107, 1e107), (np.inf, np.nan)), True),  # next: overflow
         (_diverged(None, 0.0, 1e145, (1e107, 1e107), (np.inf, 1e108)), False),  # torch's is not
