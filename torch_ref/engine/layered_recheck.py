@@ -267,7 +267,7 @@ def _own_kinks(sside, tside, items, douts: list) -> int | None:
         out_t.backward(torch.from_numpy(np.array(douts[l])))
         dx, _ = layer.backward(np.array(douts[l]), cache)
         tol = tolerance("grad", dtype)
-        if first_mismatch(dx, xt.grad.numpy(), tol.rtol, tol.atol) is not None:
+        if first_mismatch(dx, _grad(xt), tol.rtol, tol.atol) is not None:
             grads = [(it.layer, k) for k, it in enumerate(items) if it.quantity == "grad"]
             below = [k for layer_at, k in grads if layer_at < l]
             return min(below) if below else min(k for _, k in grads)
@@ -307,15 +307,20 @@ def _lifted(sside, tside, items, inputs: list, douts: list) -> int | None:
         dx, g = layer.backward(dout, cache)
         dx_slack, g_slack = _backward_slack(layer, l, p, dout, xs[l], cache)
         mine = {("grad", l, n, None): v for n, v in g.items()}
-        ref = {("grad", l, n, None): getattr(module, n).grad.numpy() for n in g}
+        ref = {("grad", l, n, None): _grad(getattr(module, n)) for n in g}
         if (bad := _first_off_keyed(items, mine, ref, g_slack)) is not None:
             return bad
         tol = tolerance("grad", f64)
-        if xt.requires_grad and first_mismatch(dx, xt.grad.numpy(), tol.rtol,
+        if xt.requires_grad and first_mismatch(dx, _grad(xt), tol.rtol,
                                                tol.atol + dx_slack) is not None:  # fmt: skip
             below = [k for k, it in enumerate(items) if it.quantity == "grad" and it.layer < l]
             return min(below) if below else _index(items, ("out", l, None, None))
     return None
+
+
+def _grad(t: torch.Tensor) -> np.ndarray:
+    assert t.grad is not None  # backward ran through t
+    return t.grad.numpy()
 
 
 def _recentred(layer, l: int, x: np.ndarray, p: _Pass) -> np.ndarray:

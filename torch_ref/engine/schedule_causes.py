@@ -41,6 +41,7 @@ def schedule_cause(div, s, t, opt, base: float, grad=None, before=None) -> dict 
     sched = getattr(opt, "schedule", None)
     if sched is None or div.quantity not in ("lr", "param"):
         return None
+    r_s: float | None
     if div.quantity == "lr":
         r_s = float(np.asarray(s))
         asked = _asker(opt)

@@ -23,7 +23,7 @@ _LOSS_FLAGS = {  # the get_loss option -> its flag
     "scale": "--scale", "l2": "--l2", "l2_form": "--l2-form", "l2_n": "--l2-n",
     "l2_on": "--l2-on", "clip": "--clip",
 }  # fmt: skip
-_SCHEDULES = {  # the flag's name -> scratch's, and the type of each option
+_SCHEDULES: dict[str, tuple[str, dict[str, type]]] = {  # flag name -> scratch's, option types
     "inverse-time": ("inverse_time", {"decay": float}),
     "step": ("step", {"step_size": int, "gamma": float}),
     "exponential": ("exponential", {"gamma": float}),
