@@ -34,10 +34,26 @@ def _slack(net: sq.Sequential, p, inputs: list, dtype=None) -> dict:
             m = ops.conv2d_forward(np.abs(x), np.abs(w), np.abs(b), layer.stride, layer.padding)[0]
         elif isinstance(layer, (sq.BatchNorm, sq.LayerNorm)):
             m = _norm_magnitude(layer, x, w, b, p.buffers, l, net.training)
+            if isinstance(layer, sq.BatchNorm) and net.training:
+                out.update(_stat_slack(layer, l, x, eps))
         else:
             continue
         out[("out", l, None, None)] = _DOT_ULPS * eps * m
     return out
+
+
+def _stat_slack(layer, l: int, x: np.ndarray, eps: float) -> dict:
+    """Batchnorm's updated running statistics (training): momentum times the rounding of the
+    batch mean, _DOT_ULPS eps mean |x| (a conv before it can make |x| far larger than its
+    mean), and of the batch variance, mean |xc| (|xc| + 2 (|x| + |mu|)) with xc = x - mu
+    carrying the centring's rounding (as `_norm_magnitude`), times M / (M - 1)."""
+    axes, m = (0, *range(2, x.ndim)), x.size // x.shape[1]
+    ax, mu = np.abs(x), x.mean((0, *range(2, x.ndim)), keepdims=True)
+    xc = np.abs(x - mu)
+    var = (xc * (xc + 2 * (ax + np.abs(mu)))).mean(axes)
+    k = layer.momentum * _DOT_ULPS * eps
+    return {("stat", l, "running_mean", None): k * ax.mean(axes),
+            ("stat", l, "running_var", None): k * var * m / (m - 1)}  # fmt: skip
 
 
 def _backward_slack(layer, l: int, p, dout, x, cache) -> tuple:
