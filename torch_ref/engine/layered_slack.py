@@ -47,13 +47,16 @@ def _stat_slack(layer, l: int, x: np.ndarray, eps: float) -> dict:
     """Batchnorm's updated running statistics (training): momentum times the rounding of the
     batch mean, _DOT_ULPS eps mean |x| (a conv before it can make |x| far larger than its
     mean), and of the batch variance, mean |xc| (|xc| + 2 (|x| + |mu|)) with xc = x - mu
-    carrying the centring's rounding (as `_norm_magnitude`), times M / (M - 1)."""
+    carrying the centring's rounding (as `_norm_magnitude`), plus the mean's rounding squared
+    (delta^2, _DOT_ULPS eps mean(|x| + |mu|) squared: all of a constant channel's variance),
+    times M / (M - 1)."""
     axes, m = (0, *range(2, x.ndim)), x.size // x.shape[1]
     ax, mu = np.abs(x), x.mean((0, *range(2, x.ndim)), keepdims=True)
-    xc = np.abs(x - mu)
-    var = (xc * (xc + 2 * (ax + np.abs(mu)))).mean(axes)
-    k = layer.momentum * _DOT_ULPS * eps
-    return {("stat", l, "running_mean", None): k * ax.mean(axes),
+    xc, e = np.abs(x - mu), _DOT_ULPS * eps
+    var = e * (xc * (xc + 2 * (ax + np.abs(mu)))).mean(axes)
+    var = var + (e * (ax + np.abs(mu)).mean(axes)) ** 2
+    k = layer.momentum
+    return {("stat", l, "running_mean", None): k * e * ax.mean(axes),
             ("stat", l, "running_var", None): k * var * m / (m - 1)}  # fmt: skip
 
 
