@@ -137,7 +137,11 @@ def test_configurations_the_sweep_found(cfg):
 # Layered networks the sweep flagged before the layered re-check allowed for them (docs/
 # tolerances.md): a batchnorm over one feature of tiny variance, whose dgamma carries the
 # centring's rounding at every step (drift); a float32 tanh saturated to within 50 ulps of 1,
-# whose derivative from numpy's and torch's a differ by 2% (eval mode).
+# whose derivative from numpy's and torch's a differ by 2% (eval mode); a conv before a
+# batchnorm trained to weights of 1e22 (the norm is blind to their scale), whose batch mean is a
+# sum of terms that size: the running mean parts by 9e-8 relative; a float32 batchnorm channel
+# whose values are all equal (3.9e6): one side's mean is an ulp off, so its variance is an ulp
+# squared against the other's 0, sigma 0.25 against sqrt(eps), and dx parts 80-fold.
 FOUND_LAYERED = [
     LayeredConfig("conv2x1,bn,tanh,conv1x2s2p1,leaky_relu:0.3,pool2,flatten,affine1,bn,"
                   "dropout0.2,affine4", (1, 8, 8), "ce", "float64", 13, 1.0, 0.3, 803, True,
@@ -145,10 +149,24 @@ FOUND_LAYERED = [
     LayeredConfig("conv1x2p1,bn,pool2,conv2x1s2,bn,tanh,flatten,affine8,bn,dropout0.2,affine8,"
                   "relu,affine2", (1, 7, 7), "mse", "float32", 25, 4.0, 0.3, 1166, False,
                   ("rmsprop", (("momentum", 0.5), ("centered", True))), 25),
+    LayeredConfig("conv1x1,bn,conv1x1,bn,flatten,affine1", (1, 5, 6), "mse", "float64", 31, 1.0,
+                  0.3, 127848474, True, ("sgd", (("momentum", 0.9),))),
+    LayeredConfig("conv2x2,bn,tanh,conv2x1,bn,flatten,affine3", (2, 5, 5), "ce", "float32", 14,
+                  4.0, 0.3, 1604074331, True,
+                  ("sgd", (("momentum", 0.9), ("weight_decay", 0.01), ("decay", "weights"))),
+                  None, (("reduction", "sum"),)),
 ]  # fmt: skip
 
 
-@pytest.mark.parametrize("cfg", FOUND_LAYERED, ids=["bn-one-feature-f64", "tanh-saturated-f32"])
+LAYERED_IDS = [
+    "bn-one-feature-f64",
+    "tanh-saturated-f32",
+    "bn-running-mean-f64",
+    "bn-collapsed-f32",
+]
+
+
+@pytest.mark.parametrize("cfg", FOUND_LAYERED, ids=LAYERED_IDS)
 def test_layered_configurations_the_sweep_found(cfg):
     result = run(cfg)
     assert result.passed, f"{cfg}\n{result.first_divergence}"

@@ -33,11 +33,31 @@ def _slack(net: sq.Sequential, p, inputs: list, dtype=None) -> dict:
         elif isinstance(layer, sq.Conv2d):
             m = ops.conv2d_forward(np.abs(x), np.abs(w), np.abs(b), layer.stride, layer.padding)[0]
         elif isinstance(layer, (sq.BatchNorm, sq.LayerNorm)):
-            m = _norm_magnitude(layer, x, w, b, p.buffers, l, net.training)
+            train = net.training or isinstance(layer, sq.LayerNorm)
+            m = _norm_magnitude(layer, x, w, b, p.buffers, l, train, eps)
+            if isinstance(layer, sq.BatchNorm) and net.training:
+                out.update(_stat_slack(layer, l, x, eps))
         else:
             continue
         out[("out", l, None, None)] = _DOT_ULPS * eps * m
     return out
+
+
+def _stat_slack(layer, l: int, x: np.ndarray, eps: float) -> dict:
+    """Batchnorm's updated running statistics (training): momentum times the rounding of the
+    batch mean, _DOT_ULPS eps mean |x| (a conv before it can make |x| far larger than its
+    mean), and of the batch variance, mean |xc| (|xc| + 2 (|x| + |mu|)) with xc = x - mu
+    carrying the centring's rounding (as `_norm_magnitude`), plus the mean's rounding squared
+    (delta^2, _DOT_ULPS eps mean(|x| + |mu|) squared: all of a constant channel's variance),
+    times M / (M - 1)."""
+    axes, m = (0, *range(2, x.ndim)), x.size // x.shape[1]
+    ax, mu = np.abs(x), x.mean((0, *range(2, x.ndim)), keepdims=True)
+    xc, e = np.abs(x - mu), _DOT_ULPS * eps
+    var = e * (xc * (xc + 2 * (ax + np.abs(mu)))).mean(axes)
+    var = var + (e * (ax + np.abs(mu)).mean(axes)) ** 2
+    k = layer.momentum
+    return {("stat", l, "running_mean", None): k * e * ax.mean(axes),
+            ("stat", l, "running_var", None): k * var * m / (m - 1)}  # fmt: skip
 
 
 def _backward_slack(layer, l: int, p, dout, x, cache) -> tuple:
@@ -60,6 +80,7 @@ def _backward_slack(layer, l: int, p, dout, x, cache) -> tuple:
         dx, *mags = ops.conv2d_backward(d, cache_abs)
     elif isinstance(layer, (sq.BatchNorm, sq.LayerNorm)):
         dx, mags = _norm_backward_magnitude(layer, l, p, d, x, cache)
+        dx = dx + _sigma_remainder(layer, l, p, d, x, cache, eps) / eps
     elif isinstance(layer, sq.Act) and layer.kind in _FROM_OUTPUT:
         return eps * d * _FROM_OUTPUT[layer.kind](np.abs(cache[2])), {}
     else:
@@ -84,6 +105,38 @@ def _norm_backward_magnitude(layer, l: int, p, d, x, cache) -> tuple:
     return dx, ((d * (xhat + centring)).sum(axes), d.sum(axes))
 
 
+def _sigma_remainder(layer, l: int, p, d, x, cache, eps: float):
+    """What `_norm_backward_magnitude` (first order in xhat's rounding, sigma exact) leaves
+    out, sigma's own rounding (`_sigma_lo`): dx = gamma / sigma (dout - mean dout - xhat
+    mean(dout xhat)) moves by |gamma| (1 / lo - 1 / sigma) times its terms' size at lo, and by
+    |gamma| / sigma e mean(|dout| e), the product of xhat's two roundings e."""
+    ln = isinstance(layer, sq.LayerNorm)
+    if not (ln or not isinstance(cache[0], str)):  # eval: running statistics, exact
+        return 0.0
+    axes = (-1,) if ln else (0, *range(2, d.ndim))
+    mu, sigma, shape = _norm_stats(layer, x, p.buffers, l, True)
+    lo, e = _sigma_lo(layer, x, mu, sigma, axes, eps)
+    hi = (np.abs(x - mu) + eps * (np.abs(x) + np.abs(mu))) / lo  # |xhat| at most
+    gamma = np.abs(p.params[f"{l}.weight"].reshape(shape))
+    terms = d + d.mean(axes, keepdims=True) + hi * (d * hi).mean(axes, keepdims=True)
+    return gamma * ((1 / lo - 1 / sigma) * terms + e * (d * e).mean(axes, keepdims=True) / sigma)
+
+
+def _sigma_lo(layer, x, mu, sigma, axes, eps: float) -> tuple:
+    """(lo, e): the batch variance carries eps |xc| (|xc| + 2 (|x| + |mu|)) from xc's rounding
+    and delta^2 from the mean's (delta = eps mean(|x| + |mu|)), so sigma may be as low as lo =
+    sqrt(max(var - that, 0) + eps_norm); xhat = xc / sigma then carries e = (eps (|x| + |mu|)
+    + |xc| (sigma / lo - 1)) / lo. Negligible unless the centring's rounding is of the spread
+    (lo = sigma, e = the centring, to first order): a channel whose values are all equal,
+    where one side's mean is an ulp off and its variance an ulp squared against 0, or exactly
+    0 (torch's variance need not be formed from its own mean: xhat = an ulp / sqrt(eps))."""
+    ax, xc, amu = np.abs(x), np.abs(x - mu), np.abs(mu)
+    delta = eps * (ax + amu).mean(axes, keepdims=True)
+    err = eps * (xc * (xc + 2 * (ax + amu))).mean(axes, keepdims=True) + delta**2
+    lo = np.sqrt(np.maximum(sigma**2 - layer.eps - err, 0) + layer.eps)
+    return lo, (eps * (ax + amu) + xc * (sigma / lo - 1)) / lo
+
+
 def _norm_stats(layer, x, buffers, l: int, train: bool) -> tuple:
     """(mu, sigma, the shape a (C,) or (D,) vector broadcasts as) of a norm layer's input."""
     if isinstance(layer, sq.LayerNorm):
@@ -96,9 +149,14 @@ def _norm_stats(layer, x, buffers, l: int, train: bool) -> tuple:
     return mu.reshape(shape), np.sqrt(var.reshape(shape) + layer.eps), shape
 
 
-def _norm_magnitude(layer, x, gamma, beta, buffers, l: int, train: bool) -> np.ndarray:
+def _norm_magnitude(layer, x, gamma, beta, buffers, l: int, train: bool, eps: float):
+    """|gamma| times xhat's rounding (the centring; with sigma's own, `_sigma_lo`, in
+    training), in ulps of the dot's eps, plus |beta|."""
     mu, sigma, shape = _norm_stats(layer, x, buffers, l, train)
     centring = (np.abs(x) + np.abs(mu)) / sigma
+    if train:
+        axes = (-1,) if isinstance(layer, sq.LayerNorm) else (0, *range(2, x.ndim))
+        centring = _sigma_lo(layer, x, mu, sigma, axes, _DOT_ULPS * eps)[1] / (_DOT_ULPS * eps)
     return np.abs(gamma.reshape(shape)) * centring + np.abs(beta.reshape(shape))
 
 
